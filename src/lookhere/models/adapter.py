@@ -1,0 +1,183 @@
+"""The adapter interface: one small class per VLM family, chosen through a registry.
+
+An adapter answers, for one family, the questions every lookhere method asks of a model:
+where the language model's attention modules are, how many (KV) heads they have, where the
+final norm and LM head are (for the logit lens), and, for a processed batch, where each image's
+visual tokens sit and which original-image pixels each covers (`VisualLayout`).
+
+Adding a family is one new module with an `Adapter` subclass decorated by `register_adapter`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from lookhere.models.layout import VisualLayout
+
+ImageSizes = Sequence[Sequence[Any]]  # per sample: PIL images or (width, height) pairs
+
+_REGISTRY: dict[str, type[Adapter]] = {}
+
+
+class UnsupportedModelError(ValueError):
+    """The model's family has no registered adapter."""
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: add an adapter to the registry under ``cls.family``."""
+    if not cls.family or not cls.model_types:
+        raise ValueError(f"{cls.__name__} must set `family` and `model_types`")
+    if cls.family in _REGISTRY:
+        raise ValueError(f"adapter family {cls.family!r} is already registered")
+    _REGISTRY[cls.family] = cls
+    return cls
+
+
+def families() -> list[str]:
+    """Registered family names, in registration order."""
+    return list(_REGISTRY)
+
+
+def adapter_class(family: str) -> type[Adapter]:
+    if family not in _REGISTRY:
+        raise UnsupportedModelError(f"unknown family {family!r}; supported: {', '.join(_REGISTRY)}")
+    return _REGISTRY[family]
+
+
+def get_adapter(model_or_config: nn.Module | Any) -> Adapter:
+    """The adapter for a loaded model or its config, chosen by ``config.model_type``.
+
+    Raises `UnsupportedModelError`, listing the supported families, for any other model.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    for cls in _REGISTRY.values():
+        if model_type in cls.model_types:
+            return cls(config)
+    supported = ", ".join(f"{c.family} ({'/'.join(c.model_types)})" for c in _REGISTRY.values())
+    raise UnsupportedModelError(
+        f"no lookhere adapter for model_type {model_type!r}; supported families: {supported}"
+    )
+
+
+class Adapter(ABC):
+    """Family-specific knowledge about a VLM. Instances are cheap; they hold only the config."""
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: Whether one prompt may hold several images (the probe tests use 2 where allowed).
+    multi_image: ClassVar[bool] = True
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.text_config = config.get_text_config()
+
+    # -- heads and modules ---------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.text_config.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.text_config.num_attention_heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return getattr(self.text_config, "num_key_value_heads", None) or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        tc = self.text_config
+        return getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+
+    @property
+    def image_token_id(self) -> int:
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(self.config, name, None)
+            if value is not None:
+                return int(value)
+        raise AttributeError(f"{type(self.config).__name__} has no image token id")
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The decoder stack (has ``.layers`` and ``.norm``)."""
+        return model.model.language_model
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.language_model(model).layers
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The language model's self-attention modules, index = layer."""
+        return [layer.self_attn for layer in self.decoder_layers(model)]
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return self.language_model(model).norm
+
+    def lm_head(self, model: nn.Module) -> nn.Module:
+        return model.get_output_embeddings()
+
+    # -- visual tokens ---------------------------------------------------------------------------
+    def visual_positions(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Per sample, the sorted sequence positions of every visual (image placeholder) token."""
+        _check_input_ids(input_ids)
+        return [torch.nonzero(row == self.image_token_id).flatten() for row in input_ids]
+
+    @abstractmethod
+    def layout(
+        self, batch: Mapping[str, Any], images: ImageSizes, processor: Any
+    ) -> VisualLayout:
+        """Visual layout of a processed batch.
+
+        Args:
+            batch: the processor's output (``input_ids`` and the family's image tensors).
+            images: per sample, the original images (PIL) or their ``(width, height)``, in prompt
+                order; they give the original pixel frame the grids map to.
+            processor: the processor that made ``batch``; its image settings (resize, crop,
+                pad) define the pixel mapping.
+        """
+
+    # -- tiny models -------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def build_tiny(cls, size: Any, seed: int) -> tuple[nn.Module, Any]:
+        """A random-weight model of the family's real class and a working offline processor."""
+
+    @classmethod
+    def tiny_prompt(cls, processor: Any, text: str, n_images: int) -> str:
+        """A raw prompt string with ``n_images`` image placeholders for the tiny processor."""
+        return processor.image_token * n_images + text
+
+
+def image_size_of(image: Any) -> tuple[int, int]:
+    """(width, height) of a PIL image or of a (width, height) pair."""
+    if hasattr(image, "size") and not isinstance(image, (tuple, list)):
+        w, h = image.size
+    else:
+        try:
+            w, h = image
+        except (TypeError, ValueError):
+            raise TypeError(f"expected a PIL image or (width, height), got {image!r}") from None
+    if int(w) <= 0 or int(h) <= 0:
+        raise ValueError(f"image size must be positive (width, height), got {(w, h)}")
+    return int(w), int(h)
+
+
+def check_image_count(images: ImageSizes, counts: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Validate ``images`` against the number of images found in each sample's tokens."""
+    if len(images) != len(counts):
+        raise ValueError(f"images has {len(images)} samples but the batch has {len(counts)}")
+    sizes = []
+    for b, (ims, n) in enumerate(zip(images, counts, strict=True)):
+        if len(ims) != n:
+            raise ValueError(f"sample {b}: images lists {len(ims)} images, the tokens hold {n}")
+        sizes.append([image_size_of(im) for im in ims])
+    return sizes
+
+
+def _check_input_ids(input_ids: torch.Tensor) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError("input_ids must be a (batch, seq) tensor")
