@@ -147,6 +147,24 @@ class Adapter(ABC):
         """A random-weight model of the family's real class and a working offline processor."""
 
     @classmethod
+    def load_processor(cls, path: str, **kwargs: Any) -> Any:
+        """The family's processor from a local folder or hub id (``from_pretrained``)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, **kwargs)
+
+    @classmethod
+    def process(cls, processor: Any, texts: Sequence[str], images: ImageSizes,
+                **kwargs: Any) -> Any:
+        """Run the processor on prompts and their per-sample image lists (PIL).
+
+        The default flattens the images in prompt order, as most processors expect; families
+        whose processors want nested per-sample lists override it.
+        """
+        flat = [im for ims in images for im in ims]
+        return processor(images=flat or None, text=list(texts), return_tensors="pt", **kwargs)
+
+    @classmethod
     def tiny_prompt(cls, processor: Any, text: str, n_images: int) -> str:
         """A raw prompt string with ``n_images`` image placeholders for the tiny processor."""
         return processor.image_token * n_images + text

@@ -43,7 +43,9 @@ class GridGeometry:
         if self.rows <= 0 or self.cols <= 0:
             raise ValueError(f"rows and cols must be positive, got {self.rows}x{self.cols}")
         if min(self.cell_size) <= 0 or min(self.scale) <= 0:
-            raise ValueError(f"cell_size and scale must be positive, got {self.cell_size}, {self.scale}")
+            raise ValueError(
+                f"cell_size and scale must be positive, got {self.cell_size}, {self.scale}"
+            )
 
     # -- image -> canvas -> grid ---------------------------------------------------------------
     def image_to_canvas(self, xy: np.ndarray) -> np.ndarray:
@@ -169,7 +171,7 @@ class VisualLayout:
         return self.samples[b]
 
     def key_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Visual positions padded to a batch: ``(B, K)`` long positions and ``(B, K)`` bool mask."""
+        """Visual positions padded to a batch: ``(B, K)`` long positions, ``(B, K)`` bool mask."""
         return pad_positions([s.visual_positions for s in self.samples])
 
 

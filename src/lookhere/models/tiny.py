@@ -67,7 +67,7 @@ def resolve_size(size: str | TinySize | dict[str, Any]) -> TinySize:
         return size
     if isinstance(size, str):
         if size not in TINY_SIZES:
-            raise ValueError(f"size must be one of {sorted(TINY_SIZES)} or a TinySize, got {size!r}")
+            raise ValueError(f"size must be one of {sorted(TINY_SIZES)} or a TinySize: {size!r}")
         return TINY_SIZES[size]
     if isinstance(size, dict):
         unknown = set(size) - set(asdict(TINY_SIZES["test"]))

@@ -1,0 +1,32 @@
+"""Load a real VLM (hub id or local folder) with its processor and adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lookhere.models.adapter import Adapter, get_adapter
+
+
+def load_model(
+    name_or_path: str,
+    dtype: torch.dtype | str = "auto",
+    device_map: Any = None,
+    **kwargs: Any,
+) -> tuple[nn.Module, Any, Adapter]:
+    """``(model, processor, adapter)`` for a supported VLM, with the language model on SDPA.
+
+    Checks the family first (from the config alone), so an unsupported model fails before any
+    weights are read. Extra ``kwargs`` go to ``from_pretrained`` of the model.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    adapter = get_adapter(config)
+    model = AutoModelForImageTextToText.from_pretrained(
+        name_or_path, dtype=dtype, device_map=device_map, attn_implementation="sdpa", **kwargs
+    )
+    processor = type(adapter).load_processor(name_or_path)
+    return model, processor, get_adapter(model)

@@ -1,0 +1,388 @@
+"""The attention probe: selected attention rows from a normal SDPA forward, with gradients.
+
+Research code usually reads attention with ``output_attentions=True`` under eager attention, which
+materialises every layer's full (B, H, L, L) map. The probe computes only the rows it is asked for:
+
+    with AttentionProbe(model, queries="last_text") as probe:
+        model(**batch)
+    probe.rows[layer]  # (batch, heads, queries, keys) fp32, keys = each sample's visual tokens
+
+How: inside the context, the language model's attention implementation is switched to a function
+registered with transformers' ``AttentionInterface``. That function receives the query after RoPE /
+M-RoPE, the key before GQA repetition and the mask that SDPA would get; it computes the wanted
+rows (softmax over *all* keys in fp32) and then calls transformers' own ``sdpa_attention_forward``
+with untouched arguments, so the model's outputs are bit-identical to a run without the probe.
+On exit the original implementation is restored and the hooks are removed.
+
+Gradient checkpointing works with non-reentrant checkpointing (transformers' default), provided
+``backward()`` runs inside the context: recomputation must see the probe again.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lookhere.models.adapter import Adapter, get_adapter
+from lookhere.models.layout import pad_positions
+
+QueryRole = Literal["last_answer", "answer_start", "all_answer", "last_text"]
+QUERY_ROLES: tuple[str, ...] = ("last_answer", "answer_start", "all_answer", "last_text")
+IGNORE_INDEX = -100
+
+_IMPL_NAME = "lookhere_probe"
+_PROBABLE_IMPLS = ("sdpa",)  # implementations the probe wraps bit-exactly
+# attention module -> active probe; weak so a dropped model never stays alive through us
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, AttentionProbe] = weakref.WeakKeyDictionary()
+
+
+class ProbeError(RuntimeError):
+    """The model cannot be probed, or the probe was used wrongly."""
+
+
+class AttentionProbe:
+    """Context manager that records attention rows of chosen layers during a forward pass.
+
+    Args:
+        model: a VLM with a registered adapter (or pass ``adapter``), language model on SDPA.
+        layers: layer indices to record (negative counts from the end); ``None`` = all layers.
+        queries: a role (``last_answer``, ``answer_start``, ``all_answer``, ``last_text``), or
+            explicit positions: a ``(B, Q)`` long tensor or a list of per-sample position lists.
+            Answer roles read ``labels`` (answer tokens != -100) from the forward's arguments.
+        keys: ``"visual"`` (each sample's visual tokens, from ``input_ids``), ``"all"`` (every
+            key position), or explicit positions like ``queries``.
+        end_token_ids: token ids that end an answer (EOS, end-of-turn) and so are never the
+            ``last_answer`` query; defaults to the model's EOS ids.
+        adapter: overrides the adapter found from the model's config.
+
+    After each forward: ``rows[layer]`` is ``(B, H, Q, K)`` fp32 with zeros at padded queries
+    and keys; ``query_positions``/``query_mask`` are ``(B, Q)``; ``key_positions``/``key_mask``
+    are ``(B, K)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[int] | None = None,
+        queries: str | torch.Tensor | Sequence[Sequence[int]] = "last_text",
+        keys: str | torch.Tensor | Sequence[Sequence[int]] = "visual",
+        end_token_ids: Sequence[int] | None = None,
+        adapter: Adapter | None = None,
+    ) -> None:
+        self.model = model
+        self.adapter = adapter or get_adapter(model)
+        n = self.adapter.num_layers
+        self.layers = _resolve_layers(layers, n)
+        self.queries = _check_spec("queries", queries, QUERY_ROLES)
+        self.keys = _check_spec("keys", keys, ("visual", "all"))
+        self.end_token_ids = set(end_token_ids) if end_token_ids is not None else _eos_ids(model)
+        self.rows: dict[int, torch.Tensor] = {}
+        self.query_positions = self.query_mask = None
+        self.key_positions = self.key_mask = None
+        self._modules = self.adapter.attention_modules(model)
+        self._saved: list[tuple[Any, str]] = []
+        self._handles: list[Any] = []
+        self._grad_at_entry = False
+        self._calls = 0
+
+    # -- context -----------------------------------------------------------------------------------
+    def __enter__(self) -> AttentionProbe:
+        configs = {id(m.config): m.config for m in self._modules}.values()
+        for cfg in configs:
+            impl = cfg._attn_implementation
+            if impl not in _PROBABLE_IMPLS:
+                raise ProbeError(
+                    f"the probe needs the language model on attn_implementation='sdpa', "
+                    f"got {impl!r}; "
+                    "load with attn_implementation='sdpa' or call "
+                    "model.set_attn_implementation({'text_config': 'sdpa'})"
+                )
+        for m in self._modules:
+            if not hasattr(m, "layer_idx") or m in _ACTIVE:
+                why = "already inside another probe" if m in _ACTIVE else "has no layer_idx"
+                raise ProbeError(f"cannot probe {type(m).__name__}: it {why}")
+        lm = self.adapter.language_model(self.model)
+        if not getattr(lm, "_supports_attention_backend", False):
+            raise ProbeError(
+                f"{type(lm).__name__} does not dispatch "
+                "attention through transformers' AttentionInterface, so it cannot be probed"
+            )
+        _register_impl()
+        for cfg in configs:
+            self._saved.append((cfg, cfg._attn_implementation))
+            cfg._attn_implementation = _IMPL_NAME
+        for m in self._modules:
+            _ACTIVE[m] = self
+        hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        self._handles.append(hook)
+        self._handles.append(self.model.register_forward_hook(self._post_forward))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for cfg, impl in self._saved:
+            cfg._attn_implementation = impl
+        self._saved.clear()
+        for m in self._modules:
+            if _ACTIVE.get(m) is self:
+                del _ACTIVE[m]
+
+    # -- positions ---------------------------------------------------------------------------------
+    def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        attn = kwargs.get("attention_mask")
+        labels = kwargs.get("labels")
+        self.rows = {}
+        self._calls = 0
+        self._grad_at_entry = torch.is_grad_enabled()
+        self.query_positions, self.query_mask = self._resolve_queries(input_ids, attn, labels)
+        self.key_positions, self.key_mask = self._resolve_keys(input_ids)
+
+    def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._calls == 0:
+            raise ProbeError(
+                "the forward pass never reached the probe: the language model's attention layers "
+                "do not dispatch through transformers' AttentionInterface"
+            )
+
+    def _resolve_queries(self, input_ids, attn, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(self.queries, str):
+            return _explicit_positions("queries", self.queries)
+        if input_ids is None:
+            raise ProbeError("query roles need input_ids in the forward; pass explicit positions")
+        return query_positions(self.queries, input_ids, attn, labels, self.end_token_ids)
+
+    def _resolve_keys(self, input_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(self.keys, str):
+            return _explicit_positions("keys", self.keys)
+        if input_ids is None:
+            raise ProbeError("keys='visual' needs input_ids in the forward, or explicit keys")
+        if self.keys == "all":
+            b, n = input_ids.shape
+            return torch.arange(n).expand(b, n), torch.ones(b, n, dtype=torch.bool)
+        pos, mask = pad_positions(self.adapter.visual_positions(input_ids))
+        if not mask.any():
+            raise ProbeError("keys='visual' but the batch holds no image tokens")
+        return pos, mask
+
+    # -- recording (called from the attention function) ---------------------------------------
+    def _record(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                mask: torch.Tensor | None, scaling: float | None, kwargs: dict) -> None:
+        self._calls += 1
+        layer = module.layer_idx
+        if layer not in self.layers:
+            return
+        in_backward = torch._C._current_graph_task_id() != -1
+        if self._grad_at_entry and not torch.is_grad_enabled() and not in_backward:
+            raise ProbeError(
+                "reentrant gradient checkpointing runs layers without autograd, so probe rows "
+                "would carry no gradient; use activation_checkpointing_enable("
+                "activation_checkpointing_kwargs={'use_reentrant': False}) (the default)"
+            )
+        causal = getattr(module, "is_causal", True) if kwargs.get("is_causal") is None \
+            else kwargs["is_causal"]
+        rows = attention_rows(
+            query, key, mask, self.query_positions.to(query.device),
+            self.key_positions.to(query.device), scaling=scaling, is_causal=causal,
+            sliding_window=kwargs.get("sliding_window"), position_bias=kwargs.get("position_bias"),
+        )
+        rows = rows * (self.query_mask.to(rows.device)[:, None, :, None]
+                       & self.key_mask.to(rows.device)[:, None, None, :])
+        # Under checkpointing the layer runs again during backward: the rows must be recomputed
+        # (autograd needs their saved tensors) but the ones the user holds stay the record.
+        if not in_backward:
+            self.rows[layer] = rows
+
+
+def attention_rows(
+    query: torch.Tensor,  # (B, H, L, D), after RoPE
+    key: torch.Tensor,  # (B, H_kv, S, D), before GQA repetition
+    mask: torch.Tensor | None,  # None | bool (B, 1|H, L, S) True=attend | additive float
+    query_positions: torch.Tensor,  # (B, Q) indices into L
+    key_positions: torch.Tensor,  # (B, K) indices into S
+    scaling: float | None = None,
+    is_causal: bool = True,
+    sliding_window: int | None = None,
+    position_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention probabilities of selected query rows over selected keys: ``(B, H, Q, K)`` fp32.
+
+    The softmax runs over all S keys in fp32, exactly as SDPA would weigh them (same mask, same
+    causal rule, same scale); only then are the K wanted keys gathered. A query with no allowed key
+    gets a row of zeros instead of NaN.
+    """
+    b, h, seq_q, d = query.shape
+    h_kv, seq_k = key.shape[1], key.shape[2]
+    if h % h_kv:
+        raise ProbeError(f"query heads ({h}) must be a multiple of key heads ({h_kv})")
+    if query_positions.numel() and int(query_positions.max()) >= seq_q:
+        raise ProbeError(
+            f"query position {int(query_positions.max())} is outside this forward's {seq_q} "
+            "queries (the probe reads full-sequence forwards, not cached decoding steps)"
+        )
+    if key_positions.numel() and int(key_positions.max()) >= seq_k:
+        raise ProbeError(f"key position {int(key_positions.max())} is outside {seq_k} keys")
+    g, n_q = h // h_kv, query_positions.shape[1]
+    scale = d**-0.5 if scaling is None else scaling
+    idx = query_positions[:, None, :, None].expand(b, h, n_q, d)
+    q = query.gather(2, idx).float().view(b, h_kv, g, n_q, d)  # (B, Hkv, G, Q, D)
+    scores = torch.einsum("bkgqd,bksd->bkgqs", q, key.float()) * scale  # (B, Hkv, G, Q, S)
+    scores = scores.reshape(b, h, n_q, seq_k)  # (B, H, Q, S)
+    if position_bias is not None:
+        scores = scores + _gather_rows(position_bias, query_positions, h).float()
+    allowed = _allowed(mask, query_positions, b, h, seq_q, seq_k, is_causal, sliding_window)
+    if mask is not None and mask.dtype != torch.bool:
+        scores = scores + _gather_rows(mask, query_positions, h).float()
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    empty = torch.isneginf(scores).all(-1, keepdim=True)  # (B, H, Q, 1) rows with no key
+    probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    kidx = key_positions[:, None, None, :].expand(b, h, n_q, key_positions.shape[1])
+    return probs.gather(3, kidx)  # (B, H, Q, K)
+
+
+def _allowed(mask, qpos, b, h, seq_q, seq_k, is_causal, window) -> torch.Tensor | None:
+    """(B, H|1, Q, S) bool of keys each selected query may attend, or None for all."""
+    if mask is not None:
+        return _gather_rows(mask, qpos, h) if mask.dtype == torch.bool else None
+    if not (is_causal and seq_q > 1):
+        return None  # SDPA attends every key: decoding step or bidirectional layer
+    s = torch.arange(seq_k, device=qpos.device)
+    # SDPA's is_causal is aligned top-left: query i sees keys 0..i.
+    ok = s[None, None, :] <= qpos[:, :, None]  # (B, Q, S)
+    if window:
+        ok &= qpos[:, :, None] - s[None, None, :] < window
+    return ok[:, None]
+
+
+def _gather_rows(t: torch.Tensor, qpos: torch.Tensor, h: int) -> torch.Tensor:
+    """Rows ``qpos`` of a (B|1, 1|H, L, S) mask or bias -> (B, 1|H, Q, S)."""
+    b = qpos.shape[0]
+    t = t.expand(b, *t.shape[1:])
+    idx = qpos[:, None, :, None].expand(b, t.shape[1], qpos.shape[1], t.shape[-1])
+    return t.gather(2, idx)
+
+
+def query_positions(
+    role: str,
+    input_ids: torch.Tensor,  # (B, L)
+    attention_mask: torch.Tensor | None = None,  # (B, L) 1 = real token
+    labels: torch.Tensor | None = None,  # (B, L) token ids on answer tokens, -100 elsewhere
+    end_token_ids: Sequence[int] | set[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions for a role: ``(B, Q)`` long positions and ``(B, Q)`` bool mask.
+
+    - ``last_text``: the last real token (prefill-only grounding prompts);
+    - ``last_answer``: the last answer token, not counting end tokens (EOS, end-of-turn);
+    - ``answer_start``: the position whose output predicts the first answer token;
+    - ``all_answer``: every answer token except end tokens.
+    A sample without answer tokens gets a masked-out query.
+    """
+    if role not in QUERY_ROLES:
+        raise ValueError(f"query role must be one of {QUERY_ROLES}, got {role!r}")
+    b, n = input_ids.shape
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None \
+        else attention_mask.bool()
+    if role == "last_text":
+        last = torch.where(real, torch.arange(n, device=input_ids.device), -1).max(1).values
+        return last[:, None].clamp(min=0).long(), (last >= 0)[:, None]
+    if labels is None:
+        raise ProbeError(f"query role {role!r} needs `labels` in the forward (answer tokens "
+                         "!= -100), or explicit query positions")
+    if labels.shape != input_ids.shape:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}"
+        )
+    answer = (labels != IGNORE_INDEX) & real
+    ends = torch.tensor(sorted(end_token_ids), dtype=input_ids.dtype, device=input_ids.device)
+    content = answer & ~torch.isin(input_ids, ends)
+    rows = []
+    for bi in range(b):
+        pos = torch.nonzero(answer[bi] if role == "answer_start" else content[bi]).flatten()
+        if role == "answer_start":
+            pos = pos[:1] - 1
+            pos = pos[pos >= 0]
+        elif role == "last_answer":
+            pos = pos[-1:]
+        rows.append(pos.cpu())
+    pos, mask = pad_positions(rows)
+    if pos.shape[1] == 0:  # no sample has an answer: keep one masked query column
+        pos, mask = torch.zeros(b, 1, dtype=torch.long), torch.zeros(b, 1, dtype=torch.bool)
+    return pos, mask
+
+
+def _explicit_positions(name: str, spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(spec, torch.Tensor):
+        if spec.dim() != 2 or spec.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be a (batch, n) integer tensor, got {tuple(spec.shape)}")
+        if (spec < 0).any():
+            raise ValueError(f"{name} positions must be >= 0")
+        return spec.long(), torch.ones_like(spec, dtype=torch.bool)
+    rows = [torch.as_tensor(list(r), dtype=torch.long) for r in spec]
+    if any((r < 0).any() for r in rows):
+        raise ValueError(f"{name} positions must be >= 0")
+    return pad_positions(rows)
+
+
+def _check_spec(name: str, spec: Any, roles: Sequence[str]) -> Any:
+    if isinstance(spec, str):
+        if spec not in roles:
+            raise ValueError(
+                f"{name} must be one of {tuple(roles)} or explicit positions, got {spec!r}"
+            )
+        return spec
+    if isinstance(spec, torch.Tensor) or isinstance(spec, Sequence):
+        return spec
+    raise TypeError(f"{name} must be a role name, a (batch, n) tensor or a list of lists")
+
+
+def _resolve_layers(layers: Sequence[int] | None, n: int) -> frozenset[int]:
+    if layers is None:
+        return frozenset(range(n))
+    out = set()
+    for layer in layers:
+        if not -n <= int(layer) < n:
+            raise ValueError(f"layers: {layer} is out of range for a {n}-layer language model")
+        out.add(int(layer) % n)
+    if not out:
+        raise ValueError("layers must name at least one layer")
+    return frozenset(out)
+
+
+def _eos_ids(model: nn.Module) -> set[int]:
+    ids: set[int] = set()
+    for cfg in (getattr(model, "generation_config", None), model.config.get_text_config()):
+        eos = getattr(cfg, "eos_token_id", None)
+        ids.update([eos] if isinstance(eos, int) else (eos or []))
+    return ids
+
+
+def _probe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor, attention_mask: torch.Tensor | None,
+                     scaling: float | None = None, dropout: float = 0.0, **kwargs: Any):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    probe = _ACTIVE.get(module)
+    if probe is not None:
+        probe._record(module, query, key, attention_mask, scaling, kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                  dropout=dropout, **kwargs)
+
+
+def _register_impl() -> None:
+    """Register the probe's attention and mask functions under their own name (idempotent).
+
+    The mask must be registered too: transformers builds no mask for an unknown name, and
+    padding would then be silently ignored.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(_IMPL_NAME, _probe_attention)
+    AttentionMaskInterface.register(_IMPL_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])

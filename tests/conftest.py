@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny models per registered family, and a padded two-sample batch."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from lookhere.models import adapter_class, build_tiny, families  # noqa: E402
+
+FAMILIES = families()
+_CACHE: dict = {}
+
+
+def tiny(family: str):
+    """(model, processor) for a family, built once per test session, fp32, eval mode."""
+    if family not in _CACHE:
+        _CACHE[family] = build_tiny(family, size="test", seed=0)
+    return _CACHE[family]
+
+
+def noise_image(w: int, h: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def make_batch(family: str, processor, answer_tokens: int = 3):
+    """Two prompts, left padded; sample 1 holds 2 images where the family allows it.
+
+    Returns (batch, images) with labels marking the last ``answer_tokens`` tokens as the answer.
+    """
+    cls = adapter_class(family)
+    n2 = 2 if cls.multi_image else 1
+    images = [[noise_image(97, 61, 0)], [noise_image(45, 83, 1), noise_image(70, 70, 2)][:n2]]
+    texts = [
+        cls.tiny_prompt(processor, "what colour is the small square on the left", 1),
+        cls.tiny_prompt(processor, "find the star", n2),
+    ]
+    processor.tokenizer.padding_side = "left"
+    batch = cls.process(processor, texts, images, padding=True)
+    labels = batch["input_ids"].clone()
+    labels[:, :-answer_tokens] = -100
+    batch["labels"] = labels
+    return batch, images
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def seeded():
+    torch.manual_seed(0)

@@ -1,0 +1,191 @@
+"""The probe against eager ``output_attentions`` on the same weights, for every family."""
+
+import copy
+
+import pytest
+import torch
+from conftest import make_batch, tiny
+
+from lookhere.models import get_adapter
+from lookhere.probe import (
+    _ACTIVE,
+    AttentionProbe,
+    ProbeError,
+    attention_rows,
+    query_positions,
+)
+
+
+def slice_rows(attentions, probe):
+    """The probe's rows sliced out of full eager attention maps: {layer: (B, H, Q, K)}."""
+    rows = {}
+    mask = probe.query_mask[:, None, :, None] & probe.key_mask[:, None, None, :]
+    for layer in probe.rows:
+        a = attentions[layer]  # (B, H, L, L)
+        per = [a[b][:, probe.query_positions[b]][:, :, probe.key_positions[b]]
+               for b in range(a.shape[0])]
+        rows[layer] = torch.stack(per) * mask
+    return rows
+
+
+def eager_copy(model):
+    ref = copy.deepcopy(model)
+    ref.set_attn_implementation("eager")
+    return ref
+
+
+@pytest.mark.parametrize("queries", ["last_text", "all_answer"])
+def test_rows_match_eager(family, queries):
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    assert (batch["attention_mask"][:, 0] == 0).any(), "the batch must be left padded"
+    with torch.no_grad(), AttentionProbe(model, queries=queries) as probe:
+        model(**batch)
+    with torch.no_grad():
+        ref = slice_rows(eager_copy(model)(**batch, output_attentions=True).attentions, probe)
+    assert len(probe.rows) >= 2
+    for layer, rows in probe.rows.items():
+        b, h = rows.shape[:2]
+        assert h == get_adapter(model).num_heads and b == 2
+        assert (rows - ref[layer]).abs().max() <= 1e-5, f"layer {layer}"
+        assert rows.sum(-1).max() <= 1 + 1e-5  # visual share of a probability row
+
+
+def test_gradients_match_eager(family):
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    weights = {}
+
+    def loss_of(rows):
+        total = 0.0
+        for layer, r in sorted(rows.items()):
+            g = torch.Generator().manual_seed(layer)
+            weights.setdefault(layer, torch.rand(r.shape, generator=g))
+            total = total + (r * weights[layer]).sum()
+        return total
+
+    m1 = copy.deepcopy(model)
+    with AttentionProbe(m1, queries="all_answer") as probe:
+        m1(**batch)
+        loss_of(probe.rows).backward()
+    m2 = eager_copy(model)
+    rows = slice_rows(m2(**batch, output_attentions=True).attentions, probe)
+    loss_of(rows).backward()
+    g1 = {n: p.grad for n, p in m1.named_parameters() if p.grad is not None}
+    g2 = {n: p.grad for n, p in m2.named_parameters() if p.grad is not None}
+    assert g1.keys() == g2.keys() and g1
+    scale = max(g.abs().max() for g in g2.values())
+    for name in g2:
+        # Relative per parameter; gradients that are exactly zero in theory (e.g. a key bias under
+        # softmax) are pure rounding noise, so they are held to the global scale instead.
+        ref = max(g2[name].abs().max(), 1e-3 * scale)
+        rel = (g1[name] - g2[name]).abs().max() / ref
+        assert rel <= 1e-4, f"{name}: relative gradient difference {rel:.2e}"
+
+
+def test_outputs_identical_and_no_trace(family):
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    configs = {id(m.config): m.config for m in get_adapter(model).attention_modules(model)}
+    before = {k: c._attn_implementation for k, c in configs.items()}
+    with torch.no_grad():
+        plain = model(**batch).logits
+        with AttentionProbe(model, layers=[0, -1]) as probe:
+            probed = model(**batch).logits
+        after = model(**batch).logits
+    assert torch.equal(plain, probed) and torch.equal(plain, after)
+    assert sorted(probe.rows) == [0, get_adapter(model).num_layers - 1]
+    assert {k: c._attn_implementation for k, c in configs.items()} == before
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    assert not any(m in _ACTIVE for m in get_adapter(model).attention_modules(model))
+
+
+def test_gradient_checkpointing(family):
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    grads, n = [], get_adapter(model).num_layers
+    for ckpt in (False, True):
+        m = copy.deepcopy(model).train()
+        if ckpt:
+            m.activation_checkpointing_enable()
+        with AttentionProbe(m, queries="last_answer") as probe:
+            m(**batch)
+            sum(r.sum() for r in probe.rows.values()).backward()
+        # the layers ran again in backward (so checkpointing was on) without replacing the rows
+        assert probe._calls == (2 * n if ckpt else n)
+        assert all(r.grad_fn is not None for r in probe.rows.values())
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-7)
+
+
+def test_refuses_reentrant_checkpointing(family):
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    m = copy.deepcopy(model).train()
+    m.activation_checkpointing_enable({"use_reentrant": True})
+    with pytest.raises(ProbeError, match="reentrant"), AttentionProbe(m):
+        m(**batch)
+
+
+def test_refuses_unprobeable(family):
+    model, _ = tiny(family)
+    cfg = get_adapter(model).attention_modules(model)[0].config
+    saved = cfg._attn_implementation
+    cfg._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ProbeError, match="sdpa"), AttentionProbe(model):
+            pass
+    finally:
+        cfg._attn_implementation = saved
+    with pytest.raises(ValueError, match="layers"):
+        AttentionProbe(model, layers=[99])
+    with pytest.raises(ValueError, match="queries"):
+        AttentionProbe(model, queries="middle")
+
+
+def test_attention_rows_reference():
+    """GQA, causal (mask None), sliding window and bool masks against a plain softmax."""
+    torch.manual_seed(0)
+    b, h, h_kv, n, d = 2, 4, 2, 7, 8
+    q, k = torch.randn(b, h, n, d), torch.randn(b, h_kv, n, d)
+    kk = k.repeat_interleave(h // h_kv, dim=1)
+    qpos, kpos = torch.tensor([[6, 3], [5, 0]]), torch.tensor([[0, 2, 4], [1, 3, 5]])
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None]
+    for window in (None, 3):
+        allowed = (j <= i) & ((i - j < window) if window else True)
+        full = (q @ kk.transpose(-1, -2) * d**-0.5).masked_fill(~allowed, float("-inf"))
+        full = full.softmax(-1)
+        expect = torch.stack([full[bi][:, qpos[bi]][:, :, kpos[bi]] for bi in range(b)])
+        got = attention_rows(q, k, None, qpos, kpos, sliding_window=window)
+        torch.testing.assert_close(got, expect)
+        got = attention_rows(q, k, allowed.expand(b, 1, n, n), qpos, kpos)
+        if window is None:
+            torch.testing.assert_close(got, expect)
+    # a query row with no allowed key gives zeros, not NaN
+    none = torch.zeros(b, 1, n, n, dtype=torch.bool)
+    assert torch.equal(attention_rows(q, k, none, qpos, kpos), torch.zeros(b, h, 2, 3))
+    with pytest.raises(ProbeError, match="outside"):
+        attention_rows(q, k, None, torch.tensor([[n]]).expand(b, 1), kpos)
+
+
+def test_query_roles():
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 2], [5, 6, 7, 8, 9, 2, 0]])
+    attn = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0]])
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:] = ids[0, 4:]  # answer "7 8 <eos=2>"
+    labels[1, 3:6] = ids[1, 3:6]  # answer "8 9 <eos>"
+    pos, mask = query_positions("last_text", ids, attn)
+    assert pos.tolist() == [[6], [5]] and mask.all()
+    pos, _ = query_positions("last_answer", ids, attn, labels, {2})
+    assert pos.tolist() == [[5], [4]]
+    pos, _ = query_positions("answer_start", ids, attn, labels, {2})
+    assert pos.tolist() == [[3], [2]]
+    pos, mask = query_positions("all_answer", ids, attn, labels, {2})
+    assert pos.tolist() == [[4, 5], [3, 4]] and mask.all()
+    labels[1] = -100  # no answer in sample 1: a masked query, not a wrong one
+    pos, mask = query_positions("last_answer", ids, attn, labels, {2})
+    assert mask.tolist() == [[True], [False]]
+    with pytest.raises(ProbeError, match="labels"):
+        query_positions("last_answer", ids, attn)
