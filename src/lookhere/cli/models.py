@@ -1,0 +1,37 @@
+"""``lookhere families`` and ``lookhere tiny``: the supported families and tiny offline models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("families", help="list the supported model families")
+    p.set_defaults(run=_families)
+    p = sub.add_parser("tiny", help="build a tiny random-weight model + processor and save it")
+    p.add_argument("--family", required=True, help="a family from `lookhere families`")
+    p.add_argument("--size", default="test", help="tiny size preset: test or demo")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
+    p.add_argument("--out", required=True, type=Path, help="folder to save_pretrained into")
+    p.set_defaults(run=_tiny)
+
+
+def _families(args: argparse.Namespace) -> int:
+    from lookhere.models import adapter_class, families
+
+    for fam in families():
+        print(f"{fam:12s} model_type: {', '.join(adapter_class(fam).model_types)}")
+    return 0
+
+
+def _tiny(args: argparse.Namespace) -> int:
+    from lookhere.models import build_tiny
+    from lookhere.models.tiny import param_count, save_tiny
+
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise SystemExit(f"--out {args.out} exists and is not an empty folder; choose a new one")
+    model, processor = build_tiny(args.family, size=args.size, seed=args.seed)
+    save_tiny(model, processor, args.out)
+    print(f"saved {args.family} ({param_count(model) / 1e6:.2f}M parameters) to {args.out}")
+    return 0

@@ -1,0 +1,21 @@
+"""The command line."""
+
+import pytest
+
+from lookhere.cli import main
+from lookhere.models import families
+
+
+def test_families(capsys):
+    assert main(["families"]) == 0
+    out = capsys.readouterr().out
+    assert all(f in out for f in families())
+
+
+def test_tiny_saves_and_refuses_overwrite(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["tiny", "--family", "llava", "--out", str(out)]) == 0
+    assert (out / "config.json").exists() and (out / "model.safetensors").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folder left"
+    with pytest.raises(SystemExit, match="--out"):
+        main(["tiny", "--family", "llava", "--out", str(out)])
