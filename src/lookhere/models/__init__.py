@@ -4,7 +4,11 @@ Importing this package registers lookhere's own adapters in lookhere's own regis
 no global state of transformers or torch.
 """
 
-from lookhere.models import llava  # noqa: F401  (registers the family)
+# Registration order is the documented family order.
+from lookhere.models import llava  # noqa: F401, I001
+from lookhere.models import qwen2_vl  # noqa: F401
+from lookhere.models import llava_next  # noqa: F401
+from lookhere.models import gemma3  # noqa: F401
 from lookhere.models.adapter import (
     Adapter,
     UnsupportedModelError,
