@@ -191,3 +191,40 @@ def test_query_roles():
     assert mask.tolist() == [[True], [False]]
     with pytest.raises(ProbeError, match="labels"):
         query_positions("last_answer", ids, attn)
+
+
+def test_bf16_rows_and_outputs(family):
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    batch16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in batch.items()}
+    with torch.no_grad():
+        plain = half(**batch16).logits
+        with AttentionProbe(half) as p16:
+            probed = half(**batch16).logits
+        with AttentionProbe(model) as p32:
+            model(**batch)
+    assert torch.equal(plain, probed)
+    for layer, rows in p16.rows.items():
+        assert rows.dtype == torch.float32 and torch.isfinite(rows).all()
+        assert (rows - p32.rows[layer]).abs().max() < 0.05
+
+
+def test_under_ddp_wrapper(tmp_path):
+    """The probe sees through DistributedDataParallel (one gloo process) and keeps gradients."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, processor = tiny("llava")
+    batch, _ = make_batch("llava", processor)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        m = copy.deepcopy(model)
+        ddp = DistributedDataParallel(m, find_unused_parameters=True)
+        with AttentionProbe(ddp, queries="last_answer") as probe:
+            ddp(**batch)
+            sum(r.sum() for r in probe.rows.values()).backward()
+        assert probe.model is m and len(probe.rows) == get_adapter(m).num_layers
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    finally:
+        dist.destroy_process_group()

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lookhere.models.adapter import Adapter, get_adapter
+from lookhere.models.adapter import Adapter, get_adapter, unwrap_model
 from lookhere.models.layout import pad_positions
 
 QueryRole = Literal["last_answer", "answer_start", "all_answer", "last_text"]
@@ -73,17 +73,21 @@ class AttentionProbe:
         end_token_ids: Sequence[int] | None = None,
         adapter: Adapter | None = None,
     ) -> None:
-        self.model = model
-        self.adapter = adapter or get_adapter(model)
+        # Hooks go on the inner model: DDP / accelerate / PEFT wrappers call it with the same
+        # keyword arguments, so positions resolve the same way under any wrapper.
+        self.model = unwrap_model(model)
+        self.adapter = adapter or get_adapter(self.model)
         n = self.adapter.num_layers
         self.layers = _resolve_layers(layers, n)
         self.queries = _check_spec("queries", queries, QUERY_ROLES)
         self.keys = _check_spec("keys", keys, ("visual", "all"))
-        self.end_token_ids = set(end_token_ids) if end_token_ids is not None else _eos_ids(model)
+        self.end_token_ids = (
+            set(end_token_ids) if end_token_ids is not None else _eos_ids(self.model)
+        )
         self.rows: dict[int, torch.Tensor] = {}
         self.query_positions = self.query_mask = None
         self.key_positions = self.key_mask = None
-        self._modules = self.adapter.attention_modules(model)
+        self._modules = self.adapter.attention_modules(self.model)
         self._saved: list[tuple[Any, str]] = []
         self._handles: list[Any] = []
         self._grad_at_entry = False

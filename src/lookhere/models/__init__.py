@@ -9,6 +9,7 @@ from lookhere.models import llava  # noqa: F401, I001
 from lookhere.models import qwen2_vl  # noqa: F401
 from lookhere.models import llava_next  # noqa: F401
 from lookhere.models import gemma3  # noqa: F401
+from lookhere.models import idefics3  # noqa: F401
 from lookhere.models.adapter import (
     Adapter,
     UnsupportedModelError,

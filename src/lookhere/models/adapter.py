@@ -49,11 +49,25 @@ def adapter_class(family: str) -> type[Adapter]:
     return _REGISTRY[family]
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside DDP / FSDP-style (``.module``) and PEFT wrappers."""
+    for _ in range(8):  # wrappers nest a few levels at most
+        if hasattr(model, "get_base_model"):  # PEFT
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module):  # DDP, DataParallel, ...
+            model = model.module
+        else:
+            break
+    return model
+
+
 def get_adapter(model_or_config: nn.Module | Any) -> Adapter:
-    """The adapter for a loaded model or its config, chosen by ``config.model_type``.
+    """The adapter for a loaded (possibly wrapped) model or its config, by ``config.model_type``.
 
     Raises `UnsupportedModelError`, listing the supported families, for any other model.
     """
+    if isinstance(model_or_config, nn.Module):
+        model_or_config = unwrap_model(model_or_config)
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     for cls in _REGISTRY.values():
