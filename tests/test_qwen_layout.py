@@ -236,5 +236,5 @@ def test_wrong_image_count_is_a_clear_error(padded):
     with pytest.raises(ValueError, match="image_grid_thw"):
         adapter.layout({"input_ids": batch["input_ids"]}, images, processor)
     wrong = {**batch, "image_grid_thw": batch["image_grid_thw"][:2]}
-    with pytest.raises(ValueError, match="sample 1: .* image tokens do not match image_grid_thw"):
+    with pytest.raises(ValueError, match="sample 1: .* image tokens do not match"):
         adapter.layout(wrong, images, processor)

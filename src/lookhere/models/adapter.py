@@ -11,13 +11,13 @@ Adding a family is one new module with an `Adapter` subclass decorated by `regis
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from lookhere.models.layout import VisualLayout
+from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 
 ImageSizes = Sequence[Sequence[Any]]  # per sample: PIL images or (width, height) pairs
 
@@ -208,6 +208,57 @@ def check_image_count(images: ImageSizes, counts: Sequence[int]) -> list[list[tu
             raise ValueError(f"sample {b}: images lists {len(ims)} images, the tokens hold {n}")
         sizes.append([image_size_of(im) for im in ims])
     return sizes
+
+
+def count_image_blocks(pos: torch.Tensor, per_image: int, b: int) -> int:
+    """Images in one sample whose image tokens form contiguous blocks of ``per_image``."""
+    n = len(pos) // per_image
+    blocks = pos[: n * per_image].view(n, per_image)
+    if len(pos) % per_image or bool((blocks.diff(dim=1) != 1).any()):
+        raise ValueError(
+            f"sample {b}: the {len(pos)} image tokens do not form contiguous blocks of "
+            f"{per_image}; was the prompt expanded by this model's processor?"
+        )
+    return n
+
+
+def images_per_sample(tokens: Sequence[int], per_image: Sequence[int]) -> list[int]:
+    """Split the batch's images (in order) among samples by their image-token counts.
+
+    ``tokens[b]`` is sample b's number of image tokens, ``per_image[i]`` image i's block length.
+    """
+    counts, i = [], 0
+    for b, n in enumerate(tokens):
+        start, total = i, 0
+        while total < n and i < len(per_image):
+            total, i = total + per_image[i], i + 1
+        if total != n:
+            raise ValueError(
+                f"sample {b}: {n} image tokens do not match the token blocks of its "
+                f"{i - start} images ({total} tokens); was the prompt expanded by this processor?"
+            )
+        counts.append(i - start)
+    if i != len(per_image):
+        raise ValueError(f"the batch has {len(per_image)} images, the tokens hold only {i}")
+    return counts
+
+
+def block_layout(
+    positions: Sequence[torch.Tensor],
+    sizes: Sequence[Sequence[tuple[int, int]]],
+    per_image: int,
+    geometry: Callable[[tuple[int, int]], GridGeometry],
+) -> VisualLayout:
+    """Layout of families where each image is one block of ``per_image`` tokens and one grid."""
+    samples = []
+    for pos, ims in zip(positions, sizes, strict=True):
+        layouts = []
+        for i, size in enumerate(ims):
+            key_index = torch.arange(i * per_image, (i + 1) * per_image)
+            grid = Grid(positions=pos[key_index], key_index=key_index, geometry=geometry(size))
+            layouts.append(ImageLayout(grids=(grid,), image_size=size))
+        samples.append(SampleLayout(visual_positions=pos, images=tuple(layouts)))
+    return VisualLayout(samples=tuple(samples))
 
 
 def _check_input_ids(input_ids: torch.Tensor) -> None:

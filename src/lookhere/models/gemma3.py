@@ -18,8 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from lookhere.models.adapter import Adapter, ImageSizes, check_image_count, register_adapter
-from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
+from lookhere.models.adapter import (
+    Adapter,
+    ImageSizes,
+    block_layout,
+    check_image_count,
+    count_image_blocks,
+    register_adapter,
+)
+from lookhere.models.layout import GridGeometry, VisualLayout
 
 BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 SPECIAL_TOKENS = [BOI, EOI, IMAGE, "<start_of_turn>", "<end_of_turn>"]
@@ -59,18 +66,11 @@ class Gemma3Adapter(Adapter):
         canvas_h, canvas_w = batch["pixel_values"].shape[-2:]
         cell = (canvas_w / side, canvas_h / side)
         positions = self.visual_positions(batch["input_ids"])
-        counts = [_count_blocks(p, per_image, b) for b, p in enumerate(positions)]
+        counts = [count_image_blocks(p, per_image, b) for b, p in enumerate(positions)]
         sizes = _check_images(images, counts)
-        samples = []
-        for pos, ims in zip(positions, sizes, strict=True):
-            layouts = []
-            for i, size in enumerate(ims):
-                geo = gemma3_geometry(image_processor, size, side, cell, (canvas_w, canvas_h))
-                key_index = torch.arange(i * per_image, (i + 1) * per_image)
-                grid = Grid(positions=pos[key_index], key_index=key_index, geometry=geo)
-                layouts.append(ImageLayout(grids=(grid,), image_size=size))
-            samples.append(SampleLayout(visual_positions=pos, images=tuple(layouts)))
-        return VisualLayout(samples=tuple(samples))
+        canvas = (canvas_w, canvas_h)
+        return block_layout(positions, sizes, per_image,
+                            lambda size: gemma3_geometry(image_processor, size, side, cell, canvas))
 
     @classmethod
     def build_tiny(cls, size: Any, seed: int) -> tuple[nn.Module, Any]:
@@ -139,16 +139,6 @@ def _check_images(images: ImageSizes, counts: list[int]) -> list[list[tuple[int,
         raise
 
 
-def _count_blocks(pos: torch.Tensor, per_image: int, b: int) -> int:
-    """Number of images in one sample: contiguous blocks of ``per_image`` soft tokens."""
-    n = len(pos) // per_image
-    blocks = pos[: n * per_image].view(n, per_image)
-    if len(pos) % per_image or bool((blocks.diff(dim=1) != 1).any()):
-        raise ValueError(
-            f"sample {b}: the {len(pos)} image soft tokens do not form contiguous blocks of "
-            f"{per_image}; was the prompt expanded by the Gemma3 processor?"
-        )
-    return n
 
 
 # -- tiny model ----------------------------------------------------------------------------------

@@ -105,9 +105,8 @@ class _Idefics3Family(Adapter):
     @classmethod
     def build_tiny(cls, size: Any, seed: int) -> tuple[nn.Module, Any]:
         import transformers
-        from transformers import LlamaConfig
 
-        from lookhere.models.tiny import train_tokenizer
+        from lookhere.models.tiny import llama_text_config, train_tokenizer
 
         tok = train_tokenizer(SPECIAL_TOKENS, size.vocab_size)
         # TinySize.patch_size is the pixel side of one LLM token: vision patch * scale_factor.
@@ -118,13 +117,7 @@ class _Idefics3Family(Adapter):
             num_hidden_layers=size.vision_layers, num_attention_heads=size.vision_heads,
             image_size=size.image_size, patch_size=patch,
         )
-        text = LlamaConfig(
-            hidden_size=size.hidden, intermediate_size=size.intermediate,
-            num_hidden_layers=size.layers, num_attention_heads=size.heads,
-            num_key_value_heads=size.kv_heads, vocab_size=len(tok), max_position_embeddings=4096,
-            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+        text = llama_text_config(size, tok)
         config = getattr(transformers, cls._classes["config"])(
             vision_config=vision, text_config=text, scale_factor=scale,
             image_token_id=tok.convert_tokens_to_ids("<image>"),

@@ -6,11 +6,17 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import nn
 
-from lookhere.models.adapter import Adapter, ImageSizes, check_image_count, register_adapter
-from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
+from lookhere.models.adapter import (
+    Adapter,
+    ImageSizes,
+    block_layout,
+    check_image_count,
+    count_image_blocks,
+    register_adapter,
+)
+from lookhere.models.layout import GridGeometry, VisualLayout
 
 
 @register_adapter
@@ -24,32 +30,24 @@ class LlavaAdapter(Adapter):
         patch = self.config.vision_config.patch_size
         rows, cols = side_h // patch, side_w // patch
         per_image = rows * cols
-        samples = []
         positions = self.visual_positions(ids)
-        counts = [_count_blocks(p, per_image, b) for b, p in enumerate(positions)]
+        counts = [count_image_blocks(p, per_image, b) for b, p in enumerate(positions)]
         sizes = check_image_count(images, counts)
-        for pos, ims in zip(positions, sizes, strict=True):
-            layouts = []
-            for i, size in enumerate(ims):
-                geo = llava_geometry(processor.image_processor, size, rows, cols, patch)
-                key_index = torch.arange(i * per_image, (i + 1) * per_image)
-                grid = Grid(positions=pos[key_index], key_index=key_index, geometry=geo)
-                layouts.append(ImageLayout(grids=(grid,), image_size=size))
-            samples.append(SampleLayout(visual_positions=pos, images=tuple(layouts)))
-        return VisualLayout(samples=tuple(samples))
+        ip = processor.image_processor
+        return block_layout(positions, sizes, per_image,
+                            lambda size: llava_geometry(ip, size, rows, cols, patch))
 
     @classmethod
     def build_tiny(cls, size: Any, seed: int) -> tuple[nn.Module, Any]:
         from transformers import (
             CLIPVisionConfig,
-            LlamaConfig,
             LlavaConfig,
             LlavaForConditionalGeneration,
             LlavaImageProcessorPil,
             LlavaProcessor,
         )
 
-        from lookhere.models.tiny import train_tokenizer
+        from lookhere.models.tiny import llama_text_config, train_tokenizer
 
         tok = train_tokenizer(["<image>"], size.vocab_size)
         vision = CLIPVisionConfig(
@@ -57,13 +55,7 @@ class LlavaAdapter(Adapter):
             num_hidden_layers=size.vision_layers, num_attention_heads=size.vision_heads,
             image_size=size.image_size, patch_size=size.patch_size,
         )
-        text = LlamaConfig(
-            hidden_size=size.hidden, intermediate_size=size.intermediate,
-            num_hidden_layers=size.layers, num_attention_heads=size.heads,
-            num_key_value_heads=size.kv_heads, vocab_size=len(tok), max_position_embeddings=4096,
-            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+        text = llama_text_config(size, tok)
         config = LlavaConfig(
             vision_config=vision, text_config=text,
             image_token_index=tok.convert_tokens_to_ids("<image>"),
@@ -136,11 +128,3 @@ def _crop_shift(dim: int, crop: int) -> int:
     pad = math.ceil((max(crop, dim) - dim) / 2)
     return pad - max(0, start + pad)
 
-
-def _count_blocks(pos: torch.Tensor, per_image: int, b: int) -> int:
-    if len(pos) % per_image:
-        raise ValueError(
-            f"sample {b}: {len(pos)} image tokens is not a multiple of {per_image} per image; "
-            "was the prompt expanded by the processor?"
-        )
-    return len(pos) // per_image

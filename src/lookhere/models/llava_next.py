@@ -14,14 +14,20 @@ The newline tokens carry the image token id, so they are visual positions, but b
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from lookhere.models.adapter import Adapter, ImageSizes, check_image_count, register_adapter
+from lookhere.models.adapter import (
+    Adapter,
+    ImageSizes,
+    check_image_count,
+    images_per_sample,
+    register_adapter,
+)
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 
 
@@ -60,7 +66,7 @@ class LlavaNextAdapter(Adapter):
             for h, w in torch.as_tensor(batch["image_sizes"]).tolist()  # (H, W), batch order
         ]
         positions = self.visual_positions(batch["input_ids"])
-        counts = _images_per_sample(positions, [p.num_tokens for p in plans])
+        counts = images_per_sample([len(p) for p in positions], [p.num_tokens for p in plans])
         sizes = check_image_count(images, counts)
         _check_sizes(sizes, [p.base.image_size for p in plans])
         samples, it = [], iter(plans)
@@ -92,14 +98,13 @@ class LlavaNextAdapter(Adapter):
     def build_tiny(cls, size: Any, seed: int) -> tuple[nn.Module, Any]:
         from transformers import (
             CLIPVisionConfig,
-            LlamaConfig,
             LlavaNextConfig,
             LlavaNextForConditionalGeneration,
             LlavaNextImageProcessorPil,
             LlavaNextProcessor,
         )
 
-        from lookhere.models.tiny import train_tokenizer
+        from lookhere.models.tiny import llama_text_config, train_tokenizer
 
         tok = train_tokenizer(["<image>"], size.vocab_size)
         s = size.image_size
@@ -109,13 +114,7 @@ class LlavaNextAdapter(Adapter):
             num_hidden_layers=size.vision_layers, num_attention_heads=size.vision_heads,
             image_size=s, patch_size=size.patch_size,
         )
-        text = LlamaConfig(
-            hidden_size=size.hidden, intermediate_size=size.intermediate,
-            num_hidden_layers=size.layers, num_attention_heads=size.heads,
-            num_key_value_heads=size.kv_heads, vocab_size=len(tok), max_position_embeddings=4096,
-            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+        text = llama_text_config(size, tok)
         config = LlavaNextConfig(
             vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
             image_token_index=tok.convert_tokens_to_ids("<image>"),
@@ -243,22 +242,6 @@ def _field(d: Any, key: str) -> Any:
 
 
 # -- token bookkeeping ----------------------------------------------------------------------------
-def _images_per_sample(positions: Sequence[torch.Tensor], lengths: Sequence[int]) -> list[int]:
-    """Split the batch's images (in order) over the samples by their token-block lengths."""
-    counts, i = [], 0
-    for b, pos in enumerate(positions):
-        n, used = 0, 0
-        while used < len(pos) and i < len(lengths):
-            used, n, i = used + lengths[i], n + 1, i + 1
-        if used != len(pos):
-            raise ValueError(f"sample {b}: {len(pos)} image tokens do not match the token blocks "
-                             "of its images; was the prompt expanded by the processor?")
-        counts.append(n)
-    if i != len(lengths):
-        raise ValueError(f"batch has {len(lengths)} images but the tokens hold only {i}")
-    return counts
-
-
 def _check_sizes(sizes: list[list[tuple[int, int]]], processed: list[tuple[int, int]]) -> None:
     flat = [s for ims in sizes for s in ims]
     for i, (given, seen) in enumerate(zip(flat, processed, strict=True)):

@@ -13,14 +13,20 @@ vision tower's config (Qwen2.5-VL adds window attention).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
-from lookhere.models.adapter import Adapter, ImageSizes, check_image_count, register_adapter
+from lookhere.models.adapter import (
+    Adapter,
+    ImageSizes,
+    check_image_count,
+    images_per_sample,
+    register_adapter,
+)
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 
 # Qwen's chat and vision markers; each image is <|vision_start|><|image_pad|><|vision_end|>.
@@ -66,7 +72,7 @@ class _QwenVLAdapter(Adapter):
         thw = _grid_thw(batch)  # (n_images, 3) over the whole batch, prompt order
         positions = self.visual_positions(batch["input_ids"])
         per_image = (thw.prod(-1) // merge**2).tolist()  # tokens of each image
-        counts = _images_per_sample([len(p) for p in positions], per_image)
+        counts = images_per_sample([len(p) for p in positions], per_image)
         sizes = check_image_count(images, counts)
         samples, first = [], 0
         for pos, ims in zip(positions, sizes, strict=True):
@@ -248,21 +254,3 @@ def _grid_thw(batch: Mapping[str, Any]) -> torch.Tensor:
     if thw.dim() != 2 or thw.shape[-1] != 3:
         raise ValueError(f"image_grid_thw must be (n_images, 3), got {tuple(thw.shape)}")
     return thw
-
-
-def _images_per_sample(tokens: Sequence[int], per_image: Sequence[int]) -> list[int]:
-    """Split the batch's images (in order) among samples by their image-token counts."""
-    counts, i = [], 0
-    for b, n in enumerate(tokens):
-        start, total = i, 0
-        while total < n and i < len(per_image):
-            total, i = total + per_image[i], i + 1
-        if total != n:
-            raise ValueError(
-                f"sample {b}: {n} image tokens do not match image_grid_thw (images "
-                f"{start}..{i - 1} give {total}); was the prompt expanded by this processor?"
-            )
-        counts.append(i - start)
-    if i != len(per_image):
-        raise ValueError(f"image_grid_thw has {len(per_image)} images, the tokens hold {i}")
-    return counts

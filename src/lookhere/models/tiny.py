@@ -121,6 +121,19 @@ def train_tokenizer(special_tokens: list[str], vocab_size: int, *, pad: str = "<
     return fast
 
 
+def llama_text_config(size: TinySize, tok: Any) -> Any:
+    """The Llama language-model config that LLaVA, LLaVA-NeXT and Idefics3 share."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=size.hidden, intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads, vocab_size=len(tok), max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
 def _corpus() -> list[str]:
     words = list(_CORPUS_WORDS)
     numbers = [str(i) for i in range(0, 101)]
