@@ -26,14 +26,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
 	@echo "make demo: not yet. The NTP vs NTP+KLAL experiment lands with the KLAL issue."
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python bench/probe.py
