@@ -172,11 +172,12 @@ class Adapter(ABC):
                 **kwargs: Any) -> Any:
         """Run the processor on prompts and their per-sample image lists (PIL).
 
-        The default flattens the images in prompt order, as most processors expect; families
-        whose processors want nested per-sample lists override it.
+        Images go in as nested per-sample lists: every supported processor accepts that, and
+        some (Gemma3, SmolVLM, Idefics3) read a flat list as one sample holding every image.
         """
-        flat = [im for ims in images for im in ims]
-        return processor(images=flat or None, text=list(texts), return_tensors="pt", **kwargs)
+        nested = [list(ims) for ims in images]
+        return processor(images=nested if any(nested) else None, text=list(texts),
+                         return_tensors="pt", **kwargs)
 
     @classmethod
     def tiny_prompt(cls, processor: Any, text: str, n_images: int) -> str:

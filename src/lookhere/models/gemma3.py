@@ -12,7 +12,7 @@ images, each with its own token block) is not supported: `layout` raises on it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,15 +40,6 @@ class Gemma3Adapter(Adapter):
     # ``image_token_id`` (the soft token, ``config.image_token_index``), ``language_model``
     # (model.model.language_model), ``final_norm`` (its ``.norm``) and ``lm_head`` are the base
     # class defaults. Note that ``Gemma3Processor.image_token_id`` is the *begin-of-image* id.
-
-    @classmethod
-    def process(cls, processor: Any, texts: Sequence[str], images: ImageSizes,
-                **kwargs: Any) -> Any:
-        """`Gemma3Processor` matches images to prompts per sample, so it gets the nested lists
-        (a flat list is read as one sample holding every image)."""
-        nested = [list(ims) for ims in images]
-        return processor(images=nested if any(nested) else None, text=list(texts),
-                         return_tensors="pt", **kwargs)
 
     @property
     def tokens_per_side(self) -> int:

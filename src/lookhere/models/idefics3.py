@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -134,13 +134,6 @@ class _Idefics3Family(Adapter):
             image_processor=image_processor, tokenizer=tok, image_seq_len=n * n
         )
         return model, processor
-
-    @classmethod
-    def process(cls, processor: Any, texts: Sequence[str], images: ImageSizes,
-                **kwargs: Any) -> Any:
-        # Nested per-sample lists: SmolVLMProcessor would read a flat list as one sample.
-        nested = [list(ims) for ims in images] if any(len(ims) for ims in images) else None
-        return processor(images=nested, text=list(texts), return_tensors="pt", **kwargs)
 
     @classmethod
     def _processor_class(cls) -> type:
