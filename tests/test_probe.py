@@ -228,3 +228,22 @@ def test_under_ddp_wrapper(tmp_path):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def test_fp32_scores_saves_low_precision_inputs():
+    from lookhere.probe import _Fp32Scores
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, 4, 8, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(2, 3, 9, 8, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(2, 3, 4, 9)
+    out = _Fp32Scores.apply(q, k)
+    assert out.dtype == torch.float32
+    assert out.grad_fn.saved_tensors[1].dtype == torch.bfloat16  # no fp32 key copy kept
+    (out * w).sum().backward()
+    q2, k2 = q.detach().float().requires_grad_(), k.detach().float().requires_grad_()
+    ref = q2 @ k2.transpose(-1, -2)
+    torch.testing.assert_close(out, ref.detach())
+    (ref * w).sum().backward()
+    torch.testing.assert_close(q.grad, q2.grad.bfloat16())
+    torch.testing.assert_close(k.grad, k2.grad.bfloat16())

@@ -235,8 +235,8 @@ def attention_rows(
     g, n_q = h // h_kv, query_positions.shape[1]
     scale = d**-0.5 if scaling is None else scaling
     idx = query_positions[:, None, :, None].expand(b, h, n_q, d)
-    q = query.gather(2, idx).float().view(b, h_kv, g, n_q, d)  # (B, Hkv, G, Q, D)
-    scores = torch.einsum("bkgqd,bksd->bkgqs", q, key.float()) * scale  # (B, Hkv, G, Q, S)
+    q = query.gather(2, idx).view(b, h_kv, g * n_q, d)  # (B, Hkv, G*Q, D)
+    scores = _Fp32Scores.apply(q, key) * scale  # (B, Hkv, G*Q, S) fp32
     scores = scores.reshape(b, h, n_q, seq_k)  # (B, H, Q, S)
     if position_bias is not None:
         scores = scores + _gather_rows(position_bias, query_positions, h).float()
@@ -249,6 +249,28 @@ def attention_rows(
     probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
     kidx = key_positions[:, None, None, :].expand(b, h, n_q, key_positions.shape[1])
     return probs.gather(3, kidx)  # (B, H, Q, K)
+
+
+class _Fp32Scores(torch.autograd.Function):
+    """``q @ k^T`` in fp32 that saves q and k in their own dtype.
+
+    A plain ``q.float() @ k.float().T`` would keep an fp32 copy of every layer's keys alive for
+    backward; here autograd keeps the bf16/fp16 key that SDPA saves anyway, and the casts are
+    redone in backward. In fp32 both are the same.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, k)
+        return q.float() @ k.float().transpose(-1, -2)  # (B, Hkv, M, S)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k = ctx.saved_tensors
+        grad_q = (grad @ k.float()).to(q.dtype) if ctx.needs_input_grad[0] else None
+        grad_k = (grad.transpose(-1, -2) @ q.float()).to(k.dtype) \
+            if ctx.needs_input_grad[1] else None
+        return grad_q, grad_k
 
 
 def _allowed(mask, qpos, b, h, seq_q, seq_k, is_causal, window) -> torch.Tensor | None:
