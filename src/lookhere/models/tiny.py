@@ -9,9 +9,6 @@ on a small built-in corpus, and the family's real processor class where it const
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -149,22 +146,10 @@ def param_count(model: nn.Module) -> int:
 
 
 def save_tiny(model: nn.Module, processor: Any, path: str | Path) -> Path:
-    """``save_pretrained`` of model and processor into one new folder, atomically.
+    """``save_pretrained`` of model and processor into one new folder, atomically."""
+    from lookhere.io import atomic_dir
 
-    Both are written into a temporary sibling folder that is renamed into place, so a crash
-    never leaves a half-written checkpoint at ``path``.
-    """
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"path {path} exists and is not an empty folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if path.exists():
-            path.rmdir()
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)

@@ -1,0 +1,62 @@
+"""Pictures: contact sheets of samples with their ground-truth geometry drawn over them."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from lookhere.data.sample import Sample
+from lookhere.io import atomic_path
+
+_OVERLAY = (255, 0, 255)  # magenta: rarely a task colour
+
+
+def draw_geometry(sample: Sample) -> Image.Image:
+    """The sample's image with its target geometry outlined (boxes, points, polylines, mask)."""
+    img = sample.image.convert("RGB").copy()
+    geo = sample.geometry
+    if geo.mask is not None:
+        arr = np.asarray(img).copy()
+        arr[geo.mask] = (0.5 * arr[geo.mask] + 0.5 * np.array(_OVERLAY)).astype(np.uint8)
+        img = Image.fromarray(arr)
+    draw = ImageDraw.Draw(img)
+    for x0, y0, x1, y1 in geo.boxes:
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=_OVERLAY, width=2)
+    for line in geo.polylines:
+        draw.line([tuple(p) for p in line], fill=_OVERLAY, width=1)
+    for x, y in geo.points:
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], outline=_OVERLAY, width=2)
+    return img
+
+
+def contact_sheet(samples: Sequence[Sample], cols: int = 4, cell: int = 256,
+                  overlay: bool = True) -> Image.Image:
+    """A grid of samples, each with its question and answer below, geometry optionally drawn."""
+    if not samples:
+        raise ValueError("samples must not be empty")
+    rows = -(-len(samples) // cols)
+    caption_h = 56
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + caption_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, s in enumerate(samples):
+        r, c = divmod(i, cols)
+        img = draw_geometry(s) if overlay else s.image.convert("RGB")
+        img.thumbnail((cell - 8, cell - 8))
+        x, y = c * cell + 4, r * (cell + caption_h) + 4
+        sheet.paste(img, (x, y))
+        text = f"Q: {s.question}\nA: {s.answer}"
+        lines = [ln for part in text.split("\n") for ln in textwrap.wrap(part, 40)][:4]
+        draw.multiline_text((x, y + cell - 4), "\n".join(lines), fill="black", spacing=1)
+    return sheet
+
+
+def save_image(img: Image.Image, path: str | Path) -> Path:
+    """Save a PNG atomically (temporary file, then rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
