@@ -1,0 +1,192 @@
+"""Ground-truth attention maps: a distribution over an adapter's visual tokens from pixel geometry.
+
+KLAL pulls the answer token's attention toward a map P over the visual tokens of the image the
+question is about (methods.md §1). P gives the target cells the most mass, their 8-neighbour ring
+an intermediate mass and every other cell a floor, then sums to 1.
+
+How each kind of geometry becomes per-cell target weight (lookhere's choices, documented in
+docs/methods.md): boxes and masks weigh a cell by the fraction of its area they cover; points
+and polylines mark every cell they touch with full weight. The unnormalised weight of a cell is
+
+    w = max(target * coverage, neighbour * [cell is in the 8-ring of a touched cell], floor)
+
+so a partly covered cell never falls below the ring. All grids of the image (LLaVA-NeXT's base
+and crops, SmolVLM's global and tiles) get their own map; the weights are normalised jointly over
+the image's grid cells. Visual tokens outside every grid (LLaVA-NeXT row newlines) and tokens of
+other images get 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lookhere.data.sample import Geometry
+from lookhere.models.layout import GridGeometry, SampleLayout, VisualLayout
+
+_SUB = 8  # mask coverage: sub-samples per cell side
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Unnormalised weights of the ground-truth map (defaults: methods.md, [ours])."""
+
+    target: float = field(default=1.0, metadata={"help": "weight of a fully covered target cell"})
+    neighbour: float = field(
+        default=0.5, metadata={"help": "weight of the 8-neighbour ring around target cells"})
+    floor: float = field(default=0.01, metadata={"help": "weight of every other cell (> 0)"})
+
+    def __post_init__(self) -> None:
+        for name in ("target", "neighbour", "floor"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"TargetConfig.{name} must be finite and >= 0, got {v}")
+        if not self.target >= self.neighbour >= self.floor:
+            raise ValueError(
+                f"TargetConfig needs target >= neighbour >= floor, got {self.target}, "
+                f"{self.neighbour}, {self.floor}"
+            )
+
+
+def cell_weights(grid: GridGeometry, geometry: Geometry, config: TargetConfig = TargetConfig()
+                 ) -> np.ndarray:
+    """(rows, cols) unnormalised target weights of one grid."""
+    coverage = cell_coverage(grid, geometry)
+    touched = coverage > 0
+    ring = _dilate(touched) & ~touched
+    w = np.maximum(config.target * coverage, config.floor)
+    return np.where(ring, np.maximum(w, config.neighbour), w)
+
+
+def cell_coverage(grid: GridGeometry, geometry: Geometry) -> np.ndarray:
+    """(rows, cols) in [0, 1]: how much of each cell the geometry claims (see module doc)."""
+    check_geometry(geometry, grid.image_size)
+    cov = np.zeros((grid.rows, grid.cols))
+    for box in geometry.boxes:
+        cov = np.maximum(cov, grid.box_coverage(box))
+    pts = list(geometry.points) + _polyline_points(geometry.polylines, geometry.line_width)
+    for x, y in pts:
+        cell = grid.point_to_cell(x, y)
+        if cell is not None:
+            cov[cell] = 1.0
+    if geometry.mask is not None:
+        cov = np.maximum(cov, _mask_coverage(grid, geometry.mask))
+    return cov
+
+
+def image_distribution(
+    sample: SampleLayout,
+    geometry: Geometry,
+    image_index: int = 0,
+    config: TargetConfig = TargetConfig(),
+) -> torch.Tensor:
+    """(K,) distribution over the sample's visual tokens; sums to 1 over image ``image_index``."""
+    if not 0 <= image_index < len(sample.images):
+        raise ValueError(
+            f"image_index {image_index} is out of range for a sample with {len(sample.images)} "
+            "images"
+        )
+    if geometry.is_empty():
+        raise ValueError("geometry is empty: a target needs a box, point, polyline or mask")
+    p = torch.zeros(len(sample.visual_positions), dtype=torch.float64)
+    for grid in sample.images[image_index].grids:
+        w = cell_weights(grid.geometry, geometry, config)  # (rows, cols)
+        p[grid.key_index] = torch.from_numpy(w.reshape(-1))
+    total = p.sum()
+    if not total > 0:
+        raise ValueError("the target map has no mass (all weights are 0; is floor 0?)")
+    return (p / total).float()
+
+
+def batch_targets(
+    layout: VisualLayout,
+    geometries: Sequence[Geometry | None],
+    image_indices: Sequence[int] | None = None,
+    config: TargetConfig = TargetConfig(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, K)`` target distributions aligned with ``layout.key_positions()``, ``(B,)`` mask.
+
+    A sample whose geometry is None has no target: its row is 0 and its mask False, so a loss
+    can leave it out instead of averaging a zero in.
+    """
+    if len(geometries) != len(layout):
+        raise ValueError(f"geometries has {len(geometries)} entries for {len(layout)} samples")
+    idx = image_indices if image_indices is not None else [0] * len(layout)
+    k = max((len(s.visual_positions) for s in layout.samples), default=0)
+    out = torch.zeros(len(layout), k)
+    has = torch.zeros(len(layout), dtype=torch.bool)
+    for b, (sample, geo) in enumerate(zip(layout.samples, geometries, strict=True)):
+        if geo is None:
+            continue
+        p = image_distribution(sample, geo, idx[b], config)
+        out[b, : len(p)] = p
+        has[b] = True
+    return out, has
+
+
+def check_geometry(geometry: Geometry, image_size: tuple[int, int], tol: float = 1e-6) -> None:
+    """Clear errors for NaN, empty boxes, and boxes or points outside the image."""
+    w, h = image_size
+    for box in geometry.boxes:
+        if len(box) != 4 or not np.all(np.isfinite(box)):
+            raise ValueError(f"box {box!r} must be 4 finite numbers (x0, y0, x1, y1)")
+        x0, y0, x1, y1 = box
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"box {box!r} is empty: need x1 > x0 and y1 > y0")
+        if x0 < -tol or y0 < -tol or x1 > w + tol or y1 > h + tol:
+            raise ValueError(f"box {box!r} lies outside the {w}x{h} image")
+    lines = [p for line in geometry.polylines for p in line]
+    for x, y in list(geometry.points) + lines:
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise ValueError(f"point {(x, y)!r} must be finite")
+        if not (-tol <= x <= w + tol and -tol <= y <= h + tol):
+            raise ValueError(f"point {(x, y)!r} lies outside the {w}x{h} image")
+    if geometry.mask is not None and tuple(geometry.mask.shape) != (h, w):
+        raise ValueError(f"mask has shape {geometry.mask.shape}, the image is {h}x{w} (h x w)")
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    """8-neighbourhood dilation of a bool grid."""
+    p = np.pad(m, 1)
+    out = np.zeros_like(m)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out |= p[dy:dy + m.shape[0], dx:dx + m.shape[1]]
+    return out
+
+
+def _polyline_points(lines: Sequence[Sequence[tuple[float, float]]], width: float
+                     ) -> list[tuple[float, float]]:
+    """Points every <= 0.5 px along each polyline, on its centre line and both drawn edges."""
+    half = max(width / 2 - 0.5, 0.0)  # the outermost pixel centres of a line `width` px wide
+    pts: list[tuple[float, float]] = []
+    for line in lines:
+        v = np.asarray(line, dtype=np.float64).reshape(-1, 2)
+        pts.extend(map(tuple, v))
+        for a, b in zip(v[:-1], v[1:], strict=True):
+            d = b - a
+            length = max(float(np.hypot(*d)), 1e-9)
+            t = np.linspace(0, 1, int(np.ceil(length / 0.5)) + 1)[:, None]
+            normal = np.array([-d[1], d[0]]) / length
+            for off in (0.0, half, -half):
+                pts.extend(map(tuple, a + t * d + off * normal))
+    return pts
+
+
+def _mask_coverage(grid: GridGeometry, mask: np.ndarray) -> np.ndarray:
+    """(rows, cols) fraction of each cell's sub-samples that fall on the mask."""
+    h, w = mask.shape
+    cw, ch = grid.cell_size
+    frac = (np.arange(_SUB) + 0.5) / _SUB
+    u = (np.arange(grid.cols)[:, None] + frac[None]) * cw  # (cols, SUB) canvas x
+    v = (np.arange(grid.rows)[:, None] + frac[None]) * ch  # (rows, SUB) canvas y
+    x = (u - grid.offset[0]) / grid.scale[0]
+    y = (v - grid.offset[1]) / grid.scale[1]
+    xi, yi = np.floor(x).astype(int), np.floor(y).astype(int)
+    okx, oky = (xi >= 0) & (xi < w), (yi >= 0) & (yi < h)
+    vals = mask[np.clip(yi, 0, h - 1)[:, :, None, None], np.clip(xi, 0, w - 1)[None, None]]
+    vals &= oky[:, :, None, None] & okx[None, None]  # (rows, SUB, cols, SUB)
+    return vals.mean(axis=(1, 3))
