@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lookhere.cli import models
+from lookhere.cli import data, models
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lookhere", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     models.add_commands(sub)
+    data.add_commands(sub)
     args = parser.parse_args(argv)
     return args.run(args)
