@@ -71,3 +71,13 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         main(["data", "make", "_test_dot", "--n", "2", "--out", str(tmp_path / "e"),
               "--set", "oops"])
+
+
+def test_cli_convert_refs(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    src = tmp_path / "refs(unc).p"
+    shutil.copy(Path(__file__).parent / "fixtures/refer/refcoco/refs(unc).p", src)
+    assert main(["data", "convert-refs", str(src), str(tmp_path / "refs(unc).json")]) == 0
+    assert (tmp_path / "refs(unc).json").exists()

@@ -19,6 +19,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="generator processes")
     _add_set(p)
     p.set_defaults(run=_make)
+    p = data.add_parser("convert-refs", help="convert a RefCOCO refs(*).p pickle to JSON/parquet "
+                        "with a restricted unpickler (plain data only)")
+    p.add_argument("src", type=Path, help="refs(unc).p or similar")
+    p.add_argument("dst", type=Path, nargs="?", help="output .json or .parquet (default: .json)")
+    p.set_defaults(run=_convert_refs)
     p = data.add_parser("sheet", help="save a contact sheet (PNG) of a task's first samples")
     p.add_argument("task")
     p.add_argument("--n", type=int, default=16)
@@ -59,6 +64,12 @@ def _make(args: argparse.Namespace) -> int:
         raise SystemExit(f"lookhere data make: {err}") from None
     print(f"wrote {args.n} {args.task} samples to {out}")
     return 0
+
+
+def _convert_refs(args: argparse.Namespace) -> int:
+    from lookhere.data.refcoco import main as refcoco_main
+
+    return refcoco_main(["convert", str(args.src)] + ([str(args.dst)] if args.dst else []))
 
 
 def _sheet(args: argparse.Namespace) -> int:
