@@ -48,8 +48,9 @@ def contact_sheet(samples: Sequence[Sample], cols: int = 4, cell: int = 256,
         img.thumbnail((cell - 8, cell - 8))
         x, y = c * cell + 4, r * (cell + caption_h) + 4
         sheet.paste(img, (x, y))
-        text = f"Q: {s.question}\nA: {s.answer}"
-        lines = [ln for part in text.split("\n") for ln in textwrap.wrap(part, 40)][:4]
+        q = textwrap.wrap(f"Q: {s.question}", 40)
+        q = q[:3] if len(q) <= 3 else q[:2] + [q[2][:37] + "..."]
+        lines = q + textwrap.wrap(f"A: {s.answer}", 40)[:1]  # the answer always shows
         draw.multiline_text((x, y + cell - 4), "\n".join(lines), fill="black", spacing=1)
     return sheet
 
