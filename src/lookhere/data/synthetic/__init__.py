@@ -1,8 +1,12 @@
-"""Synthetic grounding tasks, one module each, deterministic in (seed, index)."""
+"""Synthetic grounding tasks, one module each, deterministic in (seed, index).
 
+Importing this package registers the built-in tasks (each module registers itself).
+"""
+
+from lookhere.data.synthetic import grid_patch, line_intersection, shapes
 from lookhere.data.synthetic.base import TASKS, SyntheticTask, make_task, register_task
 
-# The built-in tasks register themselves on import.
-from lookhere.data.synthetic import shapes  # noqa: F401, E402, I001
-
-__all__ = ["TASKS", "SyntheticTask", "make_task", "register_task"]
+__all__ = [
+    "TASKS", "SyntheticTask", "grid_patch", "line_intersection", "make_task", "register_task",
+    "shapes",
+]
