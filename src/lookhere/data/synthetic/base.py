@@ -16,8 +16,11 @@ TASKS: dict[str, type[SyntheticTask]] = {}
 
 def register_task(cls: type[SyntheticTask]) -> type[SyntheticTask]:
     """Class decorator: add a task to the registry under ``cls.name``."""
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} is already registered")
+    old = TASKS.get(cls.name)
+    if old is not None and old.__qualname__ != cls.__qualname__:
+        raise ValueError(f"task {cls.name!r} is already registered by {old.__qualname__}")
+    if old is not None:  # the same module run again as __main__ (python -m ...): keep the first
+        return cls
     TASKS[cls.name] = cls
     return cls
 
