@@ -17,6 +17,8 @@ import lookhere.data.synthetic as synthetic
 
 def bench_task(name: str, n: int, image_size: int | None) -> float:
     kwargs = {"image_size": image_size} if image_size else {}
+    if image_size and name == "grid_patch":  # one cell per 14 px patch, as the default
+        kwargs.update(grid_rows=image_size // 14, grid_cols=image_size // 14)
     task = synthetic.make_task(name, seed=0, **kwargs)
     task.sample(0)  # warm-up (imports, fonts)
     t0 = time.perf_counter()
