@@ -145,8 +145,14 @@ class AttentionProbe:
         self.rows = {}
         self._calls = 0
         self._grad_at_entry = torch.is_grad_enabled()
-        self.query_positions, self.query_mask = self._resolve_queries(input_ids, attn, labels)
-        self.key_positions, self.key_mask = self._resolve_keys(input_ids)
+        qpos, qmask = self._resolve_queries(input_ids, attn, labels)
+        kpos, kmask = self._resolve_keys(input_ids)
+        # Bounds as Python ints and tensors on the model's device, once per forward: no
+        # host-device sync or copy inside the per-layer attention calls.
+        self._max_q, self._max_k = _max(qpos), _max(kpos)
+        device = input_ids.device if input_ids is not None else qpos.device
+        self.query_positions, self.query_mask = qpos.to(device), qmask.to(device)
+        self.key_positions, self.key_mask = kpos.to(device), kmask.to(device)
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._calls == 0:
@@ -191,13 +197,13 @@ class AttentionProbe:
             )
         causal = getattr(module, "is_causal", True) if kwargs.get("is_causal") is None \
             else kwargs["is_causal"]
+        _check_bounds(self._max_q, query.shape[2], self._max_k, key.shape[2])
         rows = attention_rows(
-            query, key, mask, self.query_positions.to(query.device),
-            self.key_positions.to(query.device), scaling=scaling, is_causal=causal,
+            query, key, mask, self.query_positions, self.key_positions,
+            scaling=scaling, is_causal=causal, check=False,
             sliding_window=kwargs.get("sliding_window"), position_bias=kwargs.get("position_bias"),
         )
-        rows = rows * (self.query_mask.to(rows.device)[:, None, :, None]
-                       & self.key_mask.to(rows.device)[:, None, None, :])
+        rows = rows * (self.query_mask[:, None, :, None] & self.key_mask[:, None, None, :])
         # Under checkpointing the layer runs again during backward: the rows must be recomputed
         # (autograd needs their saved tensors) but the ones the user holds stay the record.
         if not in_backward:
@@ -214,24 +220,21 @@ def attention_rows(
     is_causal: bool = True,
     sliding_window: int | None = None,
     position_bias: torch.Tensor | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Attention probabilities of selected query rows over selected keys: ``(B, H, Q, K)`` fp32.
 
     The softmax runs over all S keys in fp32, exactly as SDPA would weigh them (same mask, same
     causal rule, same scale); only then are the K wanted keys gathered. A query with no allowed key
-    gets a row of zeros instead of NaN.
+    gets a row of zeros instead of NaN. ``check=False`` skips the bounds check (a host sync)
+    for callers that checked already.
     """
     b, h, seq_q, d = query.shape
     h_kv, seq_k = key.shape[1], key.shape[2]
     if h % h_kv:
         raise ProbeError(f"query heads ({h}) must be a multiple of key heads ({h_kv})")
-    if query_positions.numel() and int(query_positions.max()) >= seq_q:
-        raise ProbeError(
-            f"query position {int(query_positions.max())} is outside this forward's {seq_q} "
-            "queries (the probe reads full-sequence forwards, not cached decoding steps)"
-        )
-    if key_positions.numel() and int(key_positions.max()) >= seq_k:
-        raise ProbeError(f"key position {int(key_positions.max())} is outside {seq_k} keys")
+    if check:
+        _check_bounds(_max(query_positions), seq_q, _max(key_positions), seq_k)
     g, n_q = h // h_kv, query_positions.shape[1]
     scale = d**-0.5 if scaling is None else scaling
     idx = query_positions[:, None, :, None].expand(b, h, n_q, d)
@@ -249,6 +252,20 @@ def attention_rows(
     probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
     kidx = key_positions[:, None, None, :].expand(b, h, n_q, key_positions.shape[1])
     return probs.gather(3, kidx)  # (B, H, Q, K)
+
+
+def _max(t: torch.Tensor) -> int:
+    return int(t.max()) if t.numel() else 0
+
+
+def _check_bounds(max_q: int, seq_q: int, max_k: int, seq_k: int) -> None:
+    if max_q >= seq_q:
+        raise ProbeError(
+            f"query position {max_q} is outside this forward's {seq_q} queries (the probe reads "
+            "full-sequence forwards, not cached decoding steps)"
+        )
+    if max_k >= seq_k:
+        raise ProbeError(f"key position {max_k} is outside {seq_k} keys")
 
 
 class _Fp32Scores(torch.autograd.Function):
