@@ -211,6 +211,26 @@ def check_image_count(images: ImageSizes, counts: Sequence[int]) -> list[list[tu
     return sizes
 
 
+def size_field(size: Any, key: str) -> Any:
+    """A field of an image processor's size setting (a dict or a ``SizeDict``), None if unset."""
+    return size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
+
+
+def resized_size(size: Any, w: int, h: int) -> tuple[int, int]:
+    """(new_w, new_h) of the image processors' ``resize`` for "shortest_edge" or height/width.
+
+    Mirrors ``get_resize_output_image_size(default_to_square=False)``, which truncates.
+    """
+    shortest = size_field(size, "shortest_edge")
+    if shortest and not size_field(size, "longest_edge"):
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(shortest * long / short)
+        return (shortest, new_long) if w <= h else (new_long, shortest)
+    if size_field(size, "height") and size_field(size, "width"):
+        return size_field(size, "width"), size_field(size, "height")
+    raise ValueError(f"unsupported image processor size {size}")
+
+
 def count_image_blocks(pos: torch.Tensor, per_image: int, b: int) -> int:
     """Images in one sample whose image tokens form contiguous blocks of ``per_image``."""
     n = len(pos) // per_image

@@ -11,6 +11,7 @@ images, each with its own token block) is not supported: `layout` raises on it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from lookhere.models.adapter import (
     check_image_count,
     count_image_blocks,
     register_adapter,
+    size_field,
 )
 from lookhere.models.layout import GridGeometry, VisualLayout
 
@@ -101,7 +103,7 @@ def _resize_target(image_processor: Any, w: int, h: int) -> tuple[int, int]:
     if not getattr(image_processor, "do_resize", True):
         return w, h
     size = image_processor.size
-    get = size.get if isinstance(size, Mapping) else lambda k: getattr(size, k, None)
+    get = functools.partial(size_field, size)
     if not (get("height") and get("width")):
         raise ValueError(
             f"processor.image_processor.size must be {{'height', 'width'}} for Gemma3, got {size}"

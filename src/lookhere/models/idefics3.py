@@ -26,7 +26,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lookhere.models.adapter import Adapter, ImageSizes, check_image_count, register_adapter
+from lookhere.models.adapter import (
+    Adapter,
+    ImageSizes,
+    check_image_count,
+    register_adapter,
+    size_field,
+)
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 
 MAX_IMAGE_SIZE = 4096  # the processors' absolute bound on the resized image (image_processing_*.py)
@@ -88,7 +94,7 @@ class _Idefics3Family(Adapter):
 
     def _tile_and_side(self, processor: Any) -> tuple[int, int]:
         """(tile side T in pixels, tokens per tile side n), checked against the processor."""
-        tile = int(_get(processor.image_processor.max_image_size, "longest_edge"))
+        tile = int(size_field(processor.image_processor.max_image_size, "longest_edge"))
         cell = self.config.vision_config.patch_size * self.config.scale_factor
         if tile % cell:
             raise ValueError(f"processor tile size {tile} is not a multiple of patch*scale {cell}")
@@ -210,7 +216,7 @@ def split_plan(image_processor: Any, image_size: tuple[int, int]) -> TileSplit:
     multiples of the tile) -> ``split_images`` (tiles, only when a side exceeds one tile).
     """
     w, h = image_size
-    tile = int(_get(image_processor.max_image_size, "longest_edge"))
+    tile = int(size_field(image_processor.max_image_size, "longest_edge"))
     if not getattr(image_processor, "do_image_splitting", True):
         return TileSplit(0, 0, (tile, tile))
     if getattr(image_processor, "do_resize", True):
@@ -223,11 +229,11 @@ def split_plan(image_processor: Any, image_size: tuple[int, int]) -> TileSplit:
 
 def _resize_to_size(h: int, w: int, size: Any) -> tuple[int, int]:
     """(h, w) after the processor's ``resize(size=...)``."""
-    longest = _get(size, "longest_edge")
+    longest = size_field(size, "longest_edge")
     if longest:
         h, w = _rescale_to_max_len(h, w, int(longest))
         return _scale_below_upper_bound(h, w, MAX_IMAGE_SIZE)
-    height, width = _get(size, "height"), _get(size, "width")
+    height, width = size_field(size, "height"), size_field(size, "width")
     if height and width:
         return int(height), int(width)
     raise ValueError(f"size must have 'longest_edge' or 'height' and 'width', got {size!r}")
@@ -327,5 +333,3 @@ def _global_tag_id(processor: Any) -> int:
     return int(tag_id)
 
 
-def _get(d: Any, key: str) -> Any:
-    return d.get(key) if isinstance(d, Mapping) else getattr(d, key, None)

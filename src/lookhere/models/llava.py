@@ -15,6 +15,8 @@ from lookhere.models.adapter import (
     check_image_count,
     count_image_blocks,
     register_adapter,
+    resized_size,
+    size_field,
 )
 from lookhere.models.layout import GridGeometry, VisualLayout
 
@@ -91,35 +93,17 @@ def llava_geometry(image_processor: Any, image_size: tuple[int, int], rows: int,
         ox, oy = (side - w) // 2, (side - h) // 2
         cur_w = cur_h = float(side)
     if getattr(image_processor, "do_resize", True):
-        new_w, new_h = _resized_size(image_processor.size, int(cur_w), int(cur_h))
+        new_w, new_h = resized_size(image_processor.size, int(cur_w), int(cur_h))
         fx, fy = new_w / cur_w, new_h / cur_h
         sx, sy, ox, oy = sx * fx, sy * fy, ox * fx, oy * fy
         cur_w, cur_h = float(new_w), float(new_h)
     if getattr(image_processor, "do_center_crop", False):
         crop = image_processor.crop_size
-        ox += _crop_shift(int(cur_w), _get(crop, "width"))
-        oy += _crop_shift(int(cur_h), _get(crop, "height"))
+        ox += _crop_shift(int(cur_w), size_field(crop, "width"))
+        oy += _crop_shift(int(cur_h), size_field(crop, "height"))
     return GridGeometry(rows=rows, cols=cols, cell_size=(patch, patch), scale=(sx, sy),
                         offset=(ox, oy), image_size=(w, h))
 
-
-def _get(d: Any, key: str) -> Any:
-    return d[key] if isinstance(d, Mapping) else getattr(d, key)
-
-
-def _resized_size(size: Any, w: int, h: int) -> tuple[int, int]:
-    """(new_w, new_h) as ``get_resize_output_image_size(default_to_square=False)`` computes it."""
-    shortest = _get(size, "shortest_edge") if _has(size, "shortest_edge") else None
-    if shortest:
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = shortest, int(shortest * long / short)
-        return (new_short, new_long) if w <= h else (new_long, new_short)
-    return _get(size, "width"), _get(size, "height")
-
-
-def _has(d: Any, key: str) -> bool:
-    return (key in d and d[key] is not None) if isinstance(d, Mapping) else \
-        getattr(d, key, None) is not None
 
 
 def _crop_shift(dim: int, crop: int) -> int:

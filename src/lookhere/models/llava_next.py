@@ -27,6 +27,8 @@ from lookhere.models.adapter import (
     check_image_count,
     images_per_sample,
     register_adapter,
+    resized_size,
+    size_field,
 )
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 
@@ -201,44 +203,30 @@ def _view_steps(ip: Any, w: int, h: int
     fx = fy = 1.0
     ox = oy = 0
     if ip.do_resize:
-        new_w, new_h = _resized_size(ip.size, w, h)
+        new_w, new_h = resized_size(ip.size, w, h)
         fx, fy, w, h = new_w / w, new_h / h, new_w, new_h
     if ip.do_center_crop:
-        crop_w, crop_h = _field(ip.crop_size, "width"), _field(ip.crop_size, "height")
+        crop_w, crop_h = size_field(ip.crop_size, "width"), size_field(ip.crop_size, "height")
         # np center_crop starts at (dim - crop) // 2, padding first when negative: same shift.
         ox, oy, w, h = -((w - crop_w) // 2), -((h - crop_h) // 2), crop_w, crop_h
     return (fx, fy), (ox, oy), (w, h)
 
 
-def _resized_size(size: Any, w: int, h: int) -> tuple[int, int]:
-    """(new_w, new_h) of the PIL backend's ``resize`` for "shortest_edge" or "height"/"width"."""
-    shortest = _field(size, "shortest_edge")
-    if shortest and not _field(size, "longest_edge"):
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(shortest * long / short)  # get_resize_output_image_size truncates
-        return (shortest, new_long) if w <= h else (new_long, shortest)
-    if _field(size, "height") and _field(size, "width"):
-        return _field(size, "width"), _field(size, "height")
-    raise ValueError(f"unsupported image processor size {size}")
-
 
 def _base_size(ip: Any) -> tuple[int, int]:
     """(height, width) the base view is squashed to (``size_tuple`` in ``_preprocess``)."""
     size = ip.size
-    if _field(size, "height") and _field(size, "width"):
-        return _field(size, "height"), _field(size, "width")
-    return _field(size, "shortest_edge"), _field(size, "shortest_edge")
+    if size_field(size, "height") and size_field(size, "width"):
+        return size_field(size, "height"), size_field(size, "width")
+    return size_field(size, "shortest_edge"), size_field(size, "shortest_edge")
 
 
 def _crop_side(ip: Any) -> int:
     """Side of the high-resolution crops (``patch_size`` in ``_preprocess``)."""
-    if ip.crop_size and _field(ip.crop_size, "height"):
-        return _field(ip.crop_size, "height")
-    return _field(ip.size, "height") or _field(ip.size, "shortest_edge")
+    if ip.crop_size and size_field(ip.crop_size, "height"):
+        return size_field(ip.crop_size, "height")
+    return size_field(ip.size, "height") or size_field(ip.size, "shortest_edge")
 
-
-def _field(d: Any, key: str) -> Any:
-    return d.get(key) if isinstance(d, Mapping) else getattr(d, key, None)
 
 
 # -- token bookkeeping ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from lookhere.models.adapter import (
     check_image_count,
     images_per_sample,
     register_adapter,
+    size_field,
 )
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 
@@ -219,7 +220,8 @@ def qwen_resized_size(image_processor: Any, width: int, height: int) -> tuple[in
     `layout` reads the canvas from ``image_grid_thw`` instead; this predicts it without an image.
     """
     factor = image_processor.patch_size * image_processor.merge_size
-    lo, hi = _get(image_processor.size, "shortest_edge"), _get(image_processor.size, "longest_edge")
+    size = image_processor.size
+    lo, hi = size_field(size, "shortest_edge"), size_field(size, "longest_edge")
     if max(width, height) / min(width, height) > 200:
         raise ValueError(f"aspect ratio of {width}x{height} exceeds 200, the processor rejects it")
     h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
@@ -233,9 +235,6 @@ def qwen_resized_size(image_processor: Any, width: int, height: int) -> tuple[in
         w_bar = math.ceil(width * beta / factor) * factor
     return w_bar, h_bar
 
-
-def _get(d: Any, key: str) -> Any:
-    return d[key] if isinstance(d, Mapping) else getattr(d, key)
 
 
 def _patch_and_merge(image_processor: Any, config: Any) -> tuple[int, int]:
