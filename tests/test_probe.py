@@ -51,6 +51,23 @@ def test_rows_match_eager(family, queries):
         assert rows.sum(-1).max() <= 1 + 1e-5  # visual share of a probability row
 
 
+def test_log_probs_match_eager(family):
+    """log_probs rows are the log of eager's rows: -inf at padding and at keys the mask hides
+    (Gemma3's sliding window), finite elsewhere."""
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    with torch.no_grad(), AttentionProbe(model, queries="all_answer", log_probs=True) as probe:
+        model(**batch)
+    with torch.no_grad():
+        ref = slice_rows(eager_copy(model)(**batch, output_attentions=True).attentions, probe)
+    valid = probe.query_mask[:, None, :, None] & probe.key_mask[:, None, None, :]
+    for layer, rows in probe.rows.items():
+        v = valid.expand_as(rows)
+        assert torch.isneginf(rows[~v]).all()
+        assert torch.isfinite(rows[v & (ref[layer] > 0)]).all()
+        assert (rows[v].exp() - ref[layer][v]).abs().max() <= 1e-5, f"layer {layer}"
+
+
 def test_gradients_match_eager(family):
     model, processor = tiny(family)
     batch, _ = make_batch(family, processor)

@@ -58,10 +58,14 @@ class AttentionProbe:
         end_token_ids: token ids that end an answer (EOS, end-of-turn) and so are never the
             ``last_answer`` query; defaults to the model's EOS ids.
         adapter: overrides the adapter found from the model's config.
+        log_probs: record log-probabilities instead of probabilities (``-inf`` at padded
+            queries and keys). Losses want these: a key whose probability underflows to 0 in
+            fp32 still has a finite log-probability, so renormalising over visual keys stays
+            finite and differentiable.
 
-    After each forward: ``rows[layer]`` is ``(B, H, Q, K)`` fp32 with zeros at padded queries
-    and keys; ``query_positions``/``query_mask`` are ``(B, Q)``; ``key_positions``/``key_mask``
-    are ``(B, K)``.
+    After each forward: ``rows[layer]`` is ``(B, H, Q, K)`` fp32 with zeros (or ``-inf`` under
+    ``log_probs``) at padded queries and keys; ``query_positions``/``query_mask`` are ``(B, Q)``;
+    ``key_positions``/``key_mask`` are ``(B, K)``.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class AttentionProbe:
         keys: str | torch.Tensor | Sequence[Sequence[int]] = "visual",
         end_token_ids: Sequence[int] | None = None,
         adapter: Adapter | None = None,
+        log_probs: bool = False,
     ) -> None:
         # Hooks go on the inner model: DDP / accelerate / PEFT wrappers call it with the same
         # keyword arguments, so positions resolve the same way under any wrapper.
@@ -84,6 +89,7 @@ class AttentionProbe:
         self.end_token_ids = (
             set(end_token_ids) if end_token_ids is not None else _eos_ids(self.model)
         )
+        self.log_probs = bool(log_probs)
         self.rows: dict[int, torch.Tensor] = {}
         self.query_positions = self.query_mask = None
         self.key_positions = self.key_mask = None
@@ -202,8 +208,10 @@ class AttentionProbe:
             query, key, mask, self.query_positions, self.key_positions,
             scaling=scaling, is_causal=causal, check=False,
             sliding_window=kwargs.get("sliding_window"), position_bias=kwargs.get("position_bias"),
+            log=self.log_probs,
         )
-        rows = rows * (self.query_mask[:, None, :, None] & self.key_mask[:, None, None, :])
+        valid = self.query_mask[:, None, :, None] & self.key_mask[:, None, None, :]
+        rows = rows.masked_fill(~valid, float("-inf")) if self.log_probs else rows * valid
         # Under checkpointing the layer runs again during backward: the rows must be recomputed
         # (autograd needs their saved tensors) but the ones the user holds stay the record.
         if not in_backward:
@@ -221,12 +229,14 @@ def attention_rows(
     sliding_window: int | None = None,
     position_bias: torch.Tensor | None = None,
     check: bool = True,
+    log: bool = False,
 ) -> torch.Tensor:
     """Attention probabilities of selected query rows over selected keys: ``(B, H, Q, K)`` fp32.
 
     The softmax runs over all S keys in fp32, exactly as SDPA would weigh them (same mask, same
     causal rule, same scale); only then are the K wanted keys gathered. A query with no allowed key
-    gets a row of zeros instead of NaN. ``check=False`` skips the bounds check (a host sync)
+    gets a row of zeros instead of NaN. ``log=True`` returns log-probabilities (``-inf`` for
+    disallowed keys and empty rows). ``check=False`` skips the bounds check (a host sync)
     for callers that checked already.
     """
     b, h, seq_q, d = query.shape
@@ -249,7 +259,11 @@ def attention_rows(
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     empty = torch.isneginf(scores).all(-1, keepdim=True)  # (B, H, Q, 1) rows with no key
-    probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    if log:
+        probs = torch.log_softmax(scores.masked_fill(empty, 0.0), dim=-1)
+        probs = probs.masked_fill(empty, float("-inf"))
+    else:
+        probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
     kidx = key_positions[:, None, None, :].expand(b, h, n_q, key_positions.shape[1])
     return probs.gather(3, kidx)  # (B, H, Q, K)
 

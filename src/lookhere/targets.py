@@ -127,6 +127,29 @@ def batch_targets(
     return out, has
 
 
+def batch_target_cells(
+    layout: VisualLayout,
+    geometries: Sequence[Geometry | None],
+    image_indices: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """``(B, K)`` bool: the visual tokens the geometry touches (coverage > 0), aligned like
+    `batch_targets`. These are the "target tokens" of the attention ratio (figure 4)."""
+    if len(geometries) != len(layout):
+        raise ValueError(f"geometries has {len(geometries)} entries for {len(layout)} samples")
+    idx = image_indices if image_indices is not None else [0] * len(layout)
+    k = max((len(s.visual_positions) for s in layout.samples), default=0)
+    out = torch.zeros(len(layout), k, dtype=torch.bool)
+    for b, (sample, geo) in enumerate(zip(layout.samples, geometries, strict=True)):
+        if geo is None:
+            continue
+        if not 0 <= idx[b] < len(sample.images):
+            raise ValueError(f"image_indices[{b}] = {idx[b]} is out of range")
+        for grid in sample.images[idx[b]].grids:
+            touched = cell_coverage(grid.geometry, geo).reshape(-1) > 0
+            out[b, grid.key_index] = torch.from_numpy(touched)
+    return out
+
+
 def check_geometry(geometry: Geometry, image_size: tuple[int, int], tol: float = 1e-6) -> None:
     """Clear errors for NaN, empty boxes, and boxes or points outside the image."""
     w, h = image_size

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lookhere.data.prompt import ChatFormat
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 
 ImageSizes = Sequence[Sequence[Any]]  # per sample: PIL images or (width, height) pairs
@@ -86,6 +87,9 @@ class Adapter(ABC):
     model_types: ClassVar[tuple[str, ...]] = ()
     #: Whether one prompt may hold several images (the probe tests use 2 where allowed).
     multi_image: ClassVar[bool] = True
+    #: The chat turn for processors without a chat template (the tiny ones); mirrors the
+    #: family's official template. Real checkpoints use their own template (data.prompt).
+    chat: ClassVar[ChatFormat] = ChatFormat()
 
     def __init__(self, config: Any) -> None:
         self.config = config

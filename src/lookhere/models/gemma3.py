@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -36,6 +37,9 @@ SPECIAL_TOKENS = [BOI, EOI, IMAGE, "<start_of_turn>", "<end_of_turn>"]
 
 @register_adapter
 class Gemma3Adapter(Adapter):
+    chat = ChatFormat(
+        "<start_of_turn>user\n{images}{question}<end_of_turn>\n<start_of_turn>model\n", "",
+        "<end_of_turn>\n")
     family = "gemma3"
     model_types = ("gemma3",)
 

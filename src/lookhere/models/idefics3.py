@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -54,6 +55,8 @@ class TileSplit:
 
 
 class _Idefics3Family(Adapter):
+    chat = ChatFormat("<|im_start|>User:{images}{question}<end_of_utterance>\nAssistant:", " ",
+                      "<end_of_utterance>\n")
     """Shared adapter code; subclasses name the transformers classes of their family."""
 
     _classes: ClassVar[dict[str, str]] = {}  # role -> transformers class name

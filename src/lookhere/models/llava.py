@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -23,6 +24,7 @@ from lookhere.models.layout import GridGeometry, VisualLayout
 
 @register_adapter
 class LlavaAdapter(Adapter):
+    chat = ChatFormat("USER: {images}\n{question} ASSISTANT:", " ", "</s>")
     family = "llava"
     model_types = ("llava",)
 

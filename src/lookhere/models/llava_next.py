@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -55,6 +56,7 @@ class AnyresGrids:
 
 @register_adapter
 class LlavaNextAdapter(Adapter):
+    chat = ChatFormat("USER: {images}\n{question} ASSISTANT:", " ", "</s>")
     family = "llava_next"
     model_types = ("llava_next",)
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
+from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -63,6 +64,8 @@ class Qwen2VLImageTextProcessor(_ImageTextOnly, Qwen2VLProcessor):
 
 # -- adapters ----------------------------------------------------------------------------------
 class _QwenVLAdapter(Adapter):
+    chat = ChatFormat("<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n",
+                      "", "<|im_end|>\n")
     """Shared layout and tiny-model logic of Qwen2-VL and Qwen2.5-VL."""
 
     processor_class: ClassVar[type] = Qwen2VLImageTextProcessor

@@ -1,0 +1,175 @@
+"""The KL Attention Loss (KLAL, Esmaeilkhani & Latecki 2025): pull attention toward a target map.
+
+For each selected layer l, the query's attention row of each head h is renormalised over the
+visual tokens, ``alpha^(l,h)``, and averaged over heads, ``Q^(l) = mean_h alpha^(l,h)``. The loss is
+the forward KL with the ground truth first, averaged over layers (methods.md section 1):
+
+    L_KLAL = mean_l KL(P || Q^(l)) = mean_l sum_k P_k (log P_k - log Q^(l)_k)
+
+Everything runs in log space from the probe's log-probabilities (``AttentionProbe(...,
+log_probs=True)``): renormalising over visual keys is a ``logsumexp``, and the head average is a
+``logsumexp`` over heads, so a key whose probability underflows in fp32 keeps a finite log and
+a gradient. Choices where the paper is silent (docs/methods.md):
+
+- several query positions (``all_answer``): the KL of each query, averaged over the queries;
+- a head with no visual key it may attend (all ``-inf``) leaves the head average; a query with no
+  such head, a padded query and a sample without target leave the mean (they are not zeros in it);
+- ``log Q`` is floored at ``log(float32 tiny)`` (about -87) so that a target cell the query cannot
+  see at all (a sliding window that hides the image) costs a large but finite amount.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+_LOG_TINY = math.log(torch.finfo(torch.float32).tiny)  # about -87.3
+
+LayerRows = Mapping[int, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor
+
+
+def klal_loss(
+    log_attn: LayerRows,
+    target: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    sample_mask: torch.Tensor | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
+) -> torch.Tensor:
+    """Scalar KLAL: the mean of `klal_per_sample` over the samples that have a target.
+
+    Returns a zero that keeps the graph (so every process still runs backward) when no sample in
+    the batch has a target. Arguments are those of `klal_per_sample`.
+    """
+    per_sample, valid = klal_per_sample(log_attn, target, key_mask, query_mask, sample_mask, heads)
+    if not valid.any():
+        return per_sample.sum() * 0.0
+    return per_sample[valid].mean()
+
+
+def klal_per_sample(
+    log_attn: LayerRows,
+    target: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    sample_mask: torch.Tensor | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample KLAL ``(B,)`` fp32 and its validity ``(B,)`` bool.
+
+    Args:
+        log_attn: per layer, ``(B, H, Q, K)`` attention log-probabilities of the query rows over
+            the visual keys, as `AttentionProbe(log_probs=True).rows` gives them: a mapping layer
+            -> tensor, a sequence of tensors, or one ``(L, B, H, Q, K)`` tensor. Only their ratios
+            over K matter (they are renormalised over the valid keys).
+        target: ``(B, K)`` target distribution P over the same keys (`lookhere.targets`); each
+            row with a target sums to 1 and is 0 at invalid keys.
+        key_mask: ``(B, K)`` bool, valid (non-padding) keys; default all.
+        query_mask: ``(B, Q)`` bool, valid queries; default all.
+        sample_mask: ``(B,)`` bool, samples that have a target; default all.
+        heads: ``(layer, head)`` pairs to average (e.g. localization heads); the layers used
+            are those named. Default: every head of every given layer.
+    Invalid samples get 0 in the first output and False in the second.
+    """
+    layers = _as_layers(log_attn)
+    b, h, q, k = next(iter(layers.values())).shape
+    target = _check_target(target, b, k)
+    key_mask = _mask("key_mask", key_mask, (b, k), target.device)
+    query_mask = _mask("query_mask", query_mask, (b, q), target.device)
+    sample_mask = _mask("sample_mask", sample_mask, (b,), target.device)
+    if (target * ~key_mask).any():
+        raise ValueError("target puts mass on keys that key_mask marks invalid")
+    chosen = _head_sets(heads, layers, h)
+
+    per_layer, ok_layer = [], []
+    for layer, heads_l in chosen.items():
+        rows = layers[layer]
+        if rows.shape != (b, h, q, k):
+            raise ValueError(f"log_attn[{layer}] is {tuple(rows.shape)}, expected {(b, h, q, k)}")
+        if heads_l is not None:
+            rows = rows[:, heads_l]
+        kl, ok = _layer_kl(rows, target, key_mask)  # (B, Q) each
+        ok &= query_mask
+        n = ok.sum(1)  # (B,)
+        per_layer.append(torch.where(ok, kl, 0.0).sum(1) / n.clamp(min=1))
+        ok_layer.append(n > 0)
+    kl = torch.stack(per_layer)  # (L, B)
+    ok = torch.stack(ok_layer)  # (L, B)
+    n_layers = ok.sum(0)  # (B,)
+    per_sample = torch.where(ok, kl, 0.0).sum(0) / n_layers.clamp(min=1)
+    valid = sample_mask & (n_layers > 0)
+    return torch.where(valid, per_sample, 0.0), valid
+
+
+def _layer_kl(log_rows: torch.Tensor, target: torch.Tensor, key_mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(P || mean_h alpha_h) for one layer: ``(B, Q)`` and its validity ``(B, Q)``."""
+    x = log_rows.float().masked_fill(~key_mask[:, None, None, :], float("-inf"))  # (B, H, Q, K)
+    head_ok = torch.isfinite(x).any(-1, keepdim=True)  # (B, H, Q, 1): some visual key seen
+    # Rows with no finite entry go through logsumexp as zeros (its backward would be NaN on an
+    # all -inf row, and NaN * 0 is still NaN); they are dropped right after.
+    x = x.masked_fill(~head_ok, 0.0)
+    log_alpha = x - torch.logsumexp(x, -1, keepdim=True)  # renormalised over visual keys
+    log_alpha = log_alpha.masked_fill(~head_ok, float("-inf"))
+    n_heads = head_ok.sum(1)  # (B, Q, 1)
+    log_q = torch.logsumexp(log_alpha, 1) - torch.log(n_heads.clamp(min=1))  # (B, Q, K)
+    log_q = log_q.clamp(min=_LOG_TINY)
+    p = target[:, None, :].float()  # (B, 1, K)
+    log_p = torch.log(p.clamp(min=torch.finfo(torch.float32).tiny))
+    kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)  # (B, Q)
+    return kl, n_heads[..., 0] > 0
+
+
+def _as_layers(log_attn: LayerRows) -> dict[int, torch.Tensor]:
+    if isinstance(log_attn, torch.Tensor):
+        if log_attn.dim() != 5:
+            raise ValueError(
+                f"log_attn tensor must be (L, B, H, Q, K), got {tuple(log_attn.shape)}"
+            )
+        return dict(enumerate(log_attn))
+    layers = dict(log_attn) if isinstance(log_attn, Mapping) else dict(enumerate(log_attn))
+    if not layers:
+        raise ValueError("log_attn holds no layer")
+    for layer, rows in layers.items():
+        if not isinstance(rows, torch.Tensor) or rows.dim() != 4:
+            raise ValueError(f"log_attn[{layer}] must be a (B, H, Q, K) tensor")
+    return layers
+
+
+def _check_target(target: torch.Tensor, b: int, k: int) -> torch.Tensor:
+    if target.shape != (b, k):
+        raise ValueError(f"target must be (B, K) = {(b, k)}, got {tuple(target.shape)}")
+    if not torch.isfinite(target).all() or (target < 0).any():
+        raise ValueError("target must be finite and >= 0")
+    return target
+
+
+def _mask(name: str, mask: torch.Tensor | None, shape: tuple[int, ...], device: torch.device
+          ) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must be {shape}, got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+def _head_sets(heads: Sequence[tuple[int, int]] | None, layers: Mapping[int, torch.Tensor],
+               n_heads: int) -> dict[int, list[int] | None]:
+    """layer -> head indices to average (None = all), in layer order."""
+    if heads is None:
+        return {layer: None for layer in sorted(layers)}
+    chosen: dict[int, list[int]] = {}
+    for pair in heads:
+        layer, head = (int(v) for v in pair)
+        if layer not in layers:
+            raise ValueError(f"heads names layer {layer}, but log_attn has layers {sorted(layers)}")
+        if not 0 <= head < n_heads:
+            raise ValueError(f"heads names head {head}; layers have {n_heads} heads")
+        chosen.setdefault(layer, [])
+        if head not in chosen[layer]:
+            chosen[layer].append(head)
+    if not chosen:
+        raise ValueError("heads must name at least one (layer, head) pair, or be None")
+    return {layer: sorted(chosen[layer]) for layer in sorted(chosen)}

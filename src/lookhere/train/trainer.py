@@ -1,0 +1,102 @@
+"""`GroundingTrainer`: a `transformers.Trainer` whose loss is NTP + weight * KLAL.
+
+The probe must be active for the forward *and* the backward (gradient checkpointing recomputes
+layers during backward), so `training_step` wraps the whole step in it and `compute_loss` adds
+the KLAL term from the rows it recorded. Everything else (optimiser, schedules, bf16, gradient
+accumulation, checkpoint save/resume, DDP under torchrun / accelerate, PEFT models) is the
+Trainer's own. NTP keeps the Trainer's token-count normalisation; KLAL is a mean over the
+samples of the micro-batch, scaled for gradient accumulation the same way as the NTP loss.
+
+Logged besides ``loss``: ``ntp_loss`` and ``klal_loss``, in the same units (``loss = ntp_loss
++ weight * klal_loss``), averaged over the steps since the last log and over processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from lookhere.data.collate import split_aux
+from lookhere.train.config import KLALConfig
+from lookhere.train.objective import klal_probe, klal_term
+
+
+class GroundingTrainer(Trainer):
+    """Trainer with the KLAL term. Pass ``klal=KLALConfig(...)``; use `GroundingCollator`."""
+
+    def __init__(self, *args: Any, klal: KLALConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.klal = klal if klal is not None else KLALConfig()
+        self._probe = None
+        self._aux: dict[str, Any] = {}
+        self._sums: dict[str, torch.Tensor] = {}
+        self._sums_from_step = 0
+
+    # -- steps -------------------------------------------------------------------------------------
+    def training_step(self, model: nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        inputs, aux = split_aux(inputs)
+        with klal_probe(model, inputs, aux, self.klal) as probe:
+            self._probe, self._aux = probe, aux
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self._probe, self._aux = None, {}
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any],
+                        prediction_loss_only: bool, ignore_keys: list[str] | None = None):
+        inputs, aux = split_aux(inputs)
+        with klal_probe(model, inputs, aux, self.klal) as probe:
+            self._probe, self._aux = probe, aux
+            try:
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+            finally:
+                self._probe, self._aux = None, {}
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        inputs, _ = split_aux(inputs)
+        ntp, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                            num_items_in_batch=num_items_in_batch)
+        loss = ntp
+        if self._probe is not None:
+            klal = klal_term(self._probe, self._aux, self.klal)
+            # The Trainer divides the returned loss by the accumulation steps unless the NTP loss
+            # was already normalised over the whole accumulated batch; KLAL must follow it.
+            ga = self.current_gradient_accumulation_steps if model.training else 1
+            scaled = model.training and self._ntp_scaled_for_ga(num_items_in_batch)
+            if self.klal.weight > 0:
+                loss = ntp + self.klal.weight * (klal / ga if scaled else klal)
+            if model.training:
+                self._record(ntp=ntp if scaled else ntp / ga, klal=klal / ga)
+        elif model.training:
+            ga = self.current_gradient_accumulation_steps
+            self._record(ntp=ntp if self._ntp_scaled_for_ga(num_items_in_batch) else ntp / ga)
+        return (loss, outputs) if return_outputs else loss
+
+    def _ntp_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                    or self.compute_loss_func is not None)
+
+    # -- logging -----------------------------------------------------------------------------------
+    def _record(self, **terms: torch.Tensor) -> None:
+        for name, value in terms.items():
+            value = value.detach().float()
+            self._sums[name] = self._sums.get(name, torch.zeros_like(value)) + value
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._sums:
+            steps = max(1, self.state.global_step - self._sums_from_step)
+            names = sorted(self._sums)
+            local = torch.stack([self._sums[n] for n in names]).to(self.args.device)
+            mean = self.accelerator.gather(local[None]).mean(0) / steps  # over processes
+            for name, value in zip(names, mean.tolist(), strict=True):
+                logs[f"{name}_loss"] = value
+            self._sums = {}
+            self._sums_from_step = self.state.global_step
+        super().log(logs, start_time)
