@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lookhere.cli import data, models
+from lookhere.cli import data, eval, models
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -13,5 +13,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     models.add_commands(sub)
     data.add_commands(sub)
+    eval.add_commands(sub)
     args = parser.parse_args(argv)
     return args.run(args)

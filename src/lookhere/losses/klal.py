@@ -14,8 +14,9 @@ a gradient. Choices where the paper is silent (docs/methods.md):
 - several query positions (``all_answer``): the KL of each query, averaged over the queries;
 - a head with no visual key it may attend (all ``-inf``) leaves the head average; a query with no
   such head, a padded query and a sample without target leave the mean (they are not zeros in it);
-- ``log Q`` is floored at ``log(float32 tiny)`` (about -87) so that a target cell the query cannot
-  see at all (a sliding window that hides the image) costs a large but finite amount.
+- a target cell that no head can see at all (a sliding window that hides it) gets
+  ``log Q = log(float32 tiny)`` (about -87): a large but finite cost, with no gradient through it.
+  Cells that are merely improbable keep their exact log and gradient.
 """
 
 from __future__ import annotations
@@ -114,8 +115,12 @@ def _layer_kl(log_rows: torch.Tensor, target: torch.Tensor, key_mask: torch.Tens
     log_alpha = x - torch.logsumexp(x, -1, keepdim=True)  # renormalised over visual keys
     log_alpha = log_alpha.masked_fill(~head_ok, float("-inf"))
     n_heads = head_ok.sum(1)  # (B, Q, 1)
+    # A key no head sees (padding, a window hiding it) would give logsumexp an all -inf column,
+    # whose backward is NaN: fill it with zeros, then give such keys the floor value.
+    seen = torch.isfinite(log_alpha).any(1)  # (B, Q, K)
+    log_alpha = log_alpha.masked_fill(~seen[:, None], 0.0)
     log_q = torch.logsumexp(log_alpha, 1) - torch.log(n_heads.clamp(min=1))  # (B, Q, K)
-    log_q = log_q.clamp(min=_LOG_TINY)
+    log_q = torch.where(seen, log_q, _LOG_TINY)
     p = target[:, None, :].float()  # (B, 1, K)
     log_p = torch.log(p.clamp(min=torch.finfo(torch.float32).tiny))
     kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)  # (B, Q)
@@ -128,7 +133,7 @@ def _as_layers(log_attn: LayerRows) -> dict[int, torch.Tensor]:
             raise ValueError(
                 f"log_attn tensor must be (L, B, H, Q, K), got {tuple(log_attn.shape)}"
             )
-        return dict(enumerate(log_attn))
+        log_attn = list(log_attn)
     layers = dict(log_attn) if isinstance(log_attn, Mapping) else dict(enumerate(log_attn))
     if not layers:
         raise ValueError("log_attn holds no layer")
@@ -162,6 +167,8 @@ def _head_sets(heads: Sequence[tuple[int, int]] | None, layers: Mapping[int, tor
         return {layer: None for layer in sorted(layers)}
     chosen: dict[int, list[int]] = {}
     for pair in heads:
+        if len(pair) != 2:
+            raise ValueError(f"heads must hold (layer, head) pairs, got {pair!r}")
         layer, head = (int(v) for v in pair)
         if layer not in layers:
             raise ValueError(f"heads names layer {layer}, but log_attn has layers {sorted(layers)}")

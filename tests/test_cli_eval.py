@@ -1,0 +1,121 @@
+"""``lookhere eval`` on predictions files, against datasets made with ``lookhere data make``."""
+
+import json
+
+import pytest
+from pycocotools import mask as mask_utils
+
+from lookhere.cli import main
+from lookhere.data.disk import read_samples
+from lookhere.eval.scoring import write_predictions
+
+N = 12
+SETTINGS = {"grid_patch": ["image_size=64", "grid_rows=4", "grid_cols=4"],
+            "shapes": ["image_size=112", "max_objects=3"]}
+WRONG = {"grid_patch": "row 9, column 9", "shapes": "[0.00, 0.00, 0.01, 0.01]"}
+
+
+@pytest.fixture(scope="module", params=sorted(SETTINGS))
+def dataset(request, tmp_path_factory):
+    task = request.param
+    out = tmp_path_factory.mktemp("data") / task
+    sets = [arg for s in SETTINGS[task] for arg in ("--set", s)]
+    assert main(["data", "make", task, "--n", str(N), "--out", str(out), *sets]) == 0
+    return task, out, list(read_samples(out))
+
+
+def _xywh(b):
+    return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+
+
+def _half_right(samples):
+    """Gold answers for the first half; then wrong answers, and last a quarter unparseable."""
+    task = samples[0].task
+    preds = {}
+    for i, s in enumerate(samples):
+        preds[s.id] = s.answer if i < N // 2 else WRONG[task] if i < 3 * N // 4 else "no idea"
+    return preds
+
+
+def test_eval_predictions(dataset, tmp_path, capsys):
+    task, data, samples = dataset
+    preds = write_predictions(tmp_path / "p.jsonl", _half_right(samples))
+    out = tmp_path / "metrics.json"
+    capsys.readouterr()
+    assert main(["eval", "--data", str(data), "--predictions", str(preds),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith(task))
+    assert row.split()[1:3] == [str(N), "0.500"] and "25.0%" in row
+    metrics = json.loads(out.read_text())
+    t = metrics["tasks"][task]
+    assert t["n"] == N and t["accuracy"] == 0.5 and t["parse_failure_rate"] == 0.25
+    assert t["ci95"][0] < 0.5 < t["ci95"][1]
+    assert len(metrics["samples"]) == N and metrics["style"] == "plain"
+    if task == "shapes":  # the gold text is the box rounded to 2 decimals: IoU just below 1
+        ious = [mask_utils.iou([_xywh([v * 112 for v in json.loads(s.answer)])],
+                               [_xywh(s.structured["box"])], [0])[0, 0] for s in samples[:N // 2]]
+        assert t["mean_iou"] == pytest.approx(sum(ious) / N)
+        assert 0.4 < t["mean_iou"] < 0.5
+
+
+def test_eval_missing(dataset, tmp_path, capsys):
+    task, data, samples = dataset
+    preds = _half_right(samples)
+    del preds[samples[0].id]
+    path = write_predictions(tmp_path / "p.jsonl", preds)
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--data", str(data), "--predictions", str(path)])
+    assert exc.value.code == 2
+    assert samples[0].id in capsys.readouterr().err
+    out = tmp_path / "m.json"
+    assert main(["eval", "--data", str(data), "--predictions", str(path), "--missing", "wrong",
+                 "--out", str(out)]) == 0
+    t = json.loads(out.read_text())["tasks"][task]
+    assert t["accuracy"] == pytest.approx(5 / N) and t["missing"] == 1
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--limit", "3"], "--limit only apply with --model"),
+    (["--batch-size", "8"], "--batch-size only apply with --model"),
+])
+def test_eval_model_only_options(dataset, tmp_path, capsys, extra, message):
+    _, data, samples = dataset
+    path = write_predictions(tmp_path / "p.jsonl", _half_right(samples))
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--data", str(data), "--predictions", str(path), *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eval_bad_data_folder(tmp_path, capsys):
+    preds = write_predictions(tmp_path / "p.jsonl", {"a": "yes"})
+    for data, message in [(tmp_path / "nope", "is not a folder"),
+                          (tmp_path, "is not a lookhere dataset folder")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["eval", "--data", str(data), "--predictions", str(preds)])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eval_bad_predictions(dataset, tmp_path, capsys):
+    _, data, samples = dataset
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": samples[0].id, "answer": "x"}) + "\n{oops\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--data", str(data), "--predictions", str(path)])
+    assert exc.value.code == 2 and "p.jsonl:2: not valid JSON" in capsys.readouterr().err
+    write_predictions(path, {**_half_right(samples), "ghost-1": "x"})
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--data", str(data), "--predictions", str(path)])
+    assert exc.value.code == 2 and "ghost-1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--predictions", "p.jsonl", "--model", "m"], "not allowed with argument"),
+    (["--model", "m", "--limit", "0"], "expected an integer >= 1, got 0"),
+    (["--model", "m", "--limit", "two"], "expected an integer >= 1, got 'two'"),
+    ([], "one of the arguments --predictions --model is required"),
+])
+def test_eval_argument_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--data", str(tmp_path), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
