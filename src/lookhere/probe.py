@@ -293,11 +293,14 @@ class _Fp32Scores(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(q, k)
-        return q.float() @ k.float().transpose(-1, -2)  # (B, Hkv, M, S)
+        # Under autocast (Trainer bf16) the matmul would silently run in bf16 again.
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return q.float() @ k.float().transpose(-1, -2)  # (B, Hkv, M, S)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, k = ctx.saved_tensors
+        grad = grad.float()
         grad_q = (grad @ k.float()).to(q.dtype) if ctx.needs_input_grad[0] else None
         grad_k = (grad.transpose(-1, -2) @ q.float()).to(k.dtype) \
             if ctx.needs_input_grad[1] else None

@@ -8,12 +8,13 @@ How each kind of geometry becomes per-cell target weight (lookhere's choices, do
 docs/methods.md): boxes and masks weigh a cell by the fraction of its area they cover; points
 and polylines mark every cell they touch with full weight. The unnormalised weight of a cell is
 
-    w = max(target * coverage, neighbour * [cell is in the 8-ring of a touched cell], floor)
+    w = max(target * coverage, neighbour * [cell is touched or in the 8-ring of one], floor)
 
-so a partly covered cell never falls below the ring. All grids of the image (LLaVA-NeXT's base
-and crops, SmolVLM's global and tiles) get their own map; the weights are normalised jointly over
-the image's grid cells. Visual tokens outside every grid (LLaVA-NeXT row newlines) and tokens of
-other images get 0.
+so a partly covered cell never falls below the ring (the target token of a coarse grid, such as
+Qwen's 28 px tokens over a small box, keeps at least the ring's weight). All grids of the
+image (LLaVA-NeXT's base and crops, SmolVLM's global and tiles) get their own map; the weights
+are normalised jointly over the image's grid cells. Visual tokens outside every grid (LLaVA-NeXT
+row newlines) and tokens of other images get 0.
 """
 
 from __future__ import annotations
@@ -55,10 +56,9 @@ def cell_weights(grid: GridGeometry, geometry: Geometry, config: TargetConfig = 
                  ) -> np.ndarray:
     """(rows, cols) unnormalised target weights of one grid."""
     coverage = cell_coverage(grid, geometry)
-    touched = coverage > 0
-    ring = _dilate(touched) & ~touched
+    near = _dilate(coverage > 0)  # touched cells and their 8-ring
     w = np.maximum(config.target * coverage, config.floor)
-    return np.where(ring, np.maximum(w, config.neighbour), w)
+    return np.where(near, np.maximum(w, config.neighbour), w)
 
 
 def cell_coverage(grid: GridGeometry, geometry: Geometry) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lookhere.cli import data, eval, models
+from lookhere.cli import data, eval, experiment, models
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -14,5 +14,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     models.add_commands(sub)
     data.add_commands(sub)
     eval.add_commands(sub)
+    experiment.add_commands(sub)
     args = parser.parse_args(argv)
     return args.run(args)

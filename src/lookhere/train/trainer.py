@@ -13,11 +13,12 @@ Logged besides ``loss``: ``ntp_loss`` and ``klal_loss``, in the same units (``lo
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 
 from lookhere.data.collate import split_aux
 from lookhere.train.config import KLALConfig
@@ -83,8 +84,26 @@ class GroundingTrainer(Trainer):
         return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
                     or self.compute_loss_func is not None)
 
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # transformers 5 saves VLMs under their original checkpoint key names, which the
+        # Trainer's own resume (load_state_dict(strict=False)) does not map back: it would
+        # resume from untrained weights with only a warning. Checkpoints keep the in-memory
+        # names instead; from_pretrained reads both.
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, PreTrainedModel):
+            return super()._save(output_dir, state_dict)
+        original = model.save_pretrained
+        model.save_pretrained = functools.partial(original, save_original_format=False)
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            del model.save_pretrained  # back to the class method
+
     # -- logging -----------------------------------------------------------------------------------
     def _record(self, **terms: torch.Tensor) -> None:
+        if not self._sums:  # first micro-batch since the last log (or since a resume)
+            self._sums_from_step = self.state.global_step
         for name, value in terms.items():
             value = value.detach().float()
             self._sums[name] = self._sums.get(name, torch.zeros_like(value)) + value

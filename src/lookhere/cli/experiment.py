@@ -1,0 +1,95 @@
+"""``lookhere demo`` and ``lookhere experiment klal``: the experiments behind docs/results.md."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the embedded-model demo: NTP vs NTP+KLAL, HTML report")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="new or empty folder")
+    _add_klal_options(p)
+    p.set_defaults(run=_demo)
+    exp = sub.add_parser("experiment", help="longer experiments").add_subparsers(
+        dest="experiment", required=True)
+    p = exp.add_parser("klal", help="NTP vs NTP+KLAL over seeds (results JSON per seed)")
+    p.add_argument("--out", type=Path, required=True, help="folder for <seed>.json files")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
+    _add_klal_options(p)
+    p.set_defaults(run=_klal)
+
+
+def _add_klal_options(p: argparse.ArgumentParser) -> None:
+    from lookhere.experiment.klal import KLALExperimentConfig
+
+    for f in dataclasses.fields(KLALExperimentConfig):
+        if f.name in ("target", "seed"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, tuple):
+            p.add_argument(flag, nargs="+", default=None, help=f"{f.metadata['help']} "
+                           f"(default: {' '.join(default)})")
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f.metadata["help"])
+        else:
+            p.add_argument(flag, type=type(default), default=None,
+                           help=f"{f.metadata['help']} (default: {default})")
+    p.add_argument("--target-weights", type=float, nargs=3, metavar=("TARGET", "RING", "FLOOR"),
+                   default=None, help="target-map weights (default: 1.0 0.5 0.01)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace, seed: int = 0):
+    from lookhere.experiment.klal import KLALExperimentConfig
+    from lookhere.targets import TargetConfig
+
+    kw = {}
+    for f in dataclasses.fields(KLALExperimentConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            kw[f.name] = tuple(value) if isinstance(value, list) else value
+    if args.target_weights is not None:
+        kw["target"] = TargetConfig(*args.target_weights)
+    try:
+        return KLALExperimentConfig(seed=seed, **kw)
+    except ValueError as err:
+        raise SystemExit(f"lookhere: {err}") from None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lookhere.experiment.demo import run_demo
+
+    config = _config(args)
+    try:
+        report = run_demo(args.out, config, progress=not args.quiet)
+    except FileExistsError as err:
+        raise SystemExit(f"lookhere demo: {err}") from None
+    print(f"report: {report}")
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+def _klal(args: argparse.Namespace) -> int:
+    from lookhere.experiment import klal
+    from lookhere.io import write_json
+
+    for seed in args.seeds:
+        path = args.out / f"seed{seed}.json"
+        if path.exists():
+            print(f"{path} exists: skipped (delete it to re-run)")
+            continue
+        config = _config(args, seed)
+        start = time.perf_counter()
+        results = klal.run(config, args.out / f"seed{seed}", progress=not args.quiet)
+        results.update(settings={"klal": config.to_json()},
+                       elapsed_s=time.perf_counter() - start)
+        write_json(results, path)
+        print(f"seed {seed}: {klal.summary_line(results)} -> {path}")
+    print(json.dumps({"written": str(args.out)}))
+    return 0

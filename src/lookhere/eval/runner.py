@@ -1,0 +1,171 @@
+"""Evaluation loop: generate answers, score them, and measure where the answer token looks.
+
+`evaluate` runs greedy generation on the chat prompts of a list of samples and scores the
+answers per task (`lookhere.eval.scoring`). With ``attention=True`` it also runs one
+teacher-forced forward per batch (prompt + gold answer, the same batch as in training) under the
+probe and measures the KLAL paper's figure 4 quantity per sample:
+
+    ratio = mean attention on target tokens / mean attention on all visual tokens
+
+from the answer query (``last_answer`` by default), where the attention is each layer's head
+average of the rows renormalised over visual tokens (the distribution KLAL supervises), then
+averaged over layers. Target tokens are those the sample's geometry touches. Above 1 means the
+target gets more than its share. The probe cannot read cached decoding steps, hence the
+separate teacher-forced forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lookhere.data.collate import GroundingCollator, prompt_batch, split_aux
+from lookhere.data.sample import Sample
+from lookhere.eval.metrics import attention_ratio, bootstrap_ci
+from lookhere.eval.scoring import TaskScores, score_predictions
+from lookhere.models.adapter import Adapter
+from lookhere.train.config import KLALConfig
+from lookhere.train.objective import klal_probe
+
+
+@dataclass
+class EvalResult:
+    """Predictions, scores, attention ratios (per task) and a few attention maps."""
+
+    predictions: dict[str, str]
+    scores: TaskScores
+    attention_ratio: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: sample id -> {"map": (rows, cols) array, "extent": (x0, y0, x1, y1) pixels}
+    maps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scores": self.scores.to_json(), "attention_ratio": self.attention_ratio,
+                "predictions": self.predictions}
+
+
+@torch.no_grad()
+def generate_answers(model: nn.Module, processor: Any, adapter: Adapter,
+                     samples: Sequence[Sample], batch_size: int = 16, max_new_tokens: int = 16,
+                     progress: bool = True) -> dict[str, str]:
+    """Greedy answers, id -> text (special tokens and surrounding space stripped)."""
+    _check_args(samples, batch_size, max_new_tokens)
+    tok = processor.tokenizer
+    device = next(model.parameters()).device
+    out: dict[str, str] = {}
+    for chunk in _chunks(samples, batch_size, progress, "generate"):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                 for k, v in prompt_batch(adapter, processor, chunk).items()}
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        new = ids[:, batch["input_ids"].shape[1]:]
+        for s, text in zip(chunk, tok.batch_decode(new, skip_special_tokens=True), strict=True):
+            out[s.id] = text.strip()
+    return out
+
+
+@torch.no_grad()
+def answer_attention(model: nn.Module, processor: Any, adapter: Adapter,
+                     samples: Sequence[Sample], query: str = "last_answer",
+                     layers: Sequence[int] | None = None, batch_size: int = 16,
+                     n_maps: int = 0, progress: bool = True
+                     ) -> tuple[list[float], dict[str, dict[str, Any]]]:
+    """Per-sample attention ratios (NaN where a sample has no target) and the maps of the first
+    ``n_maps`` samples (image 0's first grid)."""
+    _check_args(samples, batch_size, 1)
+    collate = GroundingCollator(processor, adapter)
+    cfg = KLALConfig(weight=0.0, monitor=True, query=query, layers=layers)
+    device = next(model.parameters()).device
+    ratios: list[float] = []
+    maps: dict[str, dict[str, Any]] = {}
+    for chunk in _chunks(samples, batch_size, progress, "attention"):
+        batch = collate(chunk)
+        inputs, aux = split_aux({k: v.to(device) if isinstance(v, torch.Tensor) else v
+                                 for k, v in batch.items()})
+        with klal_probe(model, inputs, aux, cfg) as probe:
+            model(**inputs)
+        q = _head_average(probe)  # (B, K)
+        r = attention_ratio(q, aux["target_cells"], probe.key_mask)
+        r = torch.where(aux["has_target"], r, float("nan"))
+        ratios += r.tolist()
+        if len(maps) < n_maps:
+            layout = adapter.layout(inputs, [[s.image] for s in chunk], processor)
+            for b, s in enumerate(chunk[: n_maps - len(maps)]):
+                grid = layout.samples[b].images[0].grids[0]
+                maps[s.id] = {"map": grid.to_grid(q[b].cpu()).numpy(),
+                              "extent": _extent(grid)}
+    return ratios, maps
+
+
+def evaluate(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequence[Sample],
+             batch_size: int = 16, max_new_tokens: int = 16, style: str = "plain",
+             attention: bool = True, query: str = "last_answer", n_maps: int = 0,
+             progress: bool = True) -> EvalResult:
+    """Generate, score, and (optionally) measure the answer's attention ratio per task."""
+    was_training = model.training
+    model.eval()
+    try:
+        preds = generate_answers(model, processor, adapter, samples, batch_size,
+                                 max_new_tokens, progress)
+        result = EvalResult(preds, score_predictions(samples, preds, style=style))
+        if attention:
+            ratios, result.maps = answer_attention(model, processor, adapter, samples, query,
+                                                   batch_size=batch_size, n_maps=n_maps,
+                                                   progress=progress)
+            result.attention_ratio = _ratio_summary(samples, ratios)
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _head_average(probe: Any) -> torch.Tensor:
+    """(B, K): per layer, rows renormalised over visual keys and averaged over the heads that
+    see some visual key (as in KLAL) and over queries; then averaged over layers."""
+    per_layer = []
+    for rows in probe.rows.values():  # (B, H, Q, K) log-probs
+        alpha = torch.softmax(rows, -1).nan_to_num(0.0)  # renormalise over visual keys
+        use = torch.isfinite(rows).any(-1, keepdim=True) & probe.query_mask[:, None, :, None]
+        per_layer.append((alpha * use).sum((1, 2)) / use.sum((1, 2)).clamp(min=1))
+    return torch.stack(per_layer).mean(0)
+
+
+def _ratio_summary(samples: Sequence[Sample], ratios: list[float]) -> dict[str, dict[str, Any]]:
+    by_task: dict[str, list[float]] = {}
+    for s, r in zip(samples, ratios, strict=True):
+        by_task.setdefault(s.task, []).append(r)
+    out = {}
+    for task, values in by_task.items():
+        v = [x for x in values if np.isfinite(x)]
+        if not v:
+            continue
+        mean, lo, hi = bootstrap_ci(v)
+        out[task] = {"mean": mean, "median": float(np.median(v)), "ci95": [lo, hi],
+                     "values": v, "n": len(v)}
+    return out
+
+
+def _extent(grid: Any) -> tuple[float, float, float, float]:
+    boxes = np.asarray(grid.geometry.cell_boxes()).reshape(-1, 4)
+    w, h = grid.geometry.image_size
+    return (max(0.0, float(boxes[:, 0].min())), max(0.0, float(boxes[:, 1].min())),
+            min(float(w), float(boxes[:, 2].max())), min(float(h), float(boxes[:, 3].max())))
+
+
+def _chunks(samples: Sequence[Sample], size: int, progress: bool, desc: str):
+    starts = range(0, len(samples), size)
+    for i in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        yield list(samples[i:i + size])
+
+
+def _check_args(samples: Sequence[Sample], batch_size: int, max_new_tokens: int) -> None:
+    if not samples:
+        raise ValueError("samples must not be empty")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")

@@ -1,0 +1,1 @@
+"""Experiments: the NTP vs NTP+KLAL comparison and the demo that reports it."""

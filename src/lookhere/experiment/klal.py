@@ -1,0 +1,197 @@
+"""The NTP vs NTP+KLAL experiment on synthetic tasks (the KLAL paper's tables 1-2, figures 3-4).
+
+For each task and each condition, a fresh tiny VLM (same seed, so the same initial weights) is
+trained from scratch on the same training samples for the same number of steps, then evaluated
+on a held-out test split drawn from a different seed and never used for any choice:
+
+- accuracy (greedy generation, parsed answers) with a bootstrap 95% interval, parse failures;
+- the attention ratio of the answer token (target tokens / all visual tokens), per sample;
+- the answer token's attention maps on a few test images, for the figure.
+
+Conditions: ``ntp`` (KLAL weight 0, but measured and logged) and ``klal`` (weight lambda). The
+compute is equal: both run the same steps on the same batches; KLAL adds the probe's rows only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lookhere.data.collate import GroundingCollator
+from lookhere.data.dataset import SampleList, TaskDataset
+from lookhere.data.sample import Sample
+from lookhere.data.synthetic import make_task
+from lookhere.eval.runner import evaluate
+from lookhere.models.adapter import get_adapter
+from lookhere.models.tiny import build_tiny
+from lookhere.targets import TargetConfig
+from lookhere.train.config import KLAL_QUERIES, KLALConfig
+
+TASKS = ("grid_patch", "line_intersection", "line_tracing")
+CONDITIONS = ("ntp", "klal")
+TEST_SEED_OFFSET = 10_000  # test samples come from seed data_seed + this: disjoint streams
+
+
+def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
+    """Task settings at the model's input size: Grid Patch's grid matches the patch grid."""
+    grid = image_size // 14
+    return {
+        # No grid preamble: the question stays short (about 15 tokens instead of 40).
+        "grid_patch": {"image_size": image_size, "grid_rows": grid, "grid_cols": grid,
+                       "describe_grid": False},
+        "line_intersection": {"image_size": image_size},
+        "line_tracing": {"image_size": image_size},
+    }
+
+
+@dataclass(frozen=True)
+class KLALExperimentConfig:
+    """One NTP vs NTP+KLAL comparison (defaults: `make demo`)."""
+
+    family: str = field(default="llava", metadata={"help": "model family (architecture)"})
+    size: str = field(default="demo", metadata={"help": "tiny size preset (models.tiny)"})
+    tasks: tuple[str, ...] = field(default=TASKS, metadata={"help": "synthetic tasks to run"})
+    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
+        "help": "'ntp' (KLAL weight 0, monitored) and/or 'klal' (weight = `weight`)"})
+    image_size: int = field(default=112, metadata={
+        "help": "image side in px; must equal the tiny model's input size"})
+    steps: int = field(default=300, metadata={"help": "optimizer steps per run"})
+    batch_size: int = field(default=8, metadata={"help": "samples per step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "linear warm-up share"})
+    weight: float = field(default=1.0, metadata={"help": "lambda of the 'klal' condition"})
+    query: str = field(default="last_answer", metadata={"help": f"KLAL query: {KLAL_QUERIES}"})
+    target: TargetConfig = field(default_factory=TargetConfig, metadata={
+        "help": "target-map weights (target, neighbour ring, floor)"})
+    test_samples: int = field(default=500, metadata={"help": "held-out test samples per task"})
+    seed: int = field(default=0, metadata={"help": "model init and training seed"})
+    data_seed: int = field(default=0, metadata={
+        "help": "training data seed; the test split uses data_seed + 10000"})
+    eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch size"})
+    max_new_tokens: int = field(default=8, metadata={"help": "generation budget per answer"})
+    n_maps: int = field(default=3, metadata={"help": "test images per task in the map figure"})
+    save_models: bool = field(default=False, metadata={
+        "help": "save each trained model under out/models/<task>/<condition>"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "test_samples", "eval_batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad or not self.conditions:
+            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
+                             f"got {self.conditions}")
+        KLALConfig(weight=self.weight, query=self.query)  # validates both
+
+    def klal_config(self, condition: str) -> KLALConfig:
+        if condition == "ntp":
+            return KLALConfig(weight=0.0, monitor=True, query=self.query)
+        return KLALConfig(weight=self.weight, query=self.query)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def train_split(config: KLALExperimentConfig, task: str) -> SampleList:
+    t = make_task(task, seed=config.data_seed, **_task_defaults(config.image_size)[task])
+    return TaskDataset(t, config.steps * config.batch_size).materialise()
+
+
+def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
+    t = make_task(task, seed=config.data_seed + TEST_SEED_OFFSET,
+                  **_task_defaults(config.image_size)[task])
+    return list(TaskDataset(t, config.test_samples).materialise().samples)
+
+
+def train_one(config: KLALExperimentConfig, condition: str, train: SampleList, out_dir: Path,
+              progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """A fresh tiny model trained under one condition: (model, processor, training record)."""
+    from transformers import TrainingArguments
+
+    from lookhere.train.trainer import GroundingTrainer
+
+    model, processor = build_tiny(config.family, config.size, seed=config.seed)
+    size = processor.image_processor.size
+    side = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else None
+    if side is not None and side != config.image_size:
+        raise ValueError(f"image_size {config.image_size} must equal the {config.size} model's "
+                         f"input size {side}")
+    adapter = get_adapter(model)
+    args = TrainingArguments(
+        output_dir=str(out_dir), max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
+        warmup_steps=max(0, round(config.warmup_ratio * config.steps)),
+        lr_scheduler_type="cosine", weight_decay=0.0, logging_steps=max(1, config.steps // 30),
+        save_strategy="no", report_to=[], seed=config.seed, data_seed=config.data_seed,
+        remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = GroundingTrainer(
+        model=model, args=args, train_dataset=train,
+        data_collator=GroundingCollator(processor, adapter, target_config=config.target),
+        klal=config.klal_config(condition),
+    )
+    start = time.perf_counter()
+    trainer.train()
+    record = {"steps": config.steps, "seconds": time.perf_counter() - start,
+              "log": [r for r in trainer.state.log_history if "loss" in r]}
+    return trainer.model, processor, record
+
+
+def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True,
+        on_result: Callable[[str, str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate every (task, condition); returns the results dict (report schema)."""
+    out_dir = Path(out_dir)
+    results: dict[str, Any] = {"tasks": {}, "examples": {}}
+    for task in config.tasks:
+        train = train_split(config, task)
+        test = held_out_split(config, task)
+        results["tasks"][task] = {}
+        examples = [s.id for s in test[: config.n_maps]]
+        results["examples"][task] = {"ids": examples, "maps": {}}
+        for condition in config.conditions:
+            if progress:
+                print(f"[klal] {task}: training {condition} ({config.steps} steps)", flush=True)
+            model, processor, record = train_one(config, condition, train,
+                                                 out_dir / "runs" / task / condition, progress)
+            if config.save_models:
+                from lookhere.models.tiny import save_tiny
+
+                path = out_dir / "models" / task / condition
+                if path.exists():
+                    raise FileExistsError(f"{path} exists; choose a new output folder")
+                save_tiny(model, processor, path)
+            res = evaluate(model, processor, get_adapter(model), test,
+                           batch_size=config.eval_batch_size,
+                           max_new_tokens=config.max_new_tokens, n_maps=config.n_maps,
+                           progress=progress)
+            score = res.scores.to_json()["tasks"][task]
+            entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
+                     "attention_ratio": res.attention_ratio.get(task, {}), "train": record,
+                     "predictions": dict(list(res.predictions.items())[:20])}
+            results["tasks"][task][condition] = entry
+            results["examples"][task]["maps"][condition] = {
+                i: {"map": m["map"].tolist(), "extent": list(m["extent"])}
+                for i, m in res.maps.items()}
+            if on_result is not None:
+                on_result(task, condition, entry)
+            if progress:
+                r = entry["attention_ratio"].get("mean", float("nan"))
+                print(f"[klal] {task} {condition}: accuracy {entry['accuracy']:.3f} "
+                      f"{entry['ci95']}, attention ratio {r:.2f}", flush=True)
+    return results
+
+
+def summary_line(results: dict[str, Any]) -> str:
+    return json.dumps({t: {c: round(v["accuracy"], 3) for c, v in conds.items()}
+                       for t, conds in results["tasks"].items()})

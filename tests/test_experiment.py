@@ -1,0 +1,72 @@
+"""The KLAL experiment and the demo end to end on the "test"-size model (seconds, not minutes)."""
+
+import json
+
+import pytest
+
+from lookhere.cli import main
+from lookhere.experiment.demo import run_demo
+from lookhere.experiment.klal import KLALExperimentConfig, held_out_split, train_split
+
+TINY = dict(size="test", image_size=56, steps=2, batch_size=2, test_samples=4,
+            eval_batch_size=4, max_new_tokens=3, n_maps=1)
+
+
+def test_splits_are_disjoint_and_deterministic():
+    cfg = KLALExperimentConfig(**TINY)
+    for task in cfg.tasks:
+        train = train_split(cfg, task).samples
+        test = held_out_split(cfg, task)
+        assert len(train) == cfg.steps * cfg.batch_size and len(test) == cfg.test_samples
+        assert not {s.id for s in train} & {s.id for s in test}
+        again = held_out_split(cfg, task)
+        assert [s.image.tobytes() for s in again] == [s.image.tobytes() for s in test]
+        assert not {s.image.tobytes() for s in train} & {s.image.tobytes() for s in test}
+
+
+def test_demo_writes_report(tmp_path):
+    out = tmp_path / "demo"
+    report = run_demo(out, KLALExperimentConfig(**TINY), progress=False, command="test")
+    assert report == out / "report.html"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["tasks"]) == {"grid_patch", "line_intersection", "line_tracing"}
+    for task, conds in results["tasks"].items():
+        assert set(conds) == {"ntp", "klal"}
+        for entry in conds.values():
+            assert entry["n"] == 4 and 0 <= entry["accuracy"] <= 1
+            assert len(entry["train"]["log"]) >= 1
+            assert "klal_loss" in entry["train"]["log"][-1]  # NTP runs monitor KLAL too
+    html = report.read_text()
+    for name in ("attention_maps.png", "attention_ratio.png", "training_curves.png"):
+        assert (out / name).stat().st_size > 0 and name in html
+    assert "| task" in (out / "results.md").read_text()
+    with pytest.raises(FileExistsError):
+        run_demo(out, KLALExperimentConfig(**TINY), progress=False)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="tasks"):
+        KLALExperimentConfig(tasks=("nope",))
+    with pytest.raises(ValueError, match="conditions"):
+        KLALExperimentConfig(conditions=())
+    with pytest.raises(ValueError, match="steps"):
+        KLALExperimentConfig(steps=0)
+    with pytest.raises(ValueError, match="query"):
+        KLALExperimentConfig(query="first")
+    with pytest.raises(ValueError, match="image_size"):
+        run_demo("/nonexistent-never-written", KLALExperimentConfig(size="test", steps=1),
+                 progress=False)
+
+
+def test_cli_experiment(tmp_path, capsys):
+    args = ["experiment", "klal", "--out", str(tmp_path), "--seeds", "0", "--quiet",
+            "--size", "test", "--image-size", "56", "--steps", "1", "--batch-size", "2",
+            "--test-samples", "2", "--tasks", "line_intersection", "--n-maps", "1"]
+    assert main(args) == 0
+    data = json.loads((tmp_path / "seed0.json").read_text())
+    assert data["settings"]["klal"]["tasks"] == ["line_intersection"]
+    assert set(data["tasks"]["line_intersection"]) == {"ntp", "klal"}
+    assert main(args) == 0  # an existing seed file is skipped, not overwritten
+    assert "skipped" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="weight"):
+        main(["demo", "--out", str(tmp_path / "d"), "--weight", "-1"])

@@ -1,0 +1,521 @@
+"""Training: the collator's batches (labels, answer mask, targets, prompts, chat templates) for
+every family, and `GroundingTrainer` runs on fresh tiny models: NTP + KLAL for every family,
+KLAL pulling attention onto the target, gradient accumulation, gradient checkpointing, bf16,
+LoRA, checkpoint resume and the errors.
+
+Training mutates weights, so every run builds its own model with `build_tiny` (never the cached
+`tiny(family)` ones). Equivalence tests train with plain SGD and no clipping: a parameter's
+change is then ``-lr * grad``, so two runs agree only if their gradients agree in scale as well
+as direction (Adam's first step, ``lr * sign(grad)``, would hide a wrongly scaled term).
+"""
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+from conftest import tiny
+from transformers import TrainingArguments
+
+from lookhere.data.collate import GroundingCollator, prompt_batch, split_aux
+from lookhere.data.dataset import SampleList, TaskDataset
+from lookhere.data.prompt import chat_turn
+from lookhere.data.sample import Geometry
+from lookhere.data.synthetic import make_task
+from lookhere.eval.metrics import attention_ratio
+from lookhere.losses.klal import klal_loss
+from lookhere.models import build_tiny, get_adapter
+from lookhere.probe import IGNORE_INDEX, AttentionProbe, ProbeError
+from lookhere.train import GroundingTrainer, KLALConfig, apply_lora
+
+TASK = make_task("grid_patch", seed=0, image_size=56, grid_rows=4, grid_cols=4)
+SGD = {"optim": "sgd", "max_grad_norm": 0.0}  # update = -lr * grad (see the module doc)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run several times faster on one thread, most of all on a shared machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def samples(n, start=0):
+    return [TASK.sample(start + i) for i in range(n)]
+
+
+def ragged_samples():
+    """Four samples of different prompt and answer lengths; the last has no geometry."""
+    s = samples(4)
+    return [
+        s[0],
+        dataclasses.replace(s[1], question="Where is the yellow marker?",
+                            answer="row 3, column 2, which is left of the middle of the grid"),
+        dataclasses.replace(s[2], answer="1 3"),
+        dataclasses.replace(s[3], geometry=Geometry()),
+    ]
+
+
+def trainer_for(model, processor, out, klal=None, data=None, adapter=None, **overrides):
+    args = {"max_steps": 6, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
+            "use_cpu": True, "report_to": [], "save_strategy": "no", "disable_tqdm": True,
+            "remove_unused_columns": False, "logging_steps": 1, "seed": 0, **overrides}
+    adapter = adapter or get_adapter(model)
+    return GroundingTrainer(
+        model=model, args=TrainingArguments(output_dir=str(out), **args),
+        train_dataset=data if data is not None else TaskDataset(TASK, 64),
+        data_collator=GroundingCollator(processor, adapter),
+        klal=klal if klal is not None else KLALConfig(weight=1.0),
+    )
+
+
+def step_logs(trainer):
+    """The per-step log entries (not the end-of-training summary)."""
+    return [e for e in trainer.state.log_history if "loss" in e]
+
+
+def trainable(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def frozen(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def unchanged(before, model):
+    after = dict(model.named_parameters())
+    return [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+
+
+def assert_params_close(a, b, before, rtol=1e-4, atol=1e-7):
+    """Parameters of two runs agree, compared as updates from the shared start ``before``."""
+    assert a.keys() == b.keys() == before.keys()
+    moved = 0
+    for n in before:
+        da, db = a[n] - before[n], b[n] - before[n]
+        torch.testing.assert_close(da, db, rtol=rtol, atol=atol, msg=lambda m, n=n: f"{n}: {m}")
+        moved += int(da.abs().max() > 0)
+    assert moved > len(before) // 2, "most parameters should have been updated"
+
+
+def last_answer_queries(answer_mask):
+    """Per sample, the position of the answer's last content token (KLAL's default query)."""
+    return [[int(m.nonzero().max())] for m in answer_mask]
+
+
+def reference_losses(model, batch):
+    """(NTP, KLAL) of one batch by a plain forward: the values step 1 must log."""
+    inputs, aux = split_aux(batch)
+    with torch.no_grad(), AttentionProbe(model, queries=last_answer_queries(aux["answer_mask"]),
+                                         keys="visual", log_probs=True) as probe:
+        ntp = model(**inputs).loss
+    klal = klal_loss(probe.rows, aux["target"], key_mask=probe.key_mask,
+                     query_mask=probe.query_mask, sample_mask=aux["has_target"])
+    return float(ntp), float(klal)
+
+
+def attention_on_target(model, batch):
+    """Mean attention ratio (target cells / all visual tokens) of the last answer token, with
+    rows averaged over layers and heads."""
+    inputs, aux = split_aux(batch)
+    with torch.no_grad(), AttentionProbe(model, queries=last_answer_queries(aux["answer_mask"]),
+                                         keys="visual") as probe:
+        model(**inputs)
+    # rows: per layer (B, H, 1, K) -> (layers, B, H, K) -> mean over layers and heads: (B, K)
+    att = torch.stack([r[:, :, 0] for r in probe.rows.values()]).mean((0, 2))
+    ratio = attention_ratio(att, aux["target_cells"], probe.key_mask)
+    assert torch.isfinite(ratio).all()
+    return float(ratio.mean())
+
+
+# --------------------------------------------------------------------------- the collator
+
+
+def test_collator_batch(family):
+    model, processor = tiny(family)
+    adapter, tok = get_adapter(model), processor.tokenizer
+    fmt = adapter.chat
+    ss = ragged_samples()
+    batch = GroundingCollator(processor, adapter)(ss)
+    ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    answer = batch["lookhere_answer_mask"]
+    b, length = ids.shape
+    for k in ("attention_mask", "labels", "lookhere_answer_mask"):
+        assert batch[k].shape == (b, length), k
+    lengths = attn.sum(1)
+    assert len(set(lengths.tolist())) > 1, "the samples should need padding"
+    assert lengths.max() == length
+    for i, s in enumerate(ss):
+        n = int(lengths[i])
+        # right padding: real tokens first, then pad tokens that are never labels
+        assert attn[i, :n].all() and not attn[i, n:].any()
+        assert (ids[i, n:] == tok.pad_token_id).all()
+        labelled = (labels[i] != IGNORE_INDEX).nonzero().flatten()
+        start = int(labelled[0])
+        # labels: exactly the tokens after the prompt up to the end of the sample
+        assert labelled.tolist() == list(range(start, n))
+        assert torch.equal(labels[i, start:n], ids[i, start:n])
+        end = fmt.end if fmt.end.strip() else fmt.end + tok.eos_token
+        text = tok.decode(ids[i, start:n].tolist(), skip_special_tokens=False)
+        assert text == fmt.answer_prefix + s.answer + end
+        # the answer mask: the answer's content, not the tokens closing the turn
+        marked = answer[i].nonzero().flatten().tolist()
+        assert marked == list(range(start, marked[-1] + 1))
+        content = tok.decode(ids[i, marked].tolist(), skip_special_tokens=False)
+        assert content == fmt.answer_prefix + s.answer
+        closing = tok.decode(ids[i, marked[-1] + 1:n].tolist(), skip_special_tokens=False)
+        assert closing == end
+
+
+def test_collator_prompts_match_generation_prompts(family):
+    model, processor = tiny(family)
+    adapter = get_adapter(model)
+    ss = ragged_samples()
+    batch = GroundingCollator(processor, adapter)(ss)
+    gen = prompt_batch(adapter, processor, ss)
+    assert "labels" not in gen
+    for i in range(len(ss)):
+        n = int(gen["attention_mask"][i].sum())
+        # left padding: pads first, the prompt flush with the end (generation starts there)
+        assert gen["attention_mask"][i, -n:].all() and not gen["attention_mask"][i, :-n].any()
+        start = int((batch["labels"][i] != IGNORE_INDEX).nonzero()[0])
+        assert start == n
+        assert torch.equal(gen["input_ids"][i, -n:], batch["input_ids"][i, :start])
+    torch.testing.assert_close(gen["pixel_values"], batch["pixel_values"], rtol=0, atol=0)
+
+
+def test_collator_targets_align_with_probe(family):
+    model, processor = tiny(family)
+    adapter = get_adapter(model)
+    ss = ragged_samples()
+    batch = GroundingCollator(processor, adapter)(ss)
+    inputs, aux = split_aux(batch)
+    with torch.no_grad(), AttentionProbe(model, queries="last_answer", keys="visual") as probe:
+        model(**inputs)
+    target, has, cells = aux["target"], aux["has_target"], aux["target_cells"]
+    assert target.shape == cells.shape == probe.key_mask.shape
+    assert has.tolist() == [True, True, True, False]
+    key_ids = inputs["input_ids"].gather(1, probe.key_positions)
+    assert (key_ids[probe.key_mask] == adapter.image_token_id).all()
+    assert (target[~probe.key_mask] == 0).all() and not cells[~probe.key_mask].any()
+    torch.testing.assert_close(target[has].sum(1), torch.ones(3), rtol=0, atol=1e-5)
+    assert (target[~has] == 0).all() and not cells[~has].any()
+    # target cells: the tokens whose pixel box overlaps the geometry's box (by area)
+    layout = adapter.layout(batch, [[s.image] for s in ss], processor)
+    for i, s in enumerate(ss[:3]):
+        x0, y0, x1, y1 = s.geometry.boxes[0]
+        expected = torch.zeros_like(cells[i])
+        for grid in layout[i].images[0].grids:
+            boxes = torch.as_tensor(grid.geometry.cell_boxes()).view(-1, 4)
+            w = (torch.minimum(boxes[:, 2], torch.tensor(x1))
+                 - torch.maximum(boxes[:, 0], torch.tensor(x0)))
+            h = (torch.minimum(boxes[:, 3], torch.tensor(y1))
+                 - torch.maximum(boxes[:, 1], torch.tensor(y0)))
+            expected[grid.key_index] = (w > 1e-6) & (h > 1e-6)
+        assert expected.any()
+        assert torch.equal(cells[i], expected), f"sample {i}"
+
+
+def test_collator_target_peaks_on_target_cells(family):
+    """docs/methods.md: "a barely touched cell is never below the ring", so no token gets more
+    mass than the most weighted token that holds the target."""
+    model, processor = tiny(family)
+    batch = GroundingCollator(processor, get_adapter(model))(samples(3))
+    target, cells = batch["lookhere_target"], batch["lookhere_target_cells"]
+    on_cells = torch.where(cells, target, 0).max(1).values
+    assert (on_cells == target.max(1).values).all(), (
+        f"{family}: the KLAL target puts more mass on the neighbour ring than on the partly "
+        f"covered target tokens (targets.cell_weights leaves touched cells out of the ring):\n"
+        f"{target}\n{cells}")
+
+
+def test_collator_llava_target_cell_is_the_answer_cell():
+    """LLaVA's 4x4 token grid is the task's 4x4 grid: the target is the answer's token."""
+    model, processor = tiny("llava")
+    ss = samples(4)
+    batch = GroundingCollator(processor, get_adapter(model))(ss)
+    for i, s in enumerate(ss):
+        k = (s.structured["row"] - 1) * 4 + s.structured["col"] - 1
+        assert batch["lookhere_target_cells"][i].nonzero().flatten().tolist() == [k]
+        assert int(batch["lookhere_target"][i].argmax()) == k
+
+
+LLAVA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def test_chat_template_path():
+    model, plain = tiny("llava")
+    adapter = get_adapter(model)
+    templated = copy.deepcopy(plain)
+    templated.chat_template = LLAVA_TEMPLATE
+    turn = chat_turn(adapter, templated, "find the star", "row 1, column 2")
+    assert turn.prompt == "USER: <image>\nfind the star ASSISTANT:"
+    assert (turn.answer, turn.end) == (" row 1, column 2", "</s>")
+    assert chat_turn(adapter, templated, "find the star").prompt == turn.prompt
+    # the template mirrors LLaVA's ChatFormat, so both paths build the same batch
+    ss = ragged_samples()
+    a = GroundingCollator(templated, adapter)(ss)
+    b = GroundingCollator(plain, adapter)(ss)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("template", [
+    # the reply's header differs from the generation prompt's
+    LLAVA_TEMPLATE.replace("{% else %}ASSISTANT: {% for", "{% else %}BOT: {% for"),
+    # the reply drops the answer
+    LLAVA_TEMPLATE.replace("{{ c['text'] }}{% endfor %}</s>", "{% endfor %}</s>"),
+])
+def test_chat_template_inconsistent(template):
+    model, plain = tiny("llava")
+    templated = copy.deepcopy(plain)
+    templated.chat_template = template
+    with pytest.raises(ValueError, match="chat template"):
+        chat_turn(get_adapter(model), templated, "find the star", "row 1, column 2")
+    with pytest.raises(ValueError, match="chat template"):
+        GroundingCollator(templated, get_adapter(model))(samples(2))
+
+
+# --------------------------------------------------------------------------- training
+
+
+# Parameters that no forward uses: CLIP's post-layernorm only feeds the pooled output, which LLaVA
+# and LLaVA-NeXT do not read.
+UNUSED = {family: ["model.vision_tower.post_layernorm.weight",
+                   "model.vision_tower.post_layernorm.bias"] for family in ("llava", "llava_next")}
+
+
+def test_train_every_family(family, tmp_path):
+    model, processor = build_tiny(family, "test", seed=1)
+    before = trainable(model)
+    trainer = trainer_for(model, processor, tmp_path)
+    trainer.train()
+    still = unchanged(before, model)
+    assert still == UNUSED.get(family, []), f"{family}: trainable parameters left unchanged"
+    logs = step_logs(trainer)
+    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5, 6]
+    for e in logs:
+        assert all(math.isfinite(e[k]) for k in ("loss", "ntp_loss", "klal_loss")), e
+        assert e["klal_loss"] > 0
+        assert e["loss"] == pytest.approx(e["ntp_loss"] + 1.0 * e["klal_loss"], rel=1e-5), e
+
+
+def test_klal_moves_attention_to_target(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    ss = samples(8)
+    batch = GroundingCollator(processor, get_adapter(model))(ss)
+    ratio0, klal0 = attention_on_target(model, batch), reference_losses(model, batch)[1]
+    trainer = trainer_for(model, processor, tmp_path, data=SampleList(ss), max_steps=20,
+                          per_device_train_batch_size=8, learning_rate=1e-2)
+    trainer.train()
+    model.eval()
+    ratio1, klal1 = attention_on_target(model, batch), reference_losses(model, batch)[1]
+    logs = step_logs(trainer)
+    # (seeds 0-2 reach KLAL ~0.3 from ~0.92 and a ratio ~3.2 from 1.0)
+    assert logs[0]["klal_loss"] == pytest.approx(klal0, rel=1e-5)  # the same fixed batch
+    assert logs[-1]["klal_loss"] < 0.5 * logs[0]["klal_loss"], logs
+    assert klal1 < 0.5 * klal0, (klal0, klal1)
+    assert ratio1 > 2 * ratio0 and ratio1 > 2, (ratio0, ratio1)
+
+
+def test_monitored_klal_is_not_trained_on(tmp_path):
+    runs = {}
+    for name, klal in [("monitor", KLALConfig(weight=0, monitor=True)),
+                       ("off", KLALConfig(weight=0))]:
+        model, processor = build_tiny("llava", "test", seed=0)
+        trainer = trainer_for(model, processor, tmp_path / name, klal=klal, max_steps=3)
+        trainer.train()
+        runs[name] = (step_logs(trainer), trainable(model))
+    logs, params = runs["monitor"]
+    for e in logs:
+        assert e["klal_loss"] > 0 and math.isfinite(e["klal_loss"])
+        assert e["loss"] == pytest.approx(e["ntp_loss"], rel=1e-6), e
+    off_logs, off_params = runs["off"]
+    assert all("klal_loss" not in e for e in off_logs)
+    for a, b in zip(logs, off_logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    # the same updates as without KLAL at all: it never reached the gradient
+    for n in params:
+        torch.testing.assert_close(params[n], off_params[n], rtol=0, atol=0, msg=n)
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+    runs = []
+    for batch_size, ga in [(4, 1), (2, 2)]:
+        model, processor = build_tiny("llava", "test", seed=0)
+        before = trainable(model)
+        if not runs:  # what step 1 must log: NTP and KLAL of samples 0..3 at the start
+            batch = GroundingCollator(processor, get_adapter(model))(samples(4))
+            ref = reference_losses(model.train(), batch)
+        trainer = trainer_for(model, processor, tmp_path / f"ga{ga}", max_steps=1,
+                              per_device_train_batch_size=batch_size,
+                              gradient_accumulation_steps=ga, learning_rate=0.5,
+                              train_sampling_strategy="sequential", **SGD)
+        trainer.train()
+        runs.append((step_logs(trainer), trainable(model)))
+    (full_logs, full), (acc_logs, acc) = runs
+    assert_params_close(acc, full, before)
+    assert len(full_logs) == len(acc_logs) == 1
+    for key, value in zip(("ntp_loss", "klal_loss"), ref, strict=True):
+        assert full_logs[0][key] == pytest.approx(value, rel=1e-5), key
+        assert acc_logs[0][key] == pytest.approx(value, rel=1e-5), key
+    assert acc_logs[0]["loss"] == pytest.approx(full_logs[0]["loss"], rel=1e-5)
+
+
+def test_gradient_checkpointing_matches(tmp_path):
+    runs = []
+    for ckpt in (False, True):
+        model, processor = build_tiny("llava", "test", seed=0)
+        before = trainable(model)
+        extra = {"activation_checkpointing": True,
+                 "activation_checkpointing_kwargs": {"use_reentrant": False}} if ckpt else {}
+        trainer = trainer_for(model, processor, tmp_path / str(ckpt), max_steps=2,
+                              learning_rate=0.5, train_sampling_strategy="sequential",
+                              **SGD, **extra)
+        trainer.train()
+        assert model.is_activation_checkpointing == ckpt
+        runs.append((step_logs(trainer), trainable(model)))
+    (plain_logs, plain), (ckpt_logs, ckpt_params) = runs
+    assert_params_close(ckpt_params, plain, before)
+    for a, b in zip(ckpt_logs, plain_logs, strict=True):
+        for k in ("loss", "ntp_loss", "klal_loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5), k
+
+
+def test_bf16(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    before = trainable(model)
+    trainer = trainer_for(model, processor, tmp_path, max_steps=3, bf16=True)
+    try:
+        trainer.train()
+    except RuntimeError as e:
+        pytest.fail(
+            "bf16 (autocast) training with KLAL failed: under autocast the probe's "
+            "_Fp32Scores.forward matmul runs in bf16 (not fp32) and its backward then multiplies "
+            f"the bf16 incoming gradient by an fp32 key: {e}")
+    logs = step_logs(trainer)
+    assert len(logs) == 3
+    for e in logs:
+        assert all(math.isfinite(e[k]) for k in ("loss", "ntp_loss", "klal_loss")), e
+        assert e["klal_loss"] > 0
+    still = unchanged(before, model)
+    assert still == UNUSED["llava"], "trainable parameters left unchanged under bf16"
+
+
+def test_lora(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    adapter = get_adapter(model)
+    lm_prefix = next(n for n, m in model.named_modules() if m is adapter.language_model(model))
+    peft_model = apply_lora(model, r=4, alpha=8)
+    train_before, base_before = trainable(peft_model), frozen(peft_model)
+    assert train_before and all("lora_" in n for n in train_before), sorted(train_before)
+    assert all(f"{lm_prefix}." in n for n in train_before)  # never the vision tower
+    assert not any("lora_" in n for n in base_before)
+    trainer = trainer_for(peft_model, processor, tmp_path, adapter=adapter)
+    trainer.train()
+    still = unchanged(train_before, peft_model)
+    assert not still, f"LoRA parameters left unchanged: {still}"
+    moved = [n for n in base_before if n not in unchanged(base_before, peft_model)]
+    assert not moved, f"frozen base weights changed: {moved}"
+    for e in step_logs(trainer):
+        assert e["klal_loss"] > 0 and math.isfinite(e["klal_loss"])
+        assert e["loss"] == pytest.approx(e["ntp_loss"] + e["klal_loss"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def resumed_runs(tmp_path_factory):
+    """A 6-step run saving every 3 steps, and a fresh run resumed from its checkpoint-3:
+    (checkpoint folder, (logs, params) uninterrupted, (logs, params) resumed)."""
+    root = tmp_path_factory.mktemp("resume")
+
+    def run(out, resume=None):
+        model, processor = build_tiny("llava", "test", seed=0)
+        trainer = trainer_for(model, processor, out, max_steps=6, save_strategy="steps",
+                              save_steps=3)
+        trainer.train(resume_from_checkpoint=resume)
+        return step_logs(trainer), trainable(model)
+
+    full = run(root / "full")
+    checkpoint = root / "full" / "checkpoint-3"
+    return checkpoint, full, run(root / "resumed", resume=str(checkpoint))
+
+
+def test_resume_logs_are_consistent(resumed_runs):
+    """The first log after resuming averages over the steps since the resume, not since 0."""
+    _, _, (logs, _) = resumed_runs
+    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5, 6]
+    for e in logs:
+        assert e["loss"] == pytest.approx(e["ntp_loss"] + e["klal_loss"], rel=1e-5), (
+            f"step {e['step']}: loss != ntp_loss + klal_loss after resuming (GroundingTrainer.log "
+            f"divides the sums by global_step - _sums_from_step, and _sums_from_step is 0 after "
+            f"a resume): {e}")
+
+
+def test_resume_from_checkpoint(resumed_runs):
+    from safetensors.torch import load_file
+
+    checkpoint, (logs, params), (resumed_logs, resumed) = resumed_runs
+    saved = load_file(checkpoint / "model.safetensors")
+    assert set(saved) >= set(params), (
+        "checkpoint-3/model.safetensors does not hold the model's parameter names, so the "
+        "Trainer's resume (load_state_dict(strict=False)) restores nothing; e.g. saved "
+        f"{sorted(saved)[:2]}, model {sorted(params)[:2]}")
+    for n in params:
+        torch.testing.assert_close(resumed[n], params[n], rtol=1e-6, atol=1e-8, msg=n)
+    for a, b in zip(resumed_logs[3:], logs[3:], strict=True):
+        for k in ("loss", "ntp_loss", "klal_loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-6), (k, a, b)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"weight": -1.0}, "weight"),
+    ({"weight": float("nan")}, "weight"),
+    ({"weight": float("inf")}, "weight"),
+    ({"query": "first_answer"}, "query"),
+    ({"layers": ()}, "layers"),
+    ({"heads": ()}, "heads"),
+])
+def test_klal_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        KLALConfig(**kwargs)
+
+
+def test_klal_config_normalises():
+    cfg = KLALConfig(layers=[0, -1], heads=[[1, 0], (0, 2)])
+    assert cfg.layers == (0, -1) and cfg.heads == ((1, 0), (0, 2))
+    assert cfg.probe_layers() == (0, 1)  # the heads' layers win
+    assert KLALConfig(layers=[-1]).probe_layers() == (-1,)
+    assert not KLALConfig(weight=0).active and KLALConfig(weight=0, monitor=True).active
+
+
+def test_trainer_refuses_reentrant_checkpointing(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    trainer = trainer_for(model, processor, tmp_path, max_steps=1, activation_checkpointing=True,
+                          activation_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ProbeError, match="reentrant"):
+        trainer.train()
+
+
+def test_trainer_needs_grounding_batches(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    trainer = trainer_for(model, processor, tmp_path, max_steps=1)
+    collate = trainer.data_collator
+    trainer.data_collator = lambda ss: {k: v for k, v in collate(ss).items()
+                                        if k != "lookhere_answer_mask"}
+    with pytest.raises(KeyError, match="answer_mask"):
+        trainer.train()

@@ -1,0 +1,92 @@
+"""DDP: two gloo processes under torchrun (per-device batch 2) against one process (batch 4).
+
+Both train a fresh tiny LLaVA with NTP + KLAL for a few steps on the same samples, with plain
+SGD (no clipping), so the same logged losses and the same final parameters mean the trainer
+averages NTP, KLAL and their gradients over processes exactly like one process over the batch.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from dist_train_worker import STEPS, final_params, train
+from safetensors.torch import load_file
+
+from lookhere.models import build_tiny
+
+WORKER = Path(__file__).with_name("dist_train_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(out: Path, nproc: int) -> None:
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+           "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(WORKER), str(out)]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        print(proc.stdout[-5000:])
+        print(proc.stderr[-20000:], file=sys.stderr)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+
+
+def test_ddp_matches_single_process(tmp_path):
+    torchrun(tmp_path / "ddp", nproc=2)
+    ranks = [json.loads((tmp_path / "ddp" / f"samples-{r}.json").read_text()) for r in (0, 1)]
+    ddp_logs = json.loads((tmp_path / "ddp" / "logs.json").read_text())
+    ddp_params = load_file(tmp_path / "ddp" / "params.safetensors")
+
+    trainer, seen = train(tmp_path / "single", batch_size=4)
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    params = final_params(trainer)
+
+    # two processes, each on half of every single-process batch
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    # (the data loader may build one batch ahead of the last step)
+    assert len(seen) >= STEPS and all(len(r["batches"]) >= STEPS for r in ranks)
+    for step, batch in enumerate(seen[:STEPS]):
+        halves = [r["batches"][step] for r in ranks]
+        assert [len(h) for h in halves] == [2, 2]
+        assert sorted(halves[0] + halves[1]) == sorted(batch), step
+
+    assert [e["step"] for e in ddp_logs] == [e["step"] for e in logs] == list(range(1, STEPS + 1))
+    for a, b in zip(ddp_logs, logs, strict=True):
+        for k in ("loss", "ntp_loss", "klal_loss"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4), (k, a, b)
+        assert a["loss"] == pytest.approx(a["ntp_loss"] + a["klal_loss"], rel=1e-5)
+
+    # the same updates from the same start (compared as updates: -lr * averaged gradient)
+    start = dict(build_tiny("llava", "test", seed=0)[0].named_parameters())
+    assert ddp_params.keys() == params.keys() == start.keys()
+    moved = []
+    for n, p in params.items():
+        update, ddp_update = p - start[n].detach(), ddp_params[n] - start[n].detach()
+        torch.testing.assert_close(ddp_update, update, rtol=1e-4, atol=1e-7,
+                                   msg=lambda m, n=n: f"{n}: {m}")
+        if update.abs().max() > 0:
+            moved.append(n)
+    assert len(moved) > len(params) // 2, moved
