@@ -1,15 +1,24 @@
 """The KLAL experiment and the demo end to end on the "test"-size model (seconds, not minutes)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from lookhere.cli import main
 from lookhere.experiment.demo import run_demo
 from lookhere.experiment.klal import KLALExperimentConfig, held_out_split, train_split
+from lookhere.models import tiny
 
-TINY = dict(size="test", image_size=56, steps=2, batch_size=2, test_samples=4,
+TINY = dict(size="test96", image_size=112, steps=2, batch_size=2, test_samples=4,
             eval_batch_size=4, max_new_tokens=3, n_maps=1)
+
+
+@pytest.fixture(autouse=True)
+def test96(monkeypatch):
+    """The "test" model at 112 px (Line Tracing needs >= 96 px), 8x8 visual tokens."""
+    monkeypatch.setitem(tiny.TINY_SIZES, "test96", replace(tiny.TINY_SIZES["test"],
+                                                           image_size=112))
 
 
 def test_splits_are_disjoint_and_deterministic():
@@ -54,13 +63,12 @@ def test_config_errors():
     with pytest.raises(ValueError, match="query"):
         KLALExperimentConfig(query="first")
     with pytest.raises(ValueError, match="image_size"):
-        run_demo("/nonexistent-never-written", KLALExperimentConfig(size="test", steps=1),
-                 progress=False)
+        KLALExperimentConfig(size="test", image_size=112)
 
 
 def test_cli_experiment(tmp_path, capsys):
     args = ["experiment", "klal", "--out", str(tmp_path), "--seeds", "0", "--quiet",
-            "--size", "test", "--image-size", "56", "--steps", "1", "--batch-size", "2",
+            "--size", "test96", "--image-size", "112", "--steps", "1", "--batch-size", "2",
             "--test-samples", "2", "--tasks", "line_intersection", "--n-maps", "1"]
     assert main(args) == 0
     data = json.loads((tmp_path / "seed0.json").read_text())

@@ -30,7 +30,7 @@ from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
 from lookhere.eval.runner import evaluate
 from lookhere.models.adapter import get_adapter
-from lookhere.models.tiny import build_tiny
+from lookhere.models.tiny import build_tiny, resolve_size
 from lookhere.targets import TargetConfig
 from lookhere.train.config import KLAL_QUERIES, KLALConfig
 
@@ -92,6 +92,10 @@ class KLALExperimentConfig:
             raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
                              f"got {self.conditions}")
         KLALConfig(weight=self.weight, query=self.query)  # validates both
+        side = resolve_size(self.size).image_size
+        if side != self.image_size:
+            raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
+                             f"input size {side}")
 
     def klal_config(self, condition: str) -> KLALConfig:
         if condition == "ntp":
@@ -121,11 +125,6 @@ def train_one(config: KLALExperimentConfig, condition: str, train: SampleList, o
     from lookhere.train.trainer import GroundingTrainer
 
     model, processor = build_tiny(config.family, config.size, seed=config.seed)
-    size = processor.image_processor.size
-    side = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else None
-    if side is not None and side != config.image_size:
-        raise ValueError(f"image_size {config.image_size} must equal the {config.size} model's "
-                         f"input size {side}")
     adapter = get_adapter(model)
     args = TrainingArguments(
         output_dir=str(out_dir), max_steps=config.steps,
