@@ -119,3 +119,25 @@ def test_eval_argument_errors(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--data", str(tmp_path), *args])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eval_model(tmp_path, capsys):
+    """--model: a saved tiny model generates; its predictions file scores the same as the run."""
+    data = tmp_path / "data"
+    assert main(["data", "make", "grid_patch", "--n", "5", "--out", str(data),
+                 "--set", "image_size=56", "--set", "grid_rows=4", "--set", "grid_cols=4"]) == 0
+    assert main(["tiny", "--family", "llava", "--out", str(tmp_path / "model")]) == 0
+    out, preds = tmp_path / "metrics.json", tmp_path / "preds.jsonl"
+    assert main(["eval", "--data", str(data), "--model", str(tmp_path / "model"), "--limit", "4",
+                 "--max-new-tokens", "3", "--out", str(out), "--predictions-out", str(preds)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["scores"]["tasks"]["grid_patch"]["n"] == 4
+    ratio = metrics["attention_ratio"]["grid_patch"]
+    assert len(ratio["values"]) == 4
+    again = tmp_path / "again.json"
+    assert main(["eval", "--data", str(data), "--predictions", str(preds), "--missing", "wrong",
+                 "--out", str(again)]) == 0
+    rescored = json.loads(again.read_text())["tasks"]["grid_patch"]
+    assert rescored["n"] == 5 and rescored["missing"] == 1  # --limit 4 of 5 samples
+    assert rescored["accuracy"] * 5 == pytest.approx(
+        metrics["scores"]["tasks"]["grid_patch"]["accuracy"] * 4)

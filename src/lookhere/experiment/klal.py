@@ -37,6 +37,8 @@ from lookhere.train.config import KLAL_QUERIES, KLALConfig
 TASKS = ("grid_patch", "line_intersection", "line_tracing")
 CONDITIONS = ("ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # test samples come from seed data_seed + this: disjoint streams
+# Longest answer in tokens (content + end), so generation stops early: "row 8, column 8</s>".
+ANSWER_TOKENS = {"grid_patch": 10, "line_intersection": 3, "line_tracing": 3}
 
 
 def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
@@ -75,8 +77,11 @@ class KLALExperimentConfig:
     data_seed: int = field(default=0, metadata={
         "help": "training data seed; the test split uses data_seed + 10000"})
     eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch size"})
-    max_new_tokens: int = field(default=8, metadata={"help": "generation budget per answer"})
+    max_new_tokens: int = field(default=16, metadata={
+        "help": "generation budget per answer (capped by the task's longest answer)"})
     n_maps: int = field(default=3, metadata={"help": "test images per task in the map figure"})
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "help": "per-task generator overrides, e.g. {'grid_patch': {'num_distractors': 1}}"})
     save_models: bool = field(default=False, metadata={
         "help": "save each trained model under out/models/<task>/<condition>"})
 
@@ -92,6 +97,9 @@ class KLALExperimentConfig:
             raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
                              f"got {self.conditions}")
         KLALConfig(weight=self.weight, query=self.query)  # validates both
+        for task in self.task_options:
+            if task not in TASKS:
+                raise ValueError(f"task_options names unknown task {task!r}; tasks: {TASKS}")
         side = resolve_size(self.size).image_size
         if side != self.image_size:
             raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
@@ -106,14 +114,18 @@ class KLALExperimentConfig:
         return dataclasses.asdict(self)
 
 
+def task_config(config: KLALExperimentConfig, task: str) -> dict[str, Any]:
+    """The generator settings of ``task``: defaults at the image size, then the overrides."""
+    return {**_task_defaults(config.image_size)[task], **config.task_options.get(task, {})}
+
+
 def train_split(config: KLALExperimentConfig, task: str) -> SampleList:
-    t = make_task(task, seed=config.data_seed, **_task_defaults(config.image_size)[task])
+    t = make_task(task, seed=config.data_seed, **task_config(config, task))
     return TaskDataset(t, config.steps * config.batch_size).materialise()
 
 
 def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
-    t = make_task(task, seed=config.data_seed + TEST_SEED_OFFSET,
-                  **_task_defaults(config.image_size)[task])
+    t = make_task(task, seed=config.data_seed + TEST_SEED_OFFSET, **task_config(config, task))
     return list(TaskDataset(t, config.test_samples).materialise().samples)
 
 
@@ -172,8 +184,8 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
                 save_tiny(model, processor, path)
             res = evaluate(model, processor, get_adapter(model), test,
                            batch_size=config.eval_batch_size,
-                           max_new_tokens=config.max_new_tokens, n_maps=config.n_maps,
-                           progress=progress)
+                           max_new_tokens=min(config.max_new_tokens, ANSWER_TOKENS[task]),
+                           n_maps=config.n_maps, query=config.query, progress=progress)
             score = res.scores.to_json()["tasks"][task]
             entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
                      "attention_ratio": res.attention_ratio.get(task, {}), "train": record,
