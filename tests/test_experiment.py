@@ -39,7 +39,7 @@ def test_demo_writes_report(tmp_path):
     assert report == out / "report.html"
     results = json.loads((out / "results.json").read_text())
     assert set(results["tasks"]) == {"grid_patch", "line_intersection", "line_tracing"}
-    for task, conds in results["tasks"].items():
+    for conds in results["tasks"].values():
         assert set(conds) == {"ntp", "klal"}
         for entry in conds.values():
             assert entry["n"] == 4 and 0 <= entry["accuracy"] <= 1
