@@ -16,7 +16,7 @@ Commands (from the repository root):
   HF_HUB_OFFLINE=1 .venv/bin/python bench/probe.py --size tiny            # CPU: ~40 s
   python bench/probe.py --device cuda --dtype bf16 --size all --sweep     # GPU
 
-Sizes: "tiny" = the demo tiny LLaVA (the shapes of lookhere's TINY_SIZES["demo"], 112 px -> 64
+Sizes: "tiny" = the ~13M tiny LLaVA (the shapes of lookhere's TINY_SIZES["small"], 112 px -> 64
 visual tokens, 32 text tokens, batch 8); "7b" = LLaVA-1.5-7B language-model layers (hidden 4096,
 32 heads, MLP 11008, vocab 32064) truncated to 2 layers, 576 visual + 64 text tokens, batch 1,
 with a small CLIP tower (336 px, patch 14). --sweep grows the text so the sequence has
@@ -98,7 +98,7 @@ class Shape:
 def tiny_shape() -> Shape:
     from lookhere.models.tiny import TINY_SIZES
 
-    s = TINY_SIZES["demo"]
+    s = TINY_SIZES["small"]
     return Shape("tiny", s.hidden, s.layers, s.heads, s.kv_heads, s.intermediate, s.vocab_size,
                  n_text=32, batch=8, image_size=s.image_size, patch=s.patch_size,
                  vision_hidden=s.vision_hidden, vision_layers=s.vision_layers,
