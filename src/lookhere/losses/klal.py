@@ -84,20 +84,20 @@ def klal_per_sample(
         raise ValueError("target puts mass on keys that key_mask marks invalid")
     chosen = _head_sets(heads, layers, h)
 
-    per_layer, ok_layer = [], []
-    for layer, heads_l in chosen.items():
-        rows = layers[layer]
-        if rows.shape != (b, h, q, k):
-            raise ValueError(f"log_attn[{layer}] is {tuple(rows.shape)}, expected {(b, h, q, k)}")
-        if heads_l is not None:
-            rows = rows[:, heads_l]
-        kl, ok = _layer_kl(rows, target, key_mask)  # (B, Q) each
-        ok &= query_mask
-        n = ok.sum(1)  # (B,)
-        per_layer.append(torch.where(ok, kl, 0.0).sum(1) / n.clamp(min=1))
-        ok_layer.append(n > 0)
-    kl = torch.stack(per_layer)  # (L, B)
-    ok = torch.stack(ok_layer)  # (L, B)
+    for layer in chosen:
+        if layers[layer].shape != (b, h, q, k):
+            raise ValueError(f"log_attn[{layer}] is {tuple(layers[layer].shape)}, "
+                             f"expected {(b, h, q, k)}")
+    if all(v is None for v in chosen.values()):  # every head: one stacked call, no layer loop
+        kl, ok = _layer_kl(torch.stack([layers[layer] for layer in chosen]), target, key_mask)
+    else:
+        pairs = [_layer_kl(layers[layer][:, sel], target, key_mask)
+                 for layer, sel in chosen.items()]
+        kl, ok = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    ok = ok & query_mask  # (L, B, Q)
+    n = ok.sum(-1)  # (L, B) valid queries
+    kl = torch.where(ok, kl, 0.0).sum(-1) / n.clamp(min=1)  # (L, B) mean over queries
+    ok = n > 0
     n_layers = ok.sum(0)  # (B,)
     per_sample = torch.where(ok, kl, 0.0).sum(0) / n_layers.clamp(min=1)
     valid = sample_mask & (n_layers > 0)
@@ -106,24 +106,24 @@ def klal_per_sample(
 
 def _layer_kl(log_rows: torch.Tensor, target: torch.Tensor, key_mask: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(P || mean_h alpha_h) for one layer: ``(B, Q)`` and its validity ``(B, Q)``."""
-    x = log_rows.float().masked_fill(~key_mask[:, None, None, :], float("-inf"))  # (B, H, Q, K)
-    head_ok = torch.isfinite(x).any(-1, keepdim=True)  # (B, H, Q, 1): some visual key seen
+    """KL(P || mean_h alpha_h): rows ``(..., B, H, Q, K)`` -> KL and validity ``(..., B, Q)``."""
+    x = log_rows.float().masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    head_ok = torch.isfinite(x).any(-1, keepdim=True)  # (..., B, H, Q, 1): some visual key seen
     # Rows with no finite entry go through logsumexp as zeros (its backward would be NaN on an
     # all -inf row, and NaN * 0 is still NaN); they are dropped right after.
     x = x.masked_fill(~head_ok, 0.0)
     log_alpha = x - torch.logsumexp(x, -1, keepdim=True)  # renormalised over visual keys
     log_alpha = log_alpha.masked_fill(~head_ok, float("-inf"))
-    n_heads = head_ok.sum(1)  # (B, Q, 1)
+    n_heads = head_ok.sum(-3)  # (..., B, Q, 1)
     # A key no head sees (padding, a window hiding it) would give logsumexp an all -inf column,
     # whose backward is NaN: fill it with zeros, then give such keys the floor value.
-    seen = torch.isfinite(log_alpha).any(1)  # (B, Q, K)
-    log_alpha = log_alpha.masked_fill(~seen[:, None], 0.0)
-    log_q = torch.logsumexp(log_alpha, 1) - torch.log(n_heads.clamp(min=1))  # (B, Q, K)
+    seen = torch.isfinite(log_alpha).any(-3)  # (..., B, Q, K)
+    log_alpha = log_alpha.masked_fill(~seen.unsqueeze(-3), 0.0)
+    log_q = torch.logsumexp(log_alpha, -3) - torch.log(n_heads.clamp(min=1))  # (..., B, Q, K)
     log_q = torch.where(seen, log_q, _LOG_TINY)
     p = target[:, None, :].float()  # (B, 1, K)
     log_p = torch.log(p.clamp(min=torch.finfo(torch.float32).tiny))
-    kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)  # (B, Q)
+    kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)  # (..., B, Q)
     return kl, n_heads[..., 0] > 0
 
 
