@@ -43,8 +43,9 @@ def table(folder: Path) -> str:
              "| task | condition | accuracy % (mean ± sd) | per seed: accuracy [95% CI] | "
              "attention ratio (mean over seeds) | parse failures % |",
              "|---|---|---|---|---|---|"]
+    order = {"ntp": 0, "klal": 1}
     for task, conds in first["tasks"].items():
-        for cond in conds:
+        for cond in sorted(conds, key=lambda c: order.get(c, 2)):
             entries = [runs[s]["tasks"][task][cond] for s in seeds if cond in
                        runs[s]["tasks"].get(task, {})]
             acc = [e["accuracy"] for e in entries]

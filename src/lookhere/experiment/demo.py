@@ -93,9 +93,8 @@ def _examples(config: klal.KLALExperimentConfig, results: dict[str, Any]) -> lis
                     if sid in ex["maps"][c]}
             extent = next(iter(ex["maps"].values()))[sid]["extent"]
             s = test[sid]
-            examples.append({"image": s.image, "title": f"{task}: {s.question[-60:]} "
-                             f"({s.answer})", "maps": maps, "boxes": _boxes(s),
-                             "extent": extent})
+            examples.append({"image": s.image, "title": f"{task}, answer {s.answer}",
+                             "maps": maps, "boxes": _boxes(s), "extent": extent})
     return examples
 
 
