@@ -517,7 +517,8 @@ def report_sweep(shape: Shape, args) -> dict:
     return results
 
 
-def environment(args) -> str:
+def machine_line(args) -> str:
+    """Device, cores, threads, dtype, versions and load average: the header of every benchmark."""
     import platform
 
     import torch
@@ -530,10 +531,14 @@ def environment(args) -> str:
                        cpu)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else cpu
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    mode = "memory: one process per variant" if args.isolate else "memory: one process"
     return (f"{dev}, {os.cpu_count()} cores, {args.threads} torch threads, dtype {args.dtype}; "
             f"torch {torch.__version__}, transformers {transformers.__version__}, "
-            f"python {platform.python_version()}; {mode}; load average {load}")
+            f"python {platform.python_version()}; load average {load}")
+
+
+def environment(args) -> str:
+    mode = "memory: one process per variant" if args.isolate else "memory: one process"
+    return f"{machine_line(args)}; {mode}"
 
 
 def parse_args(argv=None):

@@ -97,6 +97,7 @@ from probe import (  # bench/probe.py: the shared model builder and measuring he
     _proc_status_mib,
     _reset_peak_rss,
     build_model,
+    machine_line,
 )
 
 VARIANTS = ("ntp", "klal")
@@ -572,24 +573,6 @@ def report_section(size: str, args) -> dict:
     return {"summary": res, "time": time_res, "memory": memory}
 
 
-def environment(args) -> str:
-    import platform
-
-    import torch
-    import transformers
-
-    cpu = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else cpu
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{dev}, {os.cpu_count()} cores, {args.threads} torch threads, dtype {args.dtype}; "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, "
-            f"python {platform.python_version()}; load average {load}")
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -659,7 +642,7 @@ def main(argv=None) -> None:
         args.threads = os.cpu_count() or 1
     t0 = time.perf_counter()
     raw: dict = {"args": {k: v for k, v in vars(args).items() if k != "_child"}}
-    print(f"# lookhere training-step benchmark: NTP vs NTP+KLAL\n\n{environment(args)}\n",
+    print(f"# lookhere training-step benchmark: NTP vs NTP+KLAL\n\n{machine_line(args)}\n",
           flush=True)
     for size in ("tiny", "7b"):
         if args.size in (size, "all"):
