@@ -54,7 +54,8 @@ def _reading(config: klal.KLALExperimentConfig) -> str:
     if "line_tracing" in opts:
         chance.append("Line Tracing about 30% (3-4 curves)")
     return (
-        f"<p>Each run trains a fresh ~1M-parameter LLaVA-architecture model from scratch for "
+        f"<p>Each run trains a fresh tiny {config.family} model (size preset {config.size!r}) "
+        f"from scratch for "
         f"{config.steps} steps of {config.batch_size} samples (seed {config.seed}); NTP and "
         f"NTP+KLAL (lambda {config.weight}, query {config.query}) see the same batches from the "
         f"same initial weights. The test split ({config.test_samples} samples per task) comes "
