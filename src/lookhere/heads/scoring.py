@@ -1,0 +1,110 @@
+"""Scores of attention heads for localization (Kang et al., CVPR 2025; methods.md section 3).
+
+Pure functions on attention maps, independent of any model:
+
+- `image_attention_sum`: ``S_img``, the attention mass a head puts on the image tokens;
+- `chord_knee`: the maximum-curvature point of a sorted curve by the chord method (the point
+  farthest from the straight line through the first and last points), which gives tau;
+- `spatial_entropy`: binarise a head's map, find 8-connected components, and take the entropy of
+  the components' shares (area by default; the authors' code weighs by attention mass).
+
+A map that has no cell above its threshold (a constant map) has no component; its entropy is
+``inf``, so it is never among the most concentrated heads.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+Threshold = Literal["mean", "two_mean"]
+Weight = Literal["area", "mass"]
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
+_TWO_MEAN_MARGIN = 1e-3  # the authors' code: A - 2 * mean(A) > 0.001
+
+
+def image_attention_sum(rows: torch.Tensor) -> torch.Tensor:
+    """``S_img``: ``(..., K)`` attention probabilities over the visual keys -> ``(...)`` sums.
+
+    Rows must be the un-renormalised probabilities (the share of the whole softmax that lands on
+    image tokens), e.g. `AttentionProbe(queries="last_text").rows[layer][:, :, 0]`.
+    """
+    if rows.dim() < 1:
+        raise ValueError("rows must have a key dimension")
+    if (rows < 0).any() or not torch.isfinite(rows).all():
+        raise ValueError("rows must be finite probabilities >= 0")
+    return rows.sum(-1)
+
+
+def chord_knee(values: np.ndarray | torch.Tensor) -> tuple[int, float]:
+    """(index, value) of the maximum-curvature point of an ascending curve, by the chord method.
+
+    The curve is ``(i, values[i])`` with both axes scaled to [0, 1]; the knee is the point farthest
+    from the chord between its first and last points (ties: the first). Sorts the input.
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
+    if v.size < 3:
+        raise ValueError(f"chord_knee needs at least 3 values, got {v.size}")
+    if not np.isfinite(v).all():
+        raise ValueError("chord_knee needs finite values")
+    span = v[-1] - v[0]
+    if span == 0:
+        return 0, float(v[0])  # a flat curve has no knee: every head passes
+    x = np.linspace(0.0, 1.0, v.size)
+    y = (v - v[0]) / span
+    dist = np.abs(y - x) / np.sqrt(2.0)  # distance to the chord y = x
+    i = int(np.argmax(dist))
+    return i, float(v[i])
+
+
+def binarise(attn_map: np.ndarray, threshold: Threshold = "mean") -> np.ndarray:
+    """Foreground cells: ``A > mean(A)`` (the paper) or ``A - 2 mean(A) > 0.001`` (the code)."""
+    a = _check_map(attn_map)
+    if threshold == "mean":
+        return a > a.mean()
+    if threshold == "two_mean":
+        return a - 2.0 * a.mean() > _TWO_MEAN_MARGIN
+    raise ValueError(f"threshold must be 'mean' or 'two_mean', got {threshold!r}")
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a bool map: (labels, count); label 0 is background."""
+    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=_EIGHT)
+    return labels, int(n)
+
+
+def spatial_entropy(attn_map: np.ndarray, threshold: Threshold = "mean",
+                    weight: Weight = "area") -> float:
+    """``H = -sum_n P(C_n) log P(C_n)`` over the foreground's 8-connected components.
+
+    ``P(C_n)`` is the component's share of the foreground area (``weight="area"``, the paper) or
+    of the foreground's attention mass (``"mass"``, the authors' code). Lower is more
+    concentrated; one component gives 0; no foreground gives ``inf``.
+    """
+    a = _check_map(attn_map)
+    labels, n = components(binarise(a, threshold))
+    if n == 0:
+        return float("inf")
+    if weight == "area":
+        share = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    elif weight == "mass":
+        share = np.bincount(labels.ravel(), weights=a.ravel(), minlength=n + 1)[1:]
+    else:
+        raise ValueError(f"weight must be 'area' or 'mass', got {weight!r}")
+    total = share.sum()
+    if not total > 0:
+        return float("inf")  # mass weighting of a foreground with no mass
+    p = share[share > 0] / total
+    return float(-(p * np.log(p)).sum())
+
+
+def _check_map(attn_map: np.ndarray) -> np.ndarray:
+    a = np.asarray(attn_map, dtype=np.float64)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"an attention map must be a non-empty 2-D grid, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("an attention map must be finite")
+    return a

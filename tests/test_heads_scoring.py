@@ -1,0 +1,131 @@
+"""Head scores against independent references: a brute-force flood fill for the spatial entropy,
+curves with a known knee for tau."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lookhere.heads.scoring import (
+    binarise,
+    chord_knee,
+    components,
+    image_attention_sum,
+    spatial_entropy,
+)
+
+
+def brute_components(mask):
+    """Component sizes and cell lists by breadth-first search over the 8 neighbours."""
+    rows, cols = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    comps = []
+    for r in range(rows):
+        for c in range(cols):
+            if mask[r, c] and not seen[r, c]:
+                stack, cells = [(r, c)], []
+                seen[r, c] = True
+                while stack:
+                    y, x = stack.pop()
+                    cells.append((y, x))
+                    for dy in (-1, 0, 1):
+                        for dx in (-1, 0, 1):
+                            ny, nx = y + dy, x + dx
+                            if 0 <= ny < rows and 0 <= nx < cols and mask[ny, nx] \
+                                    and not seen[ny, nx]:
+                                seen[ny, nx] = True
+                                stack.append((ny, nx))
+                comps.append(cells)
+    return comps
+
+
+def brute_entropy(a, threshold="mean", weight="area"):
+    mean = sum(a.ravel()) / a.size
+    mask = a > mean if threshold == "mean" else a - 2 * mean > 1e-3
+    comps = brute_components(mask)
+    if not comps:
+        return math.inf
+    shares = [len(c) if weight == "area" else sum(a[y, x] for y, x in c) for c in comps]
+    total = sum(shares)
+    return -sum(s / total * math.log(s / total) for s in shares if s > 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 12), seed=st.integers(0, 10_000),
+       threshold=st.sampled_from(["mean", "two_mean"]), weight=st.sampled_from(["area", "mass"]),
+       sparse=st.booleans())
+def test_entropy_matches_brute_force(rows, cols, seed, threshold, weight, sparse):
+    rng = np.random.default_rng(seed)
+    a = rng.random((rows, cols))
+    if sparse:  # peaky maps like real heads: a few hot cells on a low floor
+        a = np.where(rng.random((rows, cols)) < 0.15, a * 10, a * 0.01)
+    got = spatial_entropy(a, threshold, weight)
+    want = brute_entropy(a, threshold, weight)
+    assert got == pytest.approx(want, abs=1e-12) or (math.isinf(got) and math.isinf(want))
+
+
+def test_entropy_known_values():
+    a = np.zeros((6, 6))
+    a[1, 1] = a[2, 2] = 1.0  # diagonal neighbours: one component under 8-connectivity
+    assert spatial_entropy(a) == 0.0
+    assert components(a > 0)[1] == 1
+    b = np.zeros((6, 6))
+    b[0, 0], b[5, 5] = 1.0, 1.0  # two equal components
+    assert spatial_entropy(b) == pytest.approx(math.log(2))
+    b[5, 4] = 1.0  # areas 1 and 2
+    assert spatial_entropy(b) == pytest.approx(-(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3)))
+    c = np.zeros((6, 6))
+    c[0, 0], c[5, 5] = 3.0, 1.0  # equal areas, masses 3:1
+    assert spatial_entropy(c, weight="mass") == pytest.approx(
+        -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert spatial_entropy(np.ones((4, 5))) == math.inf  # nothing above the mean
+
+
+def test_binarise_rules():
+    a = np.array([[0.0, 0.1], [0.2, 0.7]])  # mean 0.25
+    assert binarise(a).tolist() == [[False, False], [False, True]]
+    assert binarise(a, "two_mean").tolist() == [[False, False], [False, True]]  # 0.7 - 0.5 > 0.001
+    b = np.array([[0.0, 0.3], [0.3, 0.4]])  # mean 0.25: mean rule keeps 3 cells, 2*mean none
+    assert binarise(b).sum() == 3 and binarise(b, "two_mean").sum() == 0
+
+
+def test_chord_knee_known_knee():
+    # flat then steep: the knee is the last point of the flat part
+    v = np.concatenate([np.linspace(0.0, 0.1, 30), np.linspace(0.2, 1.0, 10)])
+    i, value = chord_knee(np.random.default_rng(0).permutation(v))  # order does not matter
+    assert i == 29 and value == pytest.approx(0.1)
+    # a convex curve y = x^4 on [0, 1]: the farthest point from the chord solves 4x^3 = 1
+    x = np.linspace(0, 1, 1001)
+    i, value = chord_knee(x**4)
+    assert x[i] == pytest.approx((1 / 4) ** (1 / 3), abs=1e-3)
+    # scale invariance: the knee index does not depend on the units of the values
+    assert chord_knee(7 * x**4 + 3)[0] == i
+
+
+def test_chord_knee_edge_cases():
+    assert chord_knee([0.5, 0.5, 0.5]) == (0, 0.5)
+    with pytest.raises(ValueError, match="at least 3"):
+        chord_knee([0.1, 0.2])
+    with pytest.raises(ValueError, match="finite"):
+        chord_knee([0.1, float("nan"), 0.3])
+
+
+def test_image_attention_sum():
+    rows = torch.tensor([[[0.1, 0.2, 0.3], [0.0, 0.0, 0.5]]])  # (B=1, H=2, K=3)
+    assert image_attention_sum(rows)[0].tolist() == pytest.approx([0.6, 0.5])
+    with pytest.raises(ValueError, match="probabilities"):
+        image_attention_sum(torch.tensor([-0.1, 0.2]))
+
+
+def test_map_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        spatial_entropy(np.zeros(5))
+    with pytest.raises(ValueError, match="finite"):
+        spatial_entropy(np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="threshold"):
+        binarise(np.zeros((2, 2)), "median")
+    with pytest.raises(ValueError, match="weight"):
+        spatial_entropy(np.eye(3), weight="count")
