@@ -1,4 +1,5 @@
-"""Localization heads (training-free grounding): scoring so far; selection and grounding next."""
+"""Localization heads (training-free grounding): head scores and selection so far; the search
+over a model and grounding come next (issue 5)."""
 
 from lookhere.heads.scoring import (
     binarise,
@@ -7,5 +8,7 @@ from lookhere.heads.scoring import (
     image_attention_sum,
     spatial_entropy,
 )
+from lookhere.heads.selection import HeadSpec, Selection, select_heads
 
-__all__ = ["binarise", "chord_knee", "components", "image_attention_sum", "spatial_entropy"]
+__all__ = ["HeadSpec", "Selection", "binarise", "chord_knee", "components",
+           "image_attention_sum", "select_heads", "spatial_entropy"]

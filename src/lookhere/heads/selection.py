@@ -1,0 +1,138 @@
+"""Selecting localization heads from per-sample scores, and the `HeadSpec` that records them.
+
+The search (methods.md section 3) scores every head on N samples: ``S_img`` and the spatial
+entropy of its map. Selection is then a pure function of those ``(N, L, H)`` arrays, so shards
+computed by several processes merge exactly by concatenation:
+
+1. tau = the chord-method knee of the heads' ``S_img`` averaged over samples and sorted
+   (``tau="mean_curve"``, the paper) or of each sample's own curve (``"per_sample"``, the
+   authors' code); layers 0 and 1 are left out;
+2. per sample, among the heads with ``S_img >= tau``, the ``per_sample`` (10) with the lowest
+   finite entropy are counted once;
+3. the ``top_k`` (3) most counted heads are the localization heads (ties: the higher mean
+   ``S_img``, then the lower (layer, head)).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from lookhere.heads.scoring import chord_knee
+from lookhere.io import write_json
+
+TauMode = Literal["mean_curve", "per_sample"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of `select_heads`."""
+
+    heads: list[tuple[int, int]]  # the top-k (layer, head), most frequent first
+    counts: np.ndarray  # (L, H) times each head was among a sample's selected heads
+    tau: float  # the S_img threshold (the mean over samples for tau="per_sample")
+    mean_s_img: np.ndarray  # (L, H)
+    mean_entropy: np.ndarray  # (L, H) over the samples where it is finite (nan if never)
+
+
+def select_heads(s_img: np.ndarray, entropy: np.ndarray, top_k: int = 3, per_sample: int = 10,
+                 skip_layers: Sequence[int] = (0, 1), tau: TauMode = "mean_curve") -> Selection:
+    """Localization heads from per-sample ``S_img`` and entropy, both ``(N, L, H)``."""
+    s_img, entropy = _check_scores(s_img, entropy)
+    n, n_layers, n_heads = s_img.shape
+    if top_k < 1 or per_sample < 1:
+        raise ValueError(f"need top_k >= 1 and per_sample >= 1, got top_k={top_k}, "
+                         f"per_sample={per_sample}")
+    allowed = np.ones((n_layers, n_heads), dtype=bool)
+    for layer in skip_layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"skip_layers names layer {layer} of a {n_layers}-layer model")
+        allowed[layer] = False
+    if allowed.sum() < max(3, top_k):
+        raise ValueError(f"skip_layers leaves {int(allowed.sum())} heads; top_k={top_k} and the "
+                         "knee need more")
+    if tau == "mean_curve":
+        taus = np.full(n, chord_knee(s_img.mean(0)[allowed])[1])
+    elif tau == "per_sample":
+        taus = np.array([chord_knee(s_img[i][allowed])[1] for i in range(n)])
+    else:
+        raise ValueError(f"tau must be 'mean_curve' or 'per_sample', got {tau!r}")
+    counts = np.zeros((n_layers, n_heads), dtype=np.int64)
+    for i in range(n):
+        ok = allowed & (s_img[i] >= taus[i]) & np.isfinite(entropy[i])
+        idx = np.flatnonzero(ok)
+        if idx.size == 0:
+            continue
+        # lowest entropy first; ties broken by the flat index (stable sort)
+        order = idx[np.argsort(entropy[i].ravel()[idx], kind="stable")][:per_sample]
+        counts.ravel()[order] += 1
+    mean_s = s_img.mean(0)
+    finite = np.isfinite(entropy)
+    with np.errstate(invalid="ignore"):
+        mean_e = np.where(finite, entropy, 0.0).sum(0) / finite.sum(0)
+    flat = sorted(np.flatnonzero(allowed).tolist(),  # skipped layers are never ranked
+                  key=lambda j: (-counts.ravel()[j], -mean_s.ravel()[j], j))
+    heads = [tuple(int(v) for v in divmod(j, n_heads)) for j in flat[:top_k]]
+    return Selection(heads, counts, float(taus.mean()), mean_s, mean_e)
+
+
+@dataclass
+class HeadSpec:
+    """Localization heads of one model, with how they were found; saved as JSON."""
+
+    model: str
+    heads: list[tuple[int, int]]
+    tau: float
+    num_samples: int
+    counts: list[list[int]]  # (L, H)
+    mean_s_img: list[list[float]]
+    mean_entropy: list[list[float | None]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_selection(cls, model: str, selection: Selection, num_samples: int,
+                       settings: dict[str, Any] | None = None) -> HeadSpec:
+        ent = [[None if not np.isfinite(v) else float(v) for v in row]
+               for row in selection.mean_entropy]
+        return cls(model, [tuple(map(int, h)) for h in selection.heads], selection.tau,
+                   int(num_samples), selection.counts.tolist(), selection.mean_s_img.tolist(),
+                   ent, dict(settings or {}))
+
+    def save(self, path: str | Path) -> Path:
+        """Atomic JSON write."""
+        return write_json(asdict(self), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> HeadSpec:
+        data = json.loads(Path(path).read_text())
+        missing = {"model", "heads", "tau", "num_samples", "counts"} - set(data)
+        if missing:
+            raise ValueError(f"{path}: not a HeadSpec, missing {sorted(missing)}")
+        counts = np.asarray(data["counts"])
+        if counts.ndim != 2:
+            raise ValueError(f"{path}: counts must be a (layers, heads) table")
+        heads = [tuple(int(v) for v in h) for h in data["heads"]]
+        for layer, head in heads:
+            if not (0 <= layer < counts.shape[0] and 0 <= head < counts.shape[1]):
+                raise ValueError(f"{path}: head ({layer}, {head}) is outside the "
+                                 f"{counts.shape[0]} x {counts.shape[1]} model")
+        data["heads"] = heads
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def _check_scores(s_img: Any, entropy: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(s_img, dtype=np.float64)
+    e = np.asarray(entropy, dtype=np.float64)
+    if s.ndim != 3 or s.shape != e.shape or s.shape[0] < 1:
+        raise ValueError(f"s_img and entropy must both be (N, L, H) with N >= 1, got {s.shape} "
+                         f"and {e.shape}")
+    if not np.isfinite(s).all() or (s < 0).any() or (s > 1 + 1e-6).any():
+        raise ValueError("s_img must hold attention shares in [0, 1]")
+    if np.isnan(e).any() or (e < 0).any():
+        raise ValueError("entropy must be >= 0 (inf for a map without foreground), never NaN")
+    return s, e

@@ -1,0 +1,94 @@
+"""Head selection on hand-built score arrays with a known answer, and the HeadSpec round trip."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lookhere.heads.scoring import chord_knee
+from lookhere.heads.selection import HeadSpec, select_heads
+
+
+def scores(n=20, layers=4, heads=5, seed=0):
+    """Low S_img everywhere except three 'image heads'; (3, 2) and (2, 4) are sharp, (3, 0) is
+    diffuse; layer 1 holds a sharp high-S_img head that must be skipped."""
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(0.01, 0.05, (n, layers, heads))
+    e = rng.uniform(1.5, 2.5, (n, layers, heads))
+    for (layer, head), ent in {(3, 2): 0.1, (2, 4): 0.2, (3, 0): 1.2, (1, 1): 0.0}.items():
+        s[:, layer, head] = rng.uniform(0.6, 0.8, n)
+        e[:, layer, head] = ent
+    return s, e
+
+
+def test_selects_the_image_heads_with_low_entropy():
+    s, e = scores()
+    sel = select_heads(s, e, top_k=3, per_sample=2)
+    assert sel.heads[:2] == [(3, 2), (2, 4)]
+    assert sel.heads[2][0] >= 2  # never a head of the skipped layers 0 and 1
+    assert sel.counts[3, 2] == sel.counts[2, 4] == 20  # picked on every sample
+    assert sel.counts[1, 1] == 0  # layer 1 is skipped however sharp
+    assert sel.counts.sum() == 2 * 20
+    # tau is the knee: the last of the low heads' mean S_img, below every image head
+    low = s.mean(0)[2:][s.mean(0)[2:] < 0.5]
+    assert sel.tau == pytest.approx(low.max()) and sel.tau < 0.6
+
+
+def test_tau_is_the_knee_of_the_mean_curve():
+    s, e = scores()
+    allowed = np.ones(s.shape[1:], dtype=bool)
+    allowed[:2] = False
+    sel = select_heads(s, e)
+    assert sel.tau == pytest.approx(chord_knee(s.mean(0)[allowed])[1])
+    per = select_heads(s, e, tau="per_sample")
+    want = np.mean([chord_knee(s[i][allowed])[1] for i in range(len(s))])
+    assert per.tau == pytest.approx(want)
+
+
+def test_infinite_entropy_is_never_selected_and_shards_merge_exactly():
+    s, e = scores()
+    e[:, 3, 2] = np.inf  # no foreground on this head's maps
+    sel = select_heads(s, e, per_sample=1)
+    assert sel.counts[3, 2] == 0 and sel.heads[0] == (2, 4)
+    assert np.isnan(sel.mean_entropy[3, 2])
+    # two shards, concatenated, give exactly the single-process counts
+    a, b = select_heads(s[:7], e[:7], per_sample=1), select_heads(s[7:], e[7:], per_sample=1)
+    whole = select_heads(np.concatenate([s[:7], s[7:]]), np.concatenate([e[:7], e[7:]]),
+                         per_sample=1)
+    assert (whole.counts == select_heads(s, e, per_sample=1).counts).all()
+    assert a.counts.sum() + b.counts.sum() == whole.counts.sum()
+
+
+def test_headspec_round_trip(tmp_path):
+    s, e = scores()
+    sel = select_heads(s, e)
+    spec = HeadSpec.from_selection("tiny-llava", sel, len(s), {"per_sample": 10})
+    path = spec.save(tmp_path / "heads.json")
+    back = HeadSpec.load(path)
+    assert back == spec and back.heads == sel.heads
+    data = json.loads(path.read_text())
+    data["heads"] = [[9, 0]]
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="outside"):
+        HeadSpec.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a HeadSpec"):
+        HeadSpec.load(tmp_path / "other.json")
+
+
+def test_errors():
+    s, e = scores()
+    with pytest.raises(ValueError, match="N, L, H"):
+        select_heads(s[0], e[0])
+    with pytest.raises(ValueError, match="NaN"):
+        select_heads(s, np.where(e > 2, np.nan, e))
+    with pytest.raises(ValueError, match="shares"):
+        select_heads(s * 10, e)
+    with pytest.raises(ValueError, match="top_k"):
+        select_heads(s, e, top_k=0)
+    with pytest.raises(ValueError, match="leaves"):
+        select_heads(s, e, top_k=11)  # 2 allowed layers x 5 heads
+    with pytest.raises(ValueError, match="skip_layers"):
+        select_heads(s, e, skip_layers=(7,))
+    with pytest.raises(ValueError, match="tau"):
+        select_heads(s, e, tau="median")
