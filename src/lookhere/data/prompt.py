@@ -73,3 +73,15 @@ def _templated(processor: Any, question: str, answer: str | None, n_images: int)
     rest = full[len(prompt):]
     cut = rest.index(answer) + len(answer)
     return ChatTurn(prompt, rest[:cut], rest[cut:])
+
+
+def prefill_prompt(adapter: Adapter | type[Adapter], processor: Any, text: str,
+                   n_images: int = 1) -> str:
+    """The user turn (images, then ``text``) cut right after ``text``: no end-of-turn and no
+    assistant header, so the last token is the text's own (the localization-heads query,
+    methods.md section 3)."""
+    prompt = chat_turn(adapter, processor, text, None, n_images).prompt
+    cut = prompt.rfind(text)
+    if cut < 0:
+        raise ValueError("the chat turn does not contain the text verbatim; cannot cut after it")
+    return prompt[: cut + len(text)]
