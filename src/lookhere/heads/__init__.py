@@ -1,6 +1,7 @@
 """Localization heads (training-free grounding): head scores, the search over a model's heads,
-and selection; grounding comes next (issue 5)."""
+selection, and grounding from maps (issue 5, in progress)."""
 
+from lookhere.heads.grounding import Grounding, ground, pixel_mask
 from lookhere.heads.scoring import (
     binarise,
     chord_knee,
@@ -11,5 +12,7 @@ from lookhere.heads.scoring import (
 from lookhere.heads.search import score_samples
 from lookhere.heads.selection import HeadSpec, Selection, select_heads
 
-__all__ = ["HeadSpec", "Selection", "binarise", "chord_knee", "components",
-           "image_attention_sum", "score_samples", "select_heads", "spatial_entropy"]
+__all__ = [
+    "Grounding", "HeadSpec", "Selection", "binarise", "chord_knee", "components", "ground",
+    "image_attention_sum", "pixel_mask", "score_samples", "select_heads", "spatial_entropy",
+]

@@ -1,0 +1,85 @@
+"""Grounding from head maps: smoothing against a hand-built kernel, component and hull choices on
+hand-drawn maps, and boxes mapped back to pixels through padding."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lookhere.heads.grounding import convex_hull_mask, ground, pixel_mask, smooth
+from lookhere.models.layout import GridGeometry
+
+
+def reference_smooth(a, sigma=1.0, radius=3):
+    """Separable Gaussian, weights normalised to 1, reflect-101 padding (OpenCV's default)."""
+    x = np.arange(-radius, radius + 1)
+    k = np.exp(-(x**2) / (2 * sigma**2))
+    k /= k.sum()
+    p = np.pad(a, radius, mode="reflect")
+    rows = np.array([[np.dot(p[i + radius, j:j + 2 * radius + 1], k)
+                      for j in range(a.shape[1])] for i in range(-radius, a.shape[0] + radius)])
+    return np.array([[np.dot(rows[i:i + 2 * radius + 1, j], k) for j in range(a.shape[1])]
+                     for i in range(a.shape[0])])
+
+
+def square_grid(n=6, cell=10.0):
+    return GridGeometry(rows=n, cols=n, cell_size=(cell, cell), scale=(1.0, 1.0),
+                        offset=(0.0, 0.0), image_size=(int(n * cell), int(n * cell)))
+
+
+def test_smooth_matches_reference():
+    a = np.random.default_rng(0).random((7, 9))
+    np.testing.assert_allclose(smooth(a), reference_smooth(a), atol=1e-12)
+    np.testing.assert_allclose(smooth(a, sigma=0), a)
+    with pytest.raises(ValueError, match="odd"):
+        smooth(a, kernel=6)
+
+
+def test_largest_component_and_box():
+    g = square_grid()
+    m = np.zeros((6, 6))
+    m[0:2, 0:3] = 1.0  # 6 cells
+    m[4, 4] = 5.0  # 1 cell, more mass per cell
+    out = ground(m, g, sigma=0)
+    assert out.grid_box == (0, 0, 3, 2)
+    assert out.box == (0.0, 0.0, 30.0, 20.0)
+    assert out.mask.sum() == 6 and out.mask[:2, :3].all()
+    # several heads are summed before binarising
+    two = ground(np.stack([m, np.roll(m, 1, axis=0)]), g, sigma=0)
+    assert two.grid_box == (0, 0, 3, 3)
+
+
+def test_hull_fills_concavities():
+    comp = np.zeros((5, 5), dtype=bool)
+    comp[0, 0:3] = True
+    comp[0:3, 0] = True  # an L of 5 cells
+    hull = convex_hull_mask(comp)
+    # The corners' hull is bounded by the line x + y = 4 (x = column, y = row, cell edges):
+    # centres (1.5, 1.5), (2.5, 1.5) and (1.5, 2.5) are inside or on it, (2.5, 2.5) is not.
+    assert hull[comp].all() and hull[1, 1] and hull[1, 2] and hull[2, 1] and not hull[2, 2]
+    assert hull.sum() == 8
+
+
+def test_box_maps_back_through_padding():
+    # a 200 x 100 image padded to a square canvas (84 px at top and bottom), 4 x 4 cells of 84 px
+    g = GridGeometry(rows=4, cols=4, cell_size=(84.0, 84.0), scale=(1.68, 1.68),
+                     offset=(0.0, 84.0), image_size=(200, 100))
+    m = np.zeros((4, 4))
+    m[1:3, 2] = 1.0  # the middle rows hold the image; column 2 is x in [100, 150)
+    out = ground(m, g, sigma=0)
+    x0, y0, x1, y1 = out.box
+    assert (x0, x1) == pytest.approx((2 * 84 / 1.68, 3 * 84 / 1.68))
+    assert (y0, y1) == pytest.approx((0.0, 100.0))
+    mask = pixel_mask(out.mask, g)
+    assert mask.shape == (100, 200)
+    assert mask[:, 100:150].all() and not mask[:, :99].any() and not mask[:, 151:].any()
+
+
+def test_flat_map_and_errors():
+    g = square_grid()
+    out = ground(np.ones((6, 6)), g)
+    assert out.grid_box == (0, 0, 6, 6)  # no evidence: the whole grid
+    with pytest.raises(ValueError, match="maps must be"):
+        ground(np.ones((5, 6)), g)
+    with pytest.raises(ValueError, match="finite"):
+        ground(np.full((6, 6), math.nan), g)
