@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from lookhere.data.prompt import prefill_prompt
 from lookhere.data.sample import Sample
 from lookhere.heads.scoring import Threshold, Weight, spatial_entropy
+from lookhere.heads.selection import HeadSpec, select_heads
 from lookhere.models.adapter import Adapter
 from lookhere.probe import AttentionProbe
 
@@ -62,3 +63,17 @@ def _entropies(rows: torch.Tensor, layout: Any, threshold: Threshold, weight: We
             for head in range(n_heads):
                 out[i, layer, head] = spatial_entropy(maps[layer, head], threshold, weight)
     return out
+
+
+def find_heads(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequence[Sample],
+               model_id: str = "", top_k: int = 3, per_sample: int = 10,
+               tau: str = "mean_curve", threshold: Threshold = "mean", weight: Weight = "area",
+               batch_size: int = 8, progress: bool = True) -> HeadSpec:
+    """Score every head on ``samples`` and select the localization heads (the paper's defaults)."""
+    s_img, entropy = score_samples(model, processor, adapter, samples, batch_size, threshold,
+                                   weight, progress)
+    selection = select_heads(s_img, entropy, top_k=top_k, per_sample=per_sample, tau=tau)
+    settings = {"top_k": top_k, "per_sample": per_sample, "tau": tau, "threshold": threshold,
+                "weight": weight, "skip_layers": [0, 1]}
+    return HeadSpec.from_selection(model_id or getattr(model.config, "_name_or_path", ""),
+                                   selection, len(samples), settings)
