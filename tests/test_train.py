@@ -33,13 +33,7 @@ TASK = make_task("grid_patch", seed=0, image_size=56, grid_rows=4, grid_cols=4)
 SGD = {"optim": "sgd", "max_grad_norm": 0.0}  # update = -lr * grad (see the module doc)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run several times faster on one thread, most of all on a shared machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -75,6 +75,11 @@ def prompt_batch(adapter: Adapter, processor: Any, samples: Sequence[Sample]) ->
     return dict(_process(adapter, processor, prompts, samples, "left"))
 
 
+def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The batch with every tensor on ``device`` (other entries as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def split_aux(batch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model inputs, lookhere_ entries without the prefix)."""
     inputs = {k: v for k, v in batch.items() if not k.startswith(AUX_PREFIX)}

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lookhere.data.collate import GroundingCollator, prompt_batch, split_aux
+from lookhere.data.collate import GroundingCollator, prompt_batch, split_aux, to_device
 from lookhere.data.sample import Sample
 from lookhere.eval.metrics import attention_ratio, bootstrap_ci
 from lookhere.eval.scoring import TaskScores, score_predictions
@@ -59,8 +59,7 @@ def generate_answers(model: nn.Module, processor: Any, adapter: Adapter,
     device = next(model.parameters()).device
     out: dict[str, str] = {}
     for chunk in _chunks(samples, batch_size, progress, "generate"):
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                 for k, v in prompt_batch(adapter, processor, chunk).items()}
+        batch = to_device(prompt_batch(adapter, processor, chunk), device)
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)
         new = ids[:, batch["input_ids"].shape[1]:]
@@ -85,8 +84,7 @@ def answer_attention(model: nn.Module, processor: Any, adapter: Adapter,
     maps: dict[str, dict[str, Any]] = {}
     for chunk in _chunks(samples, batch_size, progress, "attention"):
         batch = collate(chunk)
-        inputs, aux = split_aux({k: v.to(device) if isinstance(v, torch.Tensor) else v
-                                 for k, v in batch.items()})
+        inputs, aux = split_aux(to_device(batch, device))
         with klal_probe(model, inputs, aux, cfg) as probe:
             model(**inputs)
         q = _head_average(probe)  # (B, K)

@@ -9,12 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lookhere.data.prompt import prefill_prompt
 from lookhere.data.sample import Sample
 from lookhere.heads.grounding import Grounding, ground
+from lookhere.heads.search import prefill_attention
 from lookhere.heads.selection import HeadSpec
 from lookhere.models.adapter import Adapter
-from lookhere.probe import AttentionProbe
 
 
 @torch.no_grad()
@@ -28,20 +27,13 @@ def locate(model: nn.Module, processor: Any, adapter: Adapter, spec: HeadSpec,
     if max(layers) >= adapter.num_layers or max(h for _, h in spec.heads) >= adapter.num_heads:
         raise ValueError(f"the HeadSpec's heads {spec.heads} do not fit this model "
                          f"({adapter.num_layers} layers x {adapter.num_heads} heads)")
-    device = next(model.parameters()).device
     out: list[Grounding] = []
     for i in range(0, len(samples), batch_size):
-        chunk = list(samples[i:i + batch_size])
-        images = [[s.image] for s in chunk]
-        prompts = [prefill_prompt(adapter, processor, s.question) for s in chunk]
-        batch = adapter.process(processor, prompts, images, padding=True)
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        with AttentionProbe(model, layers=layers, queries="last_text") as probe:
-            model(**inputs)
-        layout = adapter.layout(batch, images, processor)
-        for b in range(len(chunk)):
-            grid = layout.samples[b].images[0].primary
-            maps = torch.stack([grid.to_grid(probe.rows[layer][b, head, 0].double().cpu())
+        rows, layout = prefill_attention(model, processor, adapter, samples[i:i + batch_size],
+                                         layers)
+        for b, sample_layout in enumerate(layout.samples):
+            grid = sample_layout.images[0].primary
+            maps = torch.stack([grid.to_grid(rows[layer][b, head])
                                 for layer, head in spec.heads]).numpy()  # (k, rows, cols)
             out.append(ground(maps, grid.geometry, sigma, kernel))
     return out

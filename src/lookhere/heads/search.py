@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lookhere.data.collate import to_device
 from lookhere.data.prompt import prefill_prompt
 from lookhere.data.sample import Sample
 from lookhere.heads.scoring import Threshold, Weight, spatial_entropy
@@ -33,23 +34,30 @@ def score_samples(model: nn.Module, processor: Any, adapter: Adapter, samples: S
     """``(S_img, entropy)``, each ``(N, L, H)`` float64, for every head on every sample."""
     if not samples or batch_size < 1:
         raise ValueError("score_samples needs samples and batch_size >= 1")
-    device = next(model.parameters()).device
     s_all, e_all = [], []
     starts = range(0, len(samples), batch_size)
     for i in tqdm(starts, desc="score heads", disable=not progress, leave=False):
-        chunk = list(samples[i:i + batch_size])
-        images = [[s.image] for s in chunk]
-        prompts = [prefill_prompt(adapter, processor, s.question) for s in chunk]
-        batch = adapter.process(processor, prompts, images, padding=True)
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        with AttentionProbe(model, queries="last_text") as probe:
-            model(**inputs)
-        layout = adapter.layout(batch, images, processor)
-        rows = torch.stack([probe.rows[layer][:, :, 0] for layer in sorted(probe.rows)], 1)
-        rows = rows.double().cpu()  # (B, L, H, K)
+        rows, layout = prefill_attention(model, processor, adapter, samples[i:i + batch_size])
+        rows = torch.stack([rows[layer] for layer in sorted(rows)], 1)  # (B, L, H, K)
         s_all.append(rows.sum(-1).numpy())
         e_all.append(_entropies(rows, layout, threshold, weight))
     return np.concatenate(s_all), np.concatenate(e_all)
+
+
+@torch.no_grad()
+def prefill_attention(model: nn.Module, processor: Any, adapter: Adapter,
+                      samples: Sequence[Sample], layers: Sequence[int] | None = None
+                      ) -> tuple[dict[int, torch.Tensor], Any]:
+    """One probe forward on the samples' prefill prompts: per layer, the last text token's
+    attention over the visual tokens, ``(B, H, K)`` float64 on the CPU, and the batch's
+    `VisualLayout`."""
+    images = [[s.image] for s in samples]
+    prompts = [prefill_prompt(adapter, processor, s.question) for s in samples]
+    batch = adapter.process(processor, prompts, images, padding=True)
+    with AttentionProbe(model, layers=layers, queries="last_text") as probe:
+        model(**to_device(batch, next(model.parameters()).device))
+    rows = {layer: r[:, :, 0].double().cpu() for layer, r in probe.rows.items()}
+    return rows, adapter.layout(batch, images, processor)
 
 
 def _entropies(rows: torch.Tensor, layout: Any, threshold: Threshold, weight: Weight

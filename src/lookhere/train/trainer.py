@@ -14,6 +14,8 @@ Logged besides ``loss``: ``ntp_loss`` and ``klal_loss``, in the same units (``lo
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -39,21 +41,23 @@ class GroundingTrainer(Trainer):
     # -- steps -------------------------------------------------------------------------------------
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-        inputs, aux = split_aux(inputs)
-        with klal_probe(model, inputs, aux, self.klal) as probe:
-            self._probe, self._aux = probe, aux
-            try:
-                return super().training_step(model, inputs, num_items_in_batch)
-            finally:
-                self._probe, self._aux = None, {}
+        with self._probing(model, inputs) as inputs:
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, Any],
                         prediction_loss_only: bool, ignore_keys: list[str] | None = None):
+        with self._probing(model, inputs) as inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    @contextmanager
+    def _probing(self, model: nn.Module, inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Pop the lookhere_ entries and keep the step's probe active around it; yields the
+        model inputs. `compute_loss` reads the probe and the entries from ``self``."""
         inputs, aux = split_aux(inputs)
         with klal_probe(model, inputs, aux, self.klal) as probe:
             self._probe, self._aux = probe, aux
             try:
-                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+                yield inputs
             finally:
                 self._probe, self._aux = None, {}
 
