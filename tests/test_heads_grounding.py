@@ -2,6 +2,7 @@
 hand-drawn maps, and boxes mapped back to pixels through padding."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -83,3 +84,39 @@ def test_flat_map_and_errors():
         ground(np.ones((5, 6)), g)
     with pytest.raises(ValueError, match="finite"):
         ground(np.full((6, 6), math.nan), g)
+
+
+def test_component_all_is_the_binarised_grid():
+    # the authors' code: the box covers every foreground cell, the mask is the binarised grid
+    g = square_grid()
+    m = np.zeros((6, 6))
+    m[0:2, 0:3] = 1.0
+    m[4, 4] = 5.0  # mean = 11 / 36: the 7 non-zero cells are the foreground
+    out = ground(m, g, sigma=0, component="all")
+    np.testing.assert_array_equal(out.mask, m > 0)
+    assert out.grid_box == (0, 0, 5, 5) and out.box == (0.0, 0.0, 50.0, 50.0)
+    assert ground(m, g, sigma=0).grid_box == (0, 0, 3, 2)  # the paper's largest component
+    comp = np.zeros((5, 5))
+    comp[0, 0:3] = comp[0:3, 0] = 1.0  # an L: "all" keeps its concavity, "largest" fills it
+    lshape = square_grid(5)
+    np.testing.assert_array_equal(ground(comp, lshape, sigma=0, component="all").mask, comp > 0)
+    assert ground(comp, lshape, sigma=0).mask.sum() == 8
+    flat = ground(np.ones((6, 6)), g, component="all")  # no evidence: the whole grid
+    assert flat.grid_box == (0, 0, 6, 6) and flat.mask.all()
+    with pytest.raises(ValueError, match="component"):
+        ground(m, g, component="biggest")
+
+
+def test_grounding_keeps_maps_and_its_grid():
+    g = GridGeometry(rows=4, cols=4, cell_size=(84.0, 84.0), scale=(1.68, 1.68),
+                     offset=(0.0, 84.0), image_size=(200, 100))
+    maps = np.random.default_rng(1).random((3, 4, 4))
+    out = ground(maps, g)
+    np.testing.assert_array_equal(out.maps, maps)
+    assert out.geometry == g and out.pixel_mask is None
+    np.testing.assert_allclose(out.heatmap, sum(reference_smooth(x) for x in maps), atol=1e-12)
+    up = out.image_mask()  # nothing set: the upsampled grid mask
+    assert up.shape == (100, 200) and up.dtype == bool
+    np.testing.assert_array_equal(up, pixel_mask(out.mask, g))
+    own = np.zeros((100, 200), dtype=bool)
+    assert replace(out, pixel_mask=own).image_mask() is own
