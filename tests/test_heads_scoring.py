@@ -1,5 +1,5 @@
 """Head scores against independent references: a brute-force flood fill for the spatial entropy,
-curves with a known knee for tau."""
+curves with a known knee for tau, hand-computed pooling over grids; the HeadScores container."""
 
 import math
 
@@ -10,10 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lookhere.heads.scoring import (
+    HeadScores,
     binarise,
     chord_knee,
     components,
     image_attention_sum,
+    pooled_entropy,
     spatial_entropy,
 )
 
@@ -129,3 +131,55 @@ def test_map_errors():
         binarise(np.zeros((2, 2)), "median")
     with pytest.raises(ValueError, match="weight"):
         spatial_entropy(np.eye(3), weight="count")
+
+
+def test_pooled_entropy_hand_values():
+    # (G=3, 2 heads): head 0 has finite entropies on grids 0 and 2, head 1 on none
+    e = np.array([[0.5, np.inf], [np.inf, np.inf], [2.0, np.inf]])
+    m = np.array([[0.3, 0.1], [0.5, 0.2], [0.1, 0.3]])
+    got = pooled_entropy(e, m)
+    assert got[0] == pytest.approx((0.3 * 0.5 + 0.1 * 2.0) / (0.3 + 0.1))  # grid 1 left out
+    assert got[1] == math.inf
+    one = np.array([[0.7, np.inf]])  # one grid: exactly its entropy
+    assert pooled_entropy(one, np.array([[0.2, 0.4]])).tolist() == [0.7, math.inf]
+    with pytest.raises(ValueError, match="G"):
+        pooled_entropy(e, m[:2])
+
+
+def head_scores(n, seed=0, prefix="s"):
+    rng = np.random.default_rng(seed)
+    e = rng.uniform(0, 2, (n, 3, 2))
+    e[0, 0, 0] = np.inf
+    return HeadScores(rng.uniform(0, 1, (n, 3, 2)), e, rng.uniform(0, 0.1, (n, 3, 2)),
+                      tuple(f"{prefix}{i}" for i in range(n)))
+
+
+def test_head_scores_concat_and_round_trip(tmp_path):
+    a, b = head_scores(2), head_scores(3, seed=1, prefix="t")
+    both = HeadScores.concat([a, b])
+    assert len(both) == 5 and both.sample_ids == ("s0", "s1", "t0", "t1", "t2")
+    for k in ("s_img", "entropy", "bottom_row"):
+        np.testing.assert_array_equal(getattr(both, k)[:2], getattr(a, k))
+        np.testing.assert_array_equal(getattr(both, k)[2:], getattr(b, k))
+    path = both.save(tmp_path / "scores" / "batch.npz")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["batch.npz"]  # no temporary left
+    back = HeadScores.load(path)
+    assert back.sample_ids == both.sample_ids and back.entropy[0, 0, 0] == np.inf
+    for k in ("s_img", "entropy", "bottom_row"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(both, k))
+        assert getattr(back, k).dtype == np.float64
+    with np.load(path, allow_pickle=False) as z:  # ids are text, not pickled objects
+        assert z["sample_ids"].dtype.kind == "U"
+
+
+def test_head_scores_errors(tmp_path):
+    a = head_scores(2)
+    with pytest.raises(ValueError, match="N, L, H"):
+        HeadScores(a.s_img, a.entropy[:, :2], a.bottom_row, a.sample_ids)
+    with pytest.raises(ValueError, match="sample_ids"):
+        HeadScores(a.s_img, a.entropy, a.bottom_row, ("only one",))
+    with pytest.raises(ValueError, match="at least one"):
+        HeadScores.concat([])
+    np.savez(tmp_path / "other.npz", s_img=a.s_img)
+    with pytest.raises(ValueError, match="not a HeadScores"):
+        HeadScores.load(tmp_path / "other.npz")

@@ -76,8 +76,35 @@ def test_headspec_round_trip(tmp_path):
         HeadSpec.load(tmp_path / "other.json")
 
 
+def test_bottom_row_filter():
+    """The authors' bottom-row rule: a head whose map's bottom row has a cell above the limit is
+    not eligible on that sample; without a limit (the paper) the bottom row is ignored."""
+    s, e = scores(n=10)
+    bottom = np.full(s.shape, 0.01)
+    bottom[:6, 3, 2] = 0.2  # the sharpest head looks at the bottom row on 6 of 10 samples
+    bottom[:, 2, 4] = 0.05  # exactly at the limit: kept (only "above" drops)
+    off = select_heads(s, e, per_sample=1, bottom_row=bottom)
+    assert off.counts[3, 2] == 10 and off.heads[0] == (3, 2)
+    on = select_heads(s, e, per_sample=1, bottom_row=bottom, bottom_row_limit=0.05)
+    # by hand: (3, 2) wins the 4 clean samples; on the other 6 the next sharpest, (2, 4), wins
+    assert on.counts[3, 2] == 4 and on.counts[2, 4] == 6 and on.counts.sum() == 10
+    assert on.heads[:2] == [(2, 4), (3, 2)]
+    assert on.tau == off.tau  # the filter does not move tau
+    strict = select_heads(s, e, per_sample=1, bottom_row=bottom, bottom_row_limit=0.049)
+    assert strict.counts[2, 4] == 0 and strict.counts[3, 2] == 4
+
+
 def test_errors():
     s, e = scores()
+    with pytest.raises(ValueError, match="needs the bottom_row"):
+        select_heads(s, e, bottom_row_limit=0.05)
+    with pytest.raises(ValueError, match="bottom_row must be"):
+        select_heads(s, e, bottom_row=np.zeros((2, 4, 5)), bottom_row_limit=0.05)
+    with pytest.raises(ValueError, match="bottom_row must hold"):
+        select_heads(s, e, bottom_row=np.full(s.shape, np.nan))
+    for bad in (-0.1, np.inf, "0.05", True):
+        with pytest.raises(ValueError, match="bottom_row_limit"):
+            select_heads(s, e, bottom_row=np.zeros(s.shape), bottom_row_limit=bad)
     with pytest.raises(ValueError, match="N, L, H"):
         select_heads(s[0], e[0])
     with pytest.raises(ValueError, match="NaN"):

@@ -6,7 +6,12 @@ Pure functions on attention maps, independent of any model:
 - `chord_knee`: the maximum-curvature point of a sorted curve by the chord method (the point
   farthest from the straight line through the first and last points), which gives tau;
 - `spatial_entropy`: binarise a head's map, find 8-connected components, and take the entropy of
-  the components' shares (area by default; the authors' code weighs by attention mass).
+  the components' shares (area by default; the authors' code weighs by attention mass);
+- `pooled_entropy`: one entropy per head from the entropies of its maps on several grids of the
+  same image (LLaVA-NeXT base + crops, Idefics3 tiles + global), weighted by the head's attention
+  mass on each grid;
+- `HeadScores`: the per-sample ``(N, L, H)`` scores of a search, mergeable across shards and
+  saved as ``.npz``.
 
 A map that has no cell above its threshold (a constant map) has no component; its entropy is
 ``inf``, so it is never among the most concentrated heads.
@@ -14,11 +19,16 @@ A map that has no cell above its threshold (a constant map) has no component; it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+from lookhere.io import atomic_path
 
 Threshold = Literal["mean", "two_mean"]
 Weight = Literal["area", "mass"]
@@ -108,3 +118,80 @@ def _check_map(attn_map: np.ndarray) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ValueError("an attention map must be finite")
     return a
+
+
+def pooled_entropy(entropies: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """``(G, ...)`` per-grid entropies and attention masses -> ``(...)`` pooled entropy.
+
+    The mean of the finite per-grid entropies weighted by the head's attention mass on each grid;
+    ``inf`` where no grid has a finite entropy. Each grid is scored on its own rather than pooling
+    the components of all grids, because the same object appears once per grid (in the base image
+    and again in a crop) and would be counted as several components.
+    """
+    e = np.asarray(entropies, dtype=np.float64)
+    m = np.asarray(masses, dtype=np.float64)
+    if e.shape != m.shape or e.ndim < 1 or e.shape[0] < 1:
+        raise ValueError(f"entropies and masses must both be (G, ...), got {e.shape}, {m.shape}")
+    if e.shape[0] == 1:
+        return e[0].copy()  # one grid: exactly its entropy
+    finite = np.isfinite(e)
+    w = np.where(finite, m, 0.0)
+    total = w.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (np.where(finite, e, 0.0) * w).sum(0) / total
+    return np.where(total > 0, out, np.inf)
+
+
+@dataclass(frozen=True, eq=False)
+class HeadScores:
+    """Per-sample scores of every head: ``S_img``, spatial entropy and the bottom-row maximum.
+
+    Each array is ``(N, L, H)`` float64; ``sample_ids`` names the N samples in order. Shards of
+    a search merge exactly with `concat`; `save` / `load` use ``.npz`` without pickles.
+    """
+
+    s_img: np.ndarray  # (N, L, H) attention share on the image tokens
+    entropy: np.ndarray  # (N, L, H) spatial entropy (inf: no foreground)
+    bottom_row: np.ndarray  # (N, L, H) max attention over the primary grid's bottom row
+    sample_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        arrays = [np.asarray(getattr(self, k), dtype=np.float64) for k in _SCORE_FIELDS]
+        if arrays[0].ndim != 3 or any(a.shape != arrays[0].shape for a in arrays):
+            raise ValueError("s_img, entropy and bottom_row must all be (N, L, H), got "
+                             f"{[a.shape for a in arrays]}")
+        ids = tuple(str(i) for i in self.sample_ids)
+        if len(ids) != arrays[0].shape[0]:
+            raise ValueError(f"sample_ids has {len(ids)} ids for {arrays[0].shape[0]} samples")
+        for k, a in zip(_SCORE_FIELDS, arrays, strict=True):
+            object.__setattr__(self, k, a)
+        object.__setattr__(self, "sample_ids", ids)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    @classmethod
+    def concat(cls, parts: Sequence[HeadScores]) -> HeadScores:
+        """The scores of ``parts`` one after the other (shards in batch order)."""
+        if not parts:
+            raise ValueError("concat needs at least one HeadScores")
+        arrays = [np.concatenate([getattr(p, k) for p in parts]) for k in _SCORE_FIELDS]
+        return cls(*arrays, tuple(i for p in parts for i in p.sample_ids))
+
+    def save(self, path: str | Path) -> Path:
+        """Atomic ``.npz`` write (sample ids as a unicode array)."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: no ".npz" added
+            np.savez(f, **{k: getattr(self, k) for k in _SCORE_FIELDS},
+                     sample_ids=np.array(self.sample_ids, dtype=np.str_))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> HeadScores:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {*_SCORE_FIELDS, "sample_ids"} - set(z.files)
+            if missing:
+                raise ValueError(f"{path}: not a HeadScores file, missing {sorted(missing)}")
+            return cls(*(z[k] for k in _SCORE_FIELDS), tuple(z["sample_ids"].tolist()))
+
+
+_SCORE_FIELDS = ("s_img", "entropy", "bottom_row")

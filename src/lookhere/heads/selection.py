@@ -8,7 +8,8 @@ computed by several processes merge exactly by concatenation:
    (``tau="mean_curve"``, the paper) or of each sample's own curve (``"per_sample"``, the
    authors' code); layers 0 and 1 are left out;
 2. per sample, among the heads with ``S_img >= tau``, the ``per_sample`` (10) with the lowest
-   finite entropy are counted once;
+   finite entropy are counted once (optionally, as in the authors' code, a head whose map has a
+   bottom-row cell above ``bottom_row_limit`` is not eligible on that sample);
 3. the ``top_k`` (3) most counted heads are the localization heads (ties: the higher mean
    ``S_img``, then the lower (layer, head)).
 """
@@ -16,6 +17,7 @@ computed by several processes merge exactly by concatenation:
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,36 +43,27 @@ class Selection:
 
 
 def select_heads(s_img: np.ndarray, entropy: np.ndarray, top_k: int = 3, per_sample: int = 10,
-                 skip_layers: Sequence[int] = (0, 1), tau: TauMode = "mean_curve") -> Selection:
-    """Localization heads from per-sample ``S_img`` and entropy, both ``(N, L, H)``."""
+                 skip_layers: Sequence[int] = (0, 1), tau: TauMode = "mean_curve",
+                 bottom_row: np.ndarray | None = None, bottom_row_limit: float | None = None
+                 ) -> Selection:
+    """Localization heads from per-sample ``S_img`` and entropy, both ``(N, L, H)``.
+
+    With ``bottom_row_limit`` (the authors' code uses 0.05; default None, the paper: off), a head
+    is not eligible on a sample where ``bottom_row`` ``(N, L, H)``, the max of its map's bottom
+    grid row, exceeds the limit.
+    """
+    check_options(top_k, per_sample, tau, bottom_row_limit)
     s_img, entropy = _check_scores(s_img, entropy)
-    n, n_layers, n_heads = s_img.shape
-    if top_k < 1 or per_sample < 1:
-        raise ValueError(f"need top_k >= 1 and per_sample >= 1, got top_k={top_k}, "
-                         f"per_sample={per_sample}")
-    allowed = np.ones((n_layers, n_heads), dtype=bool)
-    for layer in skip_layers:
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"skip_layers names layer {layer} of a {n_layers}-layer model")
-        allowed[layer] = False
-    if allowed.sum() < max(3, top_k):
-        raise ValueError(f"skip_layers leaves {int(allowed.sum())} heads; top_k={top_k} and the "
-                         "knee need more")
-    if tau == "mean_curve":
-        taus = np.full(n, chord_knee(s_img.mean(0)[allowed])[1])
-    elif tau == "per_sample":
-        taus = np.array([chord_knee(s_img[i][allowed])[1] for i in range(n)])
-    else:
-        raise ValueError(f"tau must be 'mean_curve' or 'per_sample', got {tau!r}")
-    counts = np.zeros((n_layers, n_heads), dtype=np.int64)
-    for i in range(n):
-        ok = allowed & (s_img[i] >= taus[i]) & np.isfinite(entropy[i])
-        idx = np.flatnonzero(ok)
-        if idx.size == 0:
-            continue
-        # lowest entropy first; ties broken by the flat index (stable sort)
-        order = idx[np.argsort(entropy[i].ravel()[idx], kind="stable")][:per_sample]
-        counts.ravel()[order] += 1
+    n_layers, n_heads = s_img.shape[1:]
+    allowed = _allowed(n_layers, n_heads, skip_layers, top_k)  # (L, H)
+    taus = _taus(s_img, allowed, tau)  # (N,)
+    eligible = allowed & (s_img >= taus[:, None, None]) & np.isfinite(entropy)  # (N, L, H)
+    bottom = None if bottom_row is None else _check_bottom_row(bottom_row, s_img.shape)
+    if bottom_row_limit is not None:
+        if bottom is None:
+            raise ValueError("bottom_row_limit needs the bottom_row scores, (N, L, H)")
+        eligible &= bottom <= bottom_row_limit
+    counts = _count(entropy, eligible, per_sample)
     mean_s = s_img.mean(0)
     finite = np.isfinite(entropy)
     with np.errstate(invalid="ignore"):
@@ -79,6 +72,50 @@ def select_heads(s_img: np.ndarray, entropy: np.ndarray, top_k: int = 3, per_sam
                   key=lambda j: (-counts.ravel()[j], -mean_s.ravel()[j], j))
     heads = [tuple(int(v) for v in divmod(j, n_heads)) for j in flat[:top_k]]
     return Selection(heads, counts, float(taus.mean()), mean_s, mean_e)
+
+
+def check_options(top_k: int, per_sample: int, tau: str,
+                  bottom_row_limit: float | None = None) -> None:
+    """Raise ValueError on a selection option that `select_heads` would refuse."""
+    if top_k < 1 or per_sample < 1:
+        raise ValueError(f"need top_k >= 1 and per_sample >= 1, got top_k={top_k}, "
+                         f"per_sample={per_sample}")
+    if tau not in ("mean_curve", "per_sample"):
+        raise ValueError(f"tau must be 'mean_curve' or 'per_sample', got {tau!r}")
+    limit = bottom_row_limit
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Real)
+                              or not 0 <= limit < np.inf):
+        raise ValueError(f"bottom_row_limit must be None or a finite number >= 0, got {limit!r}")
+
+
+def _allowed(n_layers: int, n_heads: int, skip_layers: Sequence[int], top_k: int) -> np.ndarray:
+    allowed = np.ones((n_layers, n_heads), dtype=bool)
+    for layer in skip_layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"skip_layers names layer {layer} of a {n_layers}-layer model")
+        allowed[layer] = False
+    if allowed.sum() < max(3, top_k):
+        raise ValueError(f"skip_layers leaves {int(allowed.sum())} heads; top_k={top_k} and the "
+                         "knee need more")
+    return allowed
+
+
+def _taus(s_img: np.ndarray, allowed: np.ndarray, tau: TauMode) -> np.ndarray:
+    """(N,) the S_img threshold of each sample."""
+    if tau == "mean_curve":
+        return np.full(len(s_img), chord_knee(s_img.mean(0)[allowed])[1])
+    return np.array([chord_knee(s[allowed])[1] for s in s_img])  # "per_sample"
+
+
+def _count(entropy: np.ndarray, eligible: np.ndarray, per_sample: int) -> np.ndarray:
+    """(L, H) times each head is among a sample's ``per_sample`` lowest-entropy eligible heads."""
+    counts = np.zeros(entropy.shape[1:], dtype=np.int64)
+    for e, ok in zip(entropy, eligible, strict=True):
+        idx = np.flatnonzero(ok)
+        # lowest entropy first; ties broken by the flat index (stable sort)
+        order = idx[np.argsort(e.ravel()[idx], kind="stable")][:per_sample]
+        counts.ravel()[order] += 1
+    return counts
 
 
 @dataclass
@@ -136,3 +173,12 @@ def _check_scores(s_img: Any, entropy: Any) -> tuple[np.ndarray, np.ndarray]:
     if np.isnan(e).any() or (e < 0).any():
         raise ValueError("entropy must be >= 0 (inf for a map without foreground), never NaN")
     return s, e
+
+
+def _check_bottom_row(bottom_row: Any, shape: tuple[int, ...]) -> np.ndarray:
+    b = np.asarray(bottom_row, dtype=np.float64)
+    if b.shape != shape:
+        raise ValueError(f"bottom_row must be (N, L, H) = {shape}, got {b.shape}")
+    if not np.isfinite(b).all() or (b < 0).any():
+        raise ValueError("bottom_row must hold finite attention values >= 0")
+    return b
