@@ -1,6 +1,7 @@
 """``lookhere eval`` on predictions files, against datasets made with ``lookhere data make``."""
 
 import json
+from pathlib import Path
 
 import pytest
 from pycocotools import mask as mask_utils
@@ -141,3 +142,33 @@ def test_eval_model(tmp_path, capsys):
     assert rescored["n"] == 5 and rescored["missing"] == 1  # --limit 4 of 5 samples
     assert rescored["accuracy"] * 5 == pytest.approx(
         metrics["scores"]["tasks"]["grid_patch"]["accuracy"] * 4)
+
+
+def test_eval_needs_data_without_a_subcommand(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--predictions", str(tmp_path / "p.jsonl")])
+    assert exc.value.code == 2
+    assert "lookhere eval: error: the following arguments are required: --data" in \
+        capsys.readouterr().err
+
+
+REFER = str(Path(__file__).parent / "fixtures" / "refer")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "m", "--data", "d"], "the following arguments are required: --heads"),
+    (["--model", "m", "--heads", "h"], "one of the arguments --data --refcoco is required"),
+    (["--model", "m", "--heads", "h", "--data", "d", "--refcoco", "r"],
+     "not allowed with argument"),
+    (["--model", "m", "--heads", "h", "--data", "d", "--baselines", "oracle", "centre"],
+     "--baselines: unknown ['oracle']"),
+    (["--model", "m", "--heads", "h", "--refcoco", REFER, "--split", "testC"],
+     "split for refcoco (unc) must be one of"),
+    (["--model", "m", "--heads", "h", "--refcoco", "/nonexistent"], "--refcoco /nonexistent"),
+])
+def test_eval_rec_argument_errors(capsys, args, message):
+    """Checked before any model is loaded (the model path "m" does not exist)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "rec", *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "lookhere eval rec: error: " in err and message in err, err

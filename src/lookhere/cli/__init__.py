@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lookhere.cli import data, eval, experiment, models
+from lookhere.cli import data, eval, experiment, heads, models
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -14,6 +14,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models.add_commands(sub)
     data.add_commands(sub)
     eval.add_commands(sub)
+    heads.add_commands(sub)
     experiment.add_commands(sub)
     args = parser.parse_args(argv)
     return args.run(args)

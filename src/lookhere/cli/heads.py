@@ -1,0 +1,292 @@
+"""``lookhere heads find`` and ``lookhere ground``: find a model's localization heads on a REC
+dataset folder, and ground expressions with them (methods.md section 3).
+
+``heads find`` uses the samples' questions as the expressions. Under torchrun (``WORLD_SIZE`` > 1)
+it initialises the process group itself (nccl on CUDA, else gloo), puts the model on the rank's
+device (``cuda:LOCAL_RANK``, or the CPU with ``--device cpu``), the search shards the batches over
+the ranks, and rank 0 alone writes the spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from lookhere.cli.eval import (
+    add_device,
+    fail,
+    load_model_for_cli,
+    positive_int,
+    read_data,
+    resolve_device,
+)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    heads = sub.add_parser("heads", help="localization heads of a model", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = heads.add_subparsers(dest="heads_command", required=True).add_parser(
+        "find", help="score every head on a REC dataset folder and save the top-k as a HeadSpec",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_find_options(p)
+    p.set_defaults(run=_find)
+    p = sub.add_parser("ground", help="ground expressions with a HeadSpec: boxes (and masks)",
+                       description=_GROUND_DESCRIPTION)
+    _add_ground_options(p)
+    p.set_defaults(run=_ground)
+
+
+def _add_find_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="PATH", help="model folder (or hub name)")
+    p.add_argument("--data", required=True, type=Path, metavar="DIR",
+                   help="REC dataset folder (`lookhere data make shapes`, mode rec)")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE",
+                   help="the HeadSpec JSON to write")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="first N samples only")
+    p.add_argument("--top-k", type=positive_int, default=3, metavar="K",
+                   help="localization heads to keep (default 3; the authors' code: 5)")
+    p.add_argument("--per-sample", type=positive_int, default=10, metavar="N",
+                   help="lowest-entropy heads counted per sample (default 10)")
+    p.add_argument("--tau", default="mean_curve", choices=("mean_curve", "per_sample"),
+                   help="S_img threshold: knee of the sample-averaged curve (default, the paper) "
+                        "or of each sample's curve (the authors' code)")
+    p.add_argument("--threshold", default="mean", choices=("mean", "two_mean"),
+                   help="binarisation: A > mean (default) or A - 2 mean > 0.001 (the code)")
+    p.add_argument("--weight", default="area", choices=("area", "mass"),
+                   help="entropy weights components by area (default) or attention mass")
+    p.add_argument("--grids", choices=("primary", "all"),
+                   help="entropy on the image's primary grid (default) or pooled over all grids")
+    p.add_argument("--bottom-row-limit", type=float, metavar="X",
+                   help="drop heads whose bottom grid row has a cell above X (the code: 0.05)")
+    p.add_argument("--skip-layers", type=int, nargs="*", metavar="L",
+                   help="layers never selected (default 0 1)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                   help="samples per forward (default 8)")
+    p.add_argument("--scores-dir", type=Path, metavar="DIR",
+                   help="keep per-batch scores here; a rerun resumes from them")
+    add_device(p, suffix="; under torchrun each rank takes cuda:LOCAL_RANK, or the cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+_GROUND_DESCRIPTION = """Ground with a HeadSpec: one expression on an image (--image, --text), or
+every sample of a dataset folder, whose questions are the expressions (--data). Prints one JSON
+line per sample, {"id", "text", "box"} with the box xyxy in image pixels (no score: grounding
+does not judge), or writes them to --out as JSONL. --masks-dir writes each mask as a PNG at the
+image's size (255 = object): the heads' pseudo-mask upsampled, or SAM's with --sam."""
+
+
+def _add_ground_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="PATH", help="model folder (or hub name)")
+    p.add_argument("--heads", required=True, type=Path, metavar="FILE",
+                   help="HeadSpec JSON from `lookhere heads find`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", type=Path, metavar="IMG", help="an image file (with --text)")
+    src.add_argument("--data", type=Path, metavar="DIR", help="a dataset folder")
+    p.add_argument("--text", metavar="TEXT", help="with --image: the referring expression")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="with --data: first N only")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the groundings here (JSONL)")
+    p.add_argument("--masks-dir", type=Path, metavar="DIR", help="write <id>.png masks here")
+    p.add_argument("--sam", metavar="PATH",
+                   help="with --masks-dir: SAM model folder (or hub name) prompted with the box")
+    p.add_argument("--grid", default="primary", metavar="NAME",
+                   help="grid of the image to ground on: primary (default) or a grid's name")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                   help="samples per forward (default 8)")
+    add_device(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# heads find
+
+
+def _find(args: argparse.Namespace) -> int:
+    from lookhere.eval.rec import check_rec_samples
+    from lookhere.heads.search import find_heads
+
+    prog = "lookhere heads find"
+    samples = read_data(args.data, args.limit, prog)
+    try:
+        check_rec_samples(samples)
+    except ValueError as err:
+        raise fail(f"--data {args.data}: {err}", prog) from None
+    rank, device, own_group = _distributed(args.device)
+    try:
+        model, processor, adapter = load_model_for_cli(args.model, device, prog)
+        given = {k: getattr(args, k) for k in ("grids", "bottom_row_limit", "skip_layers",
+                                                "scores_dir") if getattr(args, k) is not None}
+        try:
+            spec = find_heads(model, processor, adapter, samples, model_id=args.model,
+                              top_k=args.top_k, per_sample=args.per_sample, tau=args.tau,
+                              threshold=args.threshold, weight=args.weight,
+                              batch_size=args.batch_size, progress=rank == 0 and not args.quiet,
+                              **given)
+        except ValueError as err:
+            raise fail(str(err), prog) from None
+    finally:
+        if own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        spec.save(args.out)
+        heads = ", ".join(f"({layer}, {head})" for layer, head in spec.heads)
+        print(f"heads {heads} (tau {spec.tau:.4f}, {spec.num_samples} samples) -> {args.out}")
+    return 0
+
+
+def _distributed(device: str | None) -> tuple[int, str | None, bool]:
+    """(rank, device, whether this call initialised the process group) under torchrun;
+    ``(0, device, False)`` in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device, False
+    import torch
+    import torch.distributed as dist
+
+    cuda = resolve_device(device).startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)  # nccl's collectives need each rank on its own device
+        device = f"cuda:{local}"
+    else:
+        device = "cpu"
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), device, own
+
+
+# ---------------------------------------------------------------------------------------------
+# ground
+
+
+def _ground(args: argparse.Namespace) -> int:
+    from lookhere.heads.locate import locate
+
+    prog = "lookhere ground"
+    if args.sam is not None and args.masks_dir is None:
+        raise fail("--sam only applies with --masks-dir (SAM refines masks, not boxes)", prog)
+    samples = _ground_samples(args, prog)
+    model, processor, adapter = load_model_for_cli(args.model, args.device, prog)
+    spec = load_spec(args.heads, adapter, prog)
+    refiner = load_refiner(args.sam, args.device, prog)
+    try:
+        found = locate(model, processor, adapter, spec, samples, batch_size=args.batch_size,
+                       grid=parse_grid(args.grid), refiner=refiner,
+                       pixel_masks=args.masks_dir is not None)
+    except ValueError as err:
+        raise fail(str(err), prog) from None
+    records = []
+    for s, g in zip(samples, found, strict=True):
+        rec: dict[str, Any] = {"id": s.id, "text": s.question, "box": [float(v) for v in g.box]}
+        if args.masks_dir is not None:
+            rec["mask"] = str(write_mask(g.pixel_mask, args.masks_dir / mask_name(s.id)))
+        records.append(rec)
+    if args.out is None:
+        for rec in records:
+            print(json.dumps(rec))
+    else:
+        _write_jsonl(args.out, records)
+        print(f"wrote {len(records)} groundings to {args.out}")
+    return 0
+
+
+def _ground_samples(args: argparse.Namespace, prog: str) -> list[Any]:
+    if args.data is not None:
+        if args.text is not None:
+            raise fail("--text only applies with --image (the --data samples' questions are "
+                       "the expressions)", prog)
+        return read_data(args.data, args.limit, prog)
+    if args.limit is not None:
+        raise fail("--limit only applies with --data", prog)
+    if args.text is None or not args.text.strip():
+        raise fail("--image needs --text, a non-empty referring expression", prog)
+    return [_image_sample(args.image, args.text, prog)]
+
+
+def _image_sample(path: Path, text: str, prog: str) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    from lookhere.data.sample import Geometry, Sample
+
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise fail(f"--image {path}: {err}", prog) from None
+    return Sample(image=image, question=text, answer="", structured={}, geometry=Geometry(),
+                  id=path.stem)
+
+
+def mask_name(sample_id: str) -> str:
+    """A file name for a sample's mask: the id with anything but [A-Za-z0-9._-] as ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", sample_id) + ".png"
+
+
+def write_mask(mask: Any, path: Path) -> Path:
+    """An (H, W) bool mask as an 8-bit PNG (0 / 255), written atomically."""
+    import numpy as np
+    from PIL import Image
+
+    from lookhere.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).save(tmp, format="PNG")
+    return path
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    from lookhere.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared with `lookhere eval rec`
+
+
+def load_spec(path: Path, adapter: Any, prog: str) -> Any:
+    """The HeadSpec at ``path``, checked against the model; exit 2 when it does not fit."""
+    import numpy as np
+
+    from lookhere.heads.selection import HeadSpec
+
+    if not path.is_file():
+        raise fail(f"--heads {path}: no such file (make one with `lookhere heads find`)", prog)
+    try:
+        spec = HeadSpec.load(path)
+    except (ValueError, TypeError, KeyError) as err:  # JSON errors are ValueErrors
+        message = str(err) if str(path) in str(err) else f"{path}: {err}"
+        raise fail(f"--heads {message}", prog) from None
+    size = (adapter.num_layers, adapter.num_heads)
+    found_on = np.shape(spec.counts)
+    if len(found_on) == 2 and found_on != size:
+        raise fail(f"--heads {path}: found on a model of {found_on[0]} layers x {found_on[1]} "
+                   f"heads ({spec.model!r}); --model has {size[0]} x {size[1]}", prog)
+    bad = [h for h in spec.heads if not (0 <= h[0] < size[0] and 0 <= h[1] < size[1])]
+    if not spec.heads or bad:
+        raise fail(f"--heads {path}: heads {bad or '[]'} do not fit --model ({size[0]} layers "
+                   f"x {size[1]} heads)", prog)
+    return spec
+
+
+def load_refiner(path: str | None, device: str | None, prog: str) -> Any:
+    """A `SamRefiner` from ``path`` (None: no refiner)."""
+    if path is None:
+        return None
+    from lookhere.heads.refine import SamRefiner
+
+    try:
+        return SamRefiner.from_pretrained(path, device=resolve_device(device))
+    except (OSError, ValueError) as err:
+        raise fail(f"--sam {path}: {err}", prog) from None
+
+
+def parse_grid(text: str) -> str | int:
+    """``--grid``: a grid's index when digits, else its name (or "primary")."""
+    return int(text) if text.isdigit() else text

@@ -1,0 +1,290 @@
+"""Referring-expression comprehension (REC) with localization heads, against baselines.
+
+`evaluate_rec` grounds every sample's expression with each method and scores the boxes against
+the one gold box (``sample.geometry.boxes[0]``), and the masks against the gold mask where the
+samples carry one (``sample.geometry.mask``, as Shapes and RefCOCO do). Methods:
+
+- ``heads``: the HeadSpec's heads, through `lookhere.heads.locate` (smooth, sum, binarise above
+  the mean, largest component, box);
+- ``all_heads``: every head of every layer outside ``spec.settings["skip_layers"]`` (default
+  [0, 1]), grounded the same way. Binarising above the mean makes the sum of the maps and their
+  mean the same, so this is "the mean attention of all heads";
+- ``random_heads``: as many heads as the spec has (3 by default), drawn with
+  ``numpy.random.default_rng(seed)`` from those same layers, recorded in the result;
+- ``centre``: the centred box of half the image's width and height, the same for every sample.
+  It uses no label and no model: the floor a method must beat;
+- ``text``: the model writes the box as text (greedy, `lookhere.eval.runner.generate_answers` on
+  the sample's question), parsed by `lookhere.eval.scoring.score_answer` in ``style``. An answer
+  without a box is IoU 0 and a parse failure.
+
+Metrics per method: Acc@0.5 (`acc_at_iou`), mean box IoU, and with gold masks cIoU and mIoU
+(as `mask_ious` defines them, from per-sample intersection and union counts, so no mask outlives
+its chunk of samples). The predicted mask of an attention method is its pixel mask (the
+pseudo-mask upsampled to the image, or the refiner's); the box-only methods (centre, text)
+predict the filled box, pixels whose centre lies inside it (an unparsed answer: the empty mask).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm.auto import tqdm
+
+from lookhere.data.sample import Box, Sample
+from lookhere.eval.metrics import acc_at_iou, box_iou, mean_box_iou
+from lookhere.eval.scoring import IOU_THRESHOLD, REC_TASKS
+from lookhere.heads.selection import HeadSpec
+from lookhere.models.adapter import Adapter
+
+ATTENTION_METHODS = ("heads", "all_heads", "random_heads")
+BASELINES = ("all_heads", "random_heads", "centre", "text")
+METHODS = ("heads", *BASELINES)
+DEFAULT_SKIP_LAYERS = (0, 1)
+
+
+def is_rec_sample(sample: Sample) -> bool:
+    """A REC sample: a RefCOCO-family task or Shapes in REC mode, with exactly one gold box."""
+    rec_task = sample.task in REC_TASKS or (sample.task == "shapes"
+                                            and "box" in sample.structured)
+    return rec_task and len(sample.geometry.boxes) == 1
+
+
+def check_rec_samples(samples: Sequence[Sample]) -> None:
+    """ValueError naming the samples that are not REC samples (and their tasks)."""
+    if not samples:
+        raise ValueError("samples must not be empty")
+    bad = [s for s in samples if not is_rec_sample(s)]
+    if bad:
+        tasks = sorted({s.task or "?" for s in bad})
+        raise ValueError(
+            f"samples must be REC samples (Shapes with mode='rec', or {', '.join(REC_TASKS)}) "
+            f"with one gold box; {len(bad)} are not, e.g. {[s.id for s in bad[:5]]} "
+            f"(task(s) {tasks})")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise ValueError("sample ids must be unique")
+
+
+def centre_box(size: tuple[int, int]) -> Box:
+    """The centred box of half the image's width and height, ``size = (width, height)``."""
+    w, h = size
+    return (w / 4, h / 4, 3 * w / 4, 3 * h / 4)
+
+
+def box_mask(box: Box | None, size: tuple[int, int]) -> np.ndarray:
+    """``(height, width)`` bool: pixels whose centre lies in the xyxy box (None: all False)."""
+    w, h = size
+    out = np.zeros((h, w), dtype=bool)
+    if box is None:
+        return out
+    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
+    cols = (xs >= box[0]) & (xs < box[2])
+    rows = (ys >= box[1]) & (ys < box[3])
+    out[np.ix_(rows, cols)] = True
+    return out
+
+
+def allowed_heads(spec: HeadSpec, num_layers: int, num_heads: int) -> list[tuple[int, int]]:
+    """Every (layer, head) of the model outside the spec's skip_layers (default [0, 1])."""
+    skip = set(spec.settings.get("skip_layers", DEFAULT_SKIP_LAYERS))
+    heads = [(layer, h) for layer in range(num_layers) if layer not in skip
+             for h in range(num_heads)]
+    if not heads:
+        raise ValueError(f"skip_layers {sorted(skip)} leaves no head of the {num_layers}-layer "
+                         "model")
+    return heads
+
+
+def random_heads(candidates: Sequence[tuple[int, int]], k: int, seed: int = 0
+                 ) -> list[tuple[int, int]]:
+    """``k`` distinct heads drawn with ``numpy.random.default_rng(seed)``, sorted."""
+    if not 1 <= k <= len(candidates):
+        raise ValueError(f"cannot draw {k} random heads from {len(candidates)}")
+    idx = np.random.default_rng(seed).choice(len(candidates), size=k, replace=False)
+    return sorted(tuple(candidates[i]) for i in idx)
+
+
+def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: Iterable[Sample],
+                 spec: HeadSpec, baselines: Sequence[str] = BASELINES, seed: int = 0,
+                 batch_size: int = 8, refiner: Any = None, progress: bool = True,
+                 grid: str | int = "primary", style: str = "plain", max_new_tokens: int = 32,
+                 chunk_size: int = 256) -> dict[str, Any]:
+    """Ground ``samples`` with the spec's heads and each of ``baselines``; JSON-able results.
+
+    Returns ``{"n", "ids", "settings", "methods": {name: metrics}}``; a method's metrics are
+    ``n``, ``acc@0.5``, ``mean_iou``, ``ious`` and ``boxes`` (sample id -> value; a box is
+    ``[x0, y0, x1, y1]`` image pixels or None), with gold masks also ``cIoU``, ``mIoU`` and
+    ``n_masks`` (the samples that have one); ``heads`` and ``random_heads`` add ``heads``,
+    ``text`` adds ``parse_failures``, ``parse_failure_rate`` and ``answers``. ``refiner`` (e.g.
+    a `SamRefiner`) and ``grid`` go to `locate`; ``style`` and ``max_new_tokens`` concern the
+    text baseline only.
+
+    Samples are read and scored ``chunk_size`` at a time, every method on a chunk before the
+    next, so an iterator (e.g. `RefCoco.iter_samples`) never holds more than a chunk of images,
+    masks and maps. A sequence is checked whole before any forward.
+    """
+    if isinstance(samples, Sequence):
+        check_rec_samples(samples)
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines must be among {BASELINES}, got {unknown}")
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, "
+                         f"{chunk_size}")
+    methods = ["heads", *dict.fromkeys(baselines)]
+    candidates = allowed_heads(spec, adapter.num_layers, adapter.num_heads)
+    specs = {"heads": spec,
+             "all_heads": dataclasses.replace(spec, heads=candidates),
+             "random_heads": dataclasses.replace(
+                 spec, heads=random_heads(candidates, len(spec.heads), seed))}
+    tallies = {name: _Tally(specs[name].heads if name in specs and name != "all_heads"
+                            else None) for name in methods}
+    ids: list[str] = []
+    was_training = model.training
+    model.eval()
+    total = len(samples) if isinstance(samples, Sequence) else None
+    bar = tqdm(total=total, desc="eval rec", unit="sample", disable=not progress, leave=False)
+    try:
+        for chunk in _chunks(samples, chunk_size):
+            check_rec_samples(chunk)
+            if any(s.id in tallies["heads"].boxes for s in chunk):
+                raise ValueError("sample ids must be unique")
+            ids += [s.id for s in chunk]
+            for name in methods:
+                if name in ATTENTION_METHODS:
+                    found = _locate(model, processor, adapter, chunk, specs[name], batch_size,
+                                    refiner, grid)
+                    tallies[name].add(chunk, [g.box for g in found],
+                                      [g.image_mask() for g in found])
+                elif name == "centre":
+                    boxes = [centre_box(s.image.size) for s in chunk]
+                    tallies[name].add(chunk, boxes, [box_mask(b, s.image.size)
+                                                     for b, s in zip(boxes, chunk, strict=True)])
+                else:
+                    _add_text(tallies[name], model, processor, adapter, chunk, batch_size,
+                              max_new_tokens, style)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    if not ids:
+        raise ValueError("samples must not be empty")
+    settings = {"baselines": list(baselines), "seed": seed, "batch_size": batch_size,
+                "grid": grid, "refiner": None if refiner is None else type(refiner).__name__,
+                "skip_layers": sorted(spec.settings.get("skip_layers", DEFAULT_SKIP_LAYERS)),
+                "text_style": style, "max_new_tokens": max_new_tokens,
+                "iou_threshold": IOU_THRESHOLD, "spec_model": spec.model,
+                "centre": "centred box of half the image's width and height (no label used)",
+                "box_only_masks": "the filled predicted box (centre, text)"}
+    return {"n": len(ids), "ids": ids, "settings": settings,
+            "methods": {name: tallies[name].summary() for name in methods}}
+
+
+def _chunks(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    it = iter(samples)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _locate(model: nn.Module, processor: Any, adapter: Adapter, samples: list[Sample],
+            spec: HeadSpec, batch_size: int, refiner: Any, grid: str | int) -> list[Any]:
+    from lookhere.heads.locate import locate
+
+    return locate(model, processor, adapter, spec, samples, batch_size=batch_size, grid=grid,
+                  refiner=refiner)
+
+
+def _add_text(tally: _Tally, model: nn.Module, processor: Any, adapter: Adapter,
+              samples: list[Sample], batch_size: int, max_new_tokens: int, style: str) -> None:
+    from lookhere.eval.runner import generate_answers
+    from lookhere.eval.scoring import score_answer
+
+    answers = generate_answers(model, processor, adapter, samples, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, progress=False)
+    boxes: list[Box | None] = []
+    for s in samples:
+        outcome = score_answer(s, answers[s.id], style)
+        boxes.append(None if outcome.parsed is None else tuple(outcome.parsed["box"]))
+    tally.add(samples, boxes, [box_mask(b, s.image.size) for b, s in zip(boxes, samples,
+                                                                         strict=True)])
+    tally.answers.update(answers)
+
+
+@dataclass
+class _Tally:
+    """One method's predictions so far: boxes, and the mask intersection and union counts (the
+    masks themselves are dropped after each chunk)."""
+
+    heads: list[tuple[int, int]] | None = None
+    boxes: dict[str, Box | None] = field(default_factory=dict)
+    golds: list[Box] = field(default_factory=list)
+    inter: list[int] = field(default_factory=list)  # per sample with a gold mask
+    union: list[int] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)  # the text method's
+
+    def add(self, samples: list[Sample], boxes: Sequence[Box | None],
+            masks: Sequence[np.ndarray]) -> None:
+        for s, b, m in zip(samples, boxes, masks, strict=True):
+            self.boxes[s.id] = None if b is None else tuple(float(v) for v in b)
+            self.golds.append(tuple(float(v) for v in s.geometry.boxes[0]))
+            if s.geometry.mask is not None:
+                inter, union = mask_counts(m, s.geometry.mask)
+                self.inter.append(inter)
+                self.union.append(union)
+
+    def summary(self) -> dict[str, Any]:
+        boxes = list(self.boxes.values())
+        out: dict[str, Any] = {
+            "n": len(boxes), "acc@0.5": acc_at_iou(boxes, self.golds, IOU_THRESHOLD),
+            "mean_iou": mean_box_iou(boxes, self.golds),
+            "ious": {i: 0.0 if b is None else box_iou(b, g)
+                     for (i, b), g in zip(self.boxes.items(), self.golds, strict=True)},
+            "boxes": {i: None if b is None else list(b) for i, b in self.boxes.items()},
+        }
+        if self.inter:
+            out.update(ious_from_counts(self.inter, self.union), n_masks=len(self.inter))
+        if self.heads is not None:
+            out["heads"] = [list(h) for h in self.heads]
+        if self.answers:
+            failures = sum(b is None for b in boxes)
+            out.update(parse_failures=failures, parse_failure_rate=failures / len(boxes),
+                       answers=self.answers)
+        return out
+
+
+def mask_counts(pred: np.ndarray, gold: np.ndarray) -> tuple[int, int]:
+    """(intersection, union) pixel counts of two (H, W) masks of the same shape."""
+    p, g = np.asarray(pred, dtype=bool), np.asarray(gold, dtype=bool)
+    if p.shape != g.shape:
+        raise ValueError(f"mask shapes differ: predicted {p.shape}, gold {g.shape}")
+    return int((p & g).sum()), int((p | g).sum())
+
+
+def ious_from_counts(inter: Sequence[int], union: Sequence[int]) -> dict[str, float]:
+    """``{"cIoU", "mIoU"}`` from per-sample counts, as `lookhere.eval.metrics.mask_ious` gives
+    them from the masks (a sample with an empty union has IoU 1)."""
+    total = sum(union)
+    ious = [i / u if u else 1.0 for i, u in zip(inter, union, strict=True)]
+    return {"cIoU": sum(inter) / total if total else 1.0,
+            "mIoU": float(np.mean(ious)) if ious else 0.0}
+
+
+def rec_table(result: dict[str, Any]) -> str:
+    """A markdown table of `evaluate_rec`'s result: one row per method, percentages."""
+    rows = ["| method | n | Acc@0.5 | mean IoU | cIoU | mIoU | parse fail |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in result["methods"].items():
+        cells = [name, str(m["n"]), _pct(m["acc@0.5"]), _pct(m["mean_iou"]),
+                 _pct(m.get("cIoU")), _pct(m.get("mIoU")), _pct(m.get("parse_failure_rate"))]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
