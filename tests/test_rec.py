@@ -24,6 +24,7 @@ from lookhere.eval.rec import (
     rec_table,
 )
 from lookhere.heads.selection import HeadSpec
+from lookhere.models.layout import GridGeometry
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 locate_module = importlib.import_module("lookhere.heads.locate")  # the package exports the function
@@ -52,6 +53,14 @@ class FakeModel(nn.Module):
 
 
 FAKE_ADAPTER = SimpleNamespace(num_layers=4, num_heads=4)
+GEOMETRY = GridGeometry(6, 10, (10.0, 10.0), (1.0, 1.0), (0.0, 0.0), (W, H))  # 10 px cells
+
+
+def _peak_at(box):
+    """A (6, 10) heatmap peaking at the cell holding the box's centre."""
+    heat = np.zeros((6, 10))
+    heat[int((box[1] + box[3]) / 20), int((box[0] + box[2]) / 20)] = 1.0
+    return heat
 
 
 @pytest.fixture
@@ -63,7 +72,8 @@ def fake_locate(monkeypatch):
     def fake(model, processor, adapter, spec, samples, batch_size=8, **kw):
         calls.append(list(spec.heads))
         boxes = queued.get(tuple(spec.heads), [s.geometry.boxes[0] for s in samples])
-        return [SimpleNamespace(box=b, image_mask=lambda b=b, s=s: box_mask(b, s.image.size))
+        return [SimpleNamespace(box=b, image_mask=lambda b=b, s=s: box_mask(b, s.image.size),
+                                heatmap=_peak_at(b), geometry=GEOMETRY)
                 for b, s in zip(boxes, samples, strict=True)]
 
     monkeypatch.setattr(locate_module, "locate", fake)
@@ -158,6 +168,8 @@ def test_centre_box_by_hand(fake_locate, fake_text):
     assert c["mean_iou"] == pytest.approx((1 + 2 / 7) / 3)
     assert c["cIoU"] == pytest.approx((1500 + 375 + 375) / (1500 + 2625 + 2625))
     assert c["mIoU"] == pytest.approx((1 + 2 / 7) / 3)
+    # the point is the box centre (50, 30): inside s0 and s2, not s1 (x1 = 50 is exclusive)
+    assert c["pointing"] == pytest.approx(2 / 3)
 
 
 def test_text_baseline_parses_the_answer(fake_locate, fake_text):
@@ -255,3 +267,11 @@ def test_tiny_model_run():
                 [_xywh(box)], [_xywh(s.geometry.boxes[0])], [0])[0, 0]
             assert m["ious"][s.id] == pytest.approx(ref), name
     assert r["methods"]["text"]["parse_failures"] == 4  # random weights write no box
+    # pointing: the centre of the summed map's highest cell, from the grid's own cell boxes
+    hits = []
+    for s, g in zip(samples, found, strict=True):
+        r_, c_ = np.unravel_index(np.argmax(g.heatmap), g.heatmap.shape)
+        x0, y0, x1, y1 = g.geometry.cell_boxes()[r_, c_]
+        gx0, gy0, gx1, gy1 = s.geometry.boxes[0]
+        hits.append(gx0 <= (x0 + x1) / 2 < gx1 and gy0 <= (y0 + y1) / 2 < gy1)
+    assert r["methods"]["heads"]["pointing"] == pytest.approx(np.mean(hits))

@@ -17,7 +17,10 @@ samples carry one (``sample.geometry.mask``, as Shapes and RefCOCO do). Methods:
   the sample's question), parsed by `lookhere.eval.scoring.score_answer` in ``style``. An answer
   without a box is IoU 0 and a parse failure.
 
-Metrics per method: Acc@0.5 (`acc_at_iou`), mean box IoU, and with gold masks cIoU and mIoU
+Metrics per method: Acc@0.5 (`acc_at_iou`), mean box IoU, the pointing game (whether the
+method's point lies in the gold box: the centre of the highest cell of the summed smoothed map
+for attention methods, the box centre for box-only ones; it credits a map that peaks on the
+object even when its box is too large), and with gold masks cIoU and mIoU
 (as `mask_ious` defines them, from per-sample intersection and union counts, so no mask outlives
 its chunk of samples). The predicted mask of an attention method is its pixel mask (the
 pseudo-mask upsampled to the image, or the refiner's); the box-only methods (centre, text)
@@ -37,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lookhere.data.sample import Box, Sample
-from lookhere.eval.metrics import acc_at_iou, box_iou, mean_box_iou
+from lookhere.eval.metrics import acc_at_iou, box_iou, mean_box_iou, point_in_region
 from lookhere.eval.scoring import IOU_THRESHOLD, REC_TASKS
 from lookhere.heads.selection import HeadSpec
 from lookhere.models.adapter import Adapter
@@ -161,7 +164,8 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
                     found = _locate(model, processor, adapter, chunk, specs[name], batch_size,
                                     refiner, grid)
                     tallies[name].add(chunk, [g.box for g in found],
-                                      [g.image_mask() for g in found])
+                                      [g.image_mask() for g in found],
+                                      [peak_point(g) for g in found])
                 elif name == "centre":
                     boxes = [centre_box(s.image.size) for s in chunk]
                     tallies[name].add(chunk, boxes, [box_mask(b, s.image.size)
@@ -227,12 +231,17 @@ class _Tally:
     inter: list[int] = field(default_factory=list)  # per sample with a gold mask
     union: list[int] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)  # the text method's
+    hits: list[bool] = field(default_factory=list)  # pointing game, per sample
 
     def add(self, samples: list[Sample], boxes: Sequence[Box | None],
-            masks: Sequence[np.ndarray]) -> None:
-        for s, b, m in zip(samples, boxes, masks, strict=True):
+            masks: Sequence[np.ndarray],
+            points: Sequence[tuple[float, float] | None] | None = None) -> None:
+        points = points or [None if b is None else ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+                            for b in boxes]
+        for s, b, m, p in zip(samples, boxes, masks, points, strict=True):
             self.boxes[s.id] = None if b is None else tuple(float(v) for v in b)
             self.golds.append(tuple(float(v) for v in s.geometry.boxes[0]))
+            self.hits.append(point_in_region(p, self.golds[-1]))
             if s.geometry.mask is not None:
                 inter, union = mask_counts(m, s.geometry.mask)
                 self.inter.append(inter)
@@ -243,6 +252,7 @@ class _Tally:
         out: dict[str, Any] = {
             "n": len(boxes), "acc@0.5": acc_at_iou(boxes, self.golds, IOU_THRESHOLD),
             "mean_iou": mean_box_iou(boxes, self.golds),
+            "pointing": float(np.mean(self.hits)),
             "ious": {i: 0.0 if b is None else box_iou(b, g)
                      for (i, b), g in zip(self.boxes.items(), self.golds, strict=True)},
             "boxes": {i: None if b is None else list(b) for i, b in self.boxes.items()},
@@ -256,6 +266,14 @@ class _Tally:
             out.update(parse_failures=failures, parse_failure_rate=failures / len(boxes),
                        answers=self.answers)
         return out
+
+
+def peak_point(grounding: Any) -> tuple[float, float]:
+    """Image-pixel centre of the grid cell where a grounding's summed smoothed map peaks (the
+    first such cell, row-major; clipped to the image)."""
+    r, c = np.unravel_index(int(np.argmax(grounding.heatmap)), grounding.heatmap.shape)
+    x0, y0, x1, y1 = grounding.geometry.cell_boxes()[r, c]
+    return float((x0 + x1) / 2), float((y0 + y1) / 2)
 
 
 def mask_counts(pred: np.ndarray, gold: np.ndarray) -> tuple[int, int]:
@@ -277,11 +295,12 @@ def ious_from_counts(inter: Sequence[int], union: Sequence[int]) -> dict[str, fl
 
 def rec_table(result: dict[str, Any]) -> str:
     """A markdown table of `evaluate_rec`'s result: one row per method, percentages."""
-    rows = ["| method | n | Acc@0.5 | mean IoU | cIoU | mIoU | parse fail |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| method | n | Acc@0.5 | mean IoU | pointing | cIoU | mIoU | parse fail |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in result["methods"].items():
         cells = [name, str(m["n"]), _pct(m["acc@0.5"]), _pct(m["mean_iou"]),
-                 _pct(m.get("cIoU")), _pct(m.get("mIoU")), _pct(m.get("parse_failure_rate"))]
+                 _pct(m.get("pointing")), _pct(m.get("cIoU")), _pct(m.get("mIoU")),
+                 _pct(m.get("parse_failure_rate"))]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
