@@ -7,6 +7,7 @@ import pytest
 
 from lookhere.cli import main
 from lookhere.experiment.demo import run_demo
+from lookhere.experiment.heads import HeadsExperimentConfig
 from lookhere.experiment.klal import KLALExperimentConfig, held_out_split, train_split
 from lookhere.models import tiny
 
@@ -33,9 +34,15 @@ def test_splits_are_disjoint_and_deterministic():
         assert not {s.image.tobytes() for s in train} & {s.image.tobytes() for s in test}
 
 
-def test_demo_writes_report(tmp_path):
+def test_demo_writes_report(tmp_path, monkeypatch):
     out = tmp_path / "demo"
-    report = run_demo(out, KLALExperimentConfig(**TINY), progress=False, command="test")
+    monkeypatch.setitem(tiny.TINY_SIZES, "test4", replace(tiny.TINY_SIZES["test"], layers=4,
+                                                          image_size=112))
+    heads_config = HeadsExperimentConfig(size="test4", steps=2, batch_size=2, search_samples=4,
+                                         search_repeats=2, test_samples=3, vqa_samples=2,
+                                         eval_batch_size=4, n_maps=2)
+    report = run_demo(out, KLALExperimentConfig(**TINY), progress=False, command="test",
+                      heads_config=heads_config)
     assert report == out / "report.html"
     results = json.loads((out / "results.json").read_text())
     assert set(results["tasks"]) == {"grid_patch", "line_intersection", "line_tracing"}
@@ -46,7 +53,10 @@ def test_demo_writes_report(tmp_path):
             assert len(entry["train"]["log"]) >= 1
             assert "klal_loss" in entry["train"]["log"][-1]  # NTP runs monitor KLAL too
     html = report.read_text()
-    for name in ("attention_maps.png", "attention_ratio.png", "training_curves.png"):
+    assert set(results["heads"]["conditions"]) == {"untrained", "ntp", "klal"}
+    assert "Localization heads" in html and "localization heads" in html
+    for name in ("attention_maps.png", "attention_ratio.png", "training_curves.png",
+                 "heads_maps.png", "heads_each.png"):
         assert (out / name).stat().st_size > 0 and name in html
     assert "| task" in (out / "results.md").read_text()
     with pytest.raises(FileExistsError):

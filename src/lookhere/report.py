@@ -255,6 +255,7 @@ class _Example:
     maps: dict[str, np.ndarray]  # label -> (h, w) float >= 0
     boxes: list[tuple[float, float, float, float]]
     extent: tuple[float, float, float, float]  # x0, y0, x1, y1 pixels
+    predicted: dict[str, tuple[float, float, float, float]]  # label -> a predicted box
 
 
 def _example(ex: Any, i: int) -> _Example:
@@ -281,8 +282,10 @@ def _example(ex: Any, i: int) -> _Example:
         extent = _box(ex["extent"], f"{where}['extent']")
     if extent[0] >= extent[2] or extent[1] >= extent[3]:
         raise ValueError(f"{where}['extent'] must be x0 < x1, y0 < y1, got {extent}")
+    predicted = {str(k): _box(b, f"{where}['predicted'][{k!r}]")
+                 for k, b in (ex.get("predicted") or {}).items()}
     return _Example(np.asarray(img.convert("L")), np.asarray(img.convert("RGB")),
-                    str(ex.get("title", "")), checked, boxes, extent)
+                    str(ex.get("title", "")), checked, boxes, extent, predicted)
 
 
 def _box(b: Any, where: str) -> tuple[float, float, float, float]:
@@ -301,7 +304,8 @@ def _outline(ax, boxes, colour: str, style: str = "-") -> None:
 def plot_attention_maps(examples: Sequence[Mapping], path: str | Path) -> Path:
     """The KLAL paper's figure 3 analogue: one row per example, the image with its target boxes,
     then each attention map over the faded image at the grid's extent (nearest upsampling),
-    each map scaled to its own max (shown in the panel title). Written atomically."""
+    each map scaled to its own max (shown in the panel title). An example's optional
+    ``predicted`` (label -> box) is drawn dashed on that label's panel. Written atomically."""
     if isinstance(examples, Mapping) or not isinstance(examples, Sequence) or not examples:
         raise ValueError("examples must be a non-empty list of dicts")
     exs = [_example(ex, i) for i, ex in enumerate(examples)]
@@ -331,6 +335,8 @@ def plot_attention_maps(examples: Sequence[Mapping], path: str | Path) -> Path:
             ax.imshow(m / top if top > 0 else m, cmap=_CMAP, vmin=0, vmax=1, alpha=0.65,
                       interpolation="nearest", extent=(x0, x1, y1, y0))
             _outline(ax, ex.boxes, "cyan")
+            if label in ex.predicted:
+                _outline(ax, [ex.predicted[label]], "white", "--")
             ax.set_xlim(0, w)
             ax.set_ylim(h, 0)
             ax.set_title(f"{label} (max {top:.3g})", fontsize=9)

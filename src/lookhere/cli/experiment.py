@@ -1,4 +1,5 @@
-"""``lookhere demo`` and ``lookhere experiment klal``: the experiments behind docs/results.md."""
+"""``lookhere demo`` and ``lookhere experiment klal|heads``: the experiments behind
+docs/results.md."""
 
 from __future__ import annotations
 
@@ -21,17 +22,43 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
     _add_klal_options(p)
     p.set_defaults(run=_klal)
+    p = exp.add_parser("heads", help="localization heads of tiny models trained on Shapes VQA "
+                       "(NTP, NTP+KLAL, untrained): search, stability, REC vs baselines")
+    p.add_argument("--out", type=Path, required=True, help="folder for <seed>.json files")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
+    _add_heads_options(p)
+    p.set_defaults(run=_heads)
+
+
+def _add_heads_options(p: argparse.ArgumentParser) -> None:
+    from lookhere.experiment.heads import HeadsExperimentConfig
+
+    _add_config_options(p, HeadsExperimentConfig)
+    p.add_argument("--target-weights", type=float, nargs=3, metavar=("TARGET", "RING", "FLOOR"),
+                   default=None, help="KLAL target-map weights (default: 1.0 0.5 0.01)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_klal_options(p: argparse.ArgumentParser) -> None:
     from lookhere.experiment.klal import KLALExperimentConfig
 
-    for f in dataclasses.fields(KLALExperimentConfig):
+    _add_config_options(p, KLALExperimentConfig)
+    p.add_argument("--target-weights", type=float, nargs=3, metavar=("TARGET", "RING", "FLOOR"),
+                   default=None, help="target-map weights (default: 1.0 0.5 0.01)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of an experiment config (None: not given, the default holds)."""
+    for f in dataclasses.fields(cls):
         if f.name in ("target", "seed"):
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        if isinstance(default, tuple):
+        if default is dataclasses.MISSING:  # a dict field: given as JSON
+            p.add_argument(flag, type=json.loads, default=None, metavar="JSON",
+                           help=f"{f.metadata['help']} (JSON object)")
+        elif isinstance(default, tuple):
             p.add_argument(flag, nargs="+", default=None, help=f"{f.metadata['help']} "
                            f"(default: {' '.join(default)})")
         elif isinstance(default, bool):
@@ -40,25 +67,23 @@ def _add_klal_options(p: argparse.ArgumentParser) -> None:
         else:
             p.add_argument(flag, type=type(default), default=None,
                            help=f"{f.metadata['help']} (default: {default})")
-    p.add_argument("--target-weights", type=float, nargs=3, metavar=("TARGET", "RING", "FLOOR"),
-                   default=None, help="target-map weights (default: 1.0 0.5 0.01)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace, seed: int = 0):
+def _config(args: argparse.Namespace, seed: int = 0, cls: type | None = None):
     from lookhere.experiment.klal import KLALExperimentConfig
     from lookhere.targets import TargetConfig
 
+    cls = cls or KLALExperimentConfig
     kw = {}
-    for f in dataclasses.fields(KLALExperimentConfig):
+    for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
-        if value is not None:
+        if value is not None and f.name != "seed":
             kw[f.name] = tuple(value) if isinstance(value, list) else value
-    if args.target_weights is not None:
+    if getattr(args, "target_weights", None) is not None:
         kw["target"] = TargetConfig(*args.target_weights)
     try:
-        return KLALExperimentConfig(seed=seed, **kw)
-    except ValueError as err:
+        return cls(seed=seed, **kw)
+    except (ValueError, TypeError) as err:
         raise SystemExit(f"lookhere: {err}") from None
 
 
@@ -91,5 +116,25 @@ def _klal(args: argparse.Namespace) -> int:
                        elapsed_s=time.perf_counter() - start)
         write_json(results, path)
         print(f"seed {seed}: {klal.summary_line(results)} -> {path}")
+    print(json.dumps({"written": str(args.out)}))
+    return 0
+
+
+def _heads(args: argparse.Namespace) -> int:
+    from lookhere.experiment import heads
+    from lookhere.io import write_json
+
+    for seed in args.seeds:
+        path = args.out / f"seed{seed}.json"
+        if path.exists():
+            print(f"{path} exists: skipped (delete it to re-run)")
+            continue
+        config = _config(args, seed, heads.HeadsExperimentConfig)
+        start = time.perf_counter()
+        results = heads.run(config, args.out / f"seed{seed}", progress=not args.quiet)
+        results.update(elapsed_s=time.perf_counter() - start)
+        write_json(results, path)
+        for condition, entry in results["conditions"].items():
+            print(f"seed {seed} {condition}: {heads.summary_line(condition, entry)}")
     print(json.dumps({"written": str(args.out)}))
     return 0

@@ -1,13 +1,16 @@
 """``make demo``: the papers' claims in miniature on the embedded tiny VLM, as one HTML report.
 
 Part 1 (KLAL): NTP vs NTP+KLAL on Grid Patch, Line Intersection and Line Tracing
-(`lookhere.experiment.klal`). Writes ``results.json``, ``results.md``, the figures and
-``report.html`` to the output folder.
+(`lookhere.experiment.klal`). Part 2 (localization heads): the heads of tiny models trained on
+Shapes VQA, found training-free and used for REC against baselines
+(`lookhere.experiment.heads`, a shorter run than docs/results.md's). Writes ``results.json``,
+``results.md``, the figures and ``report.html`` to the output folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import platform
 import time
 from pathlib import Path
@@ -16,7 +19,8 @@ from typing import Any
 import torch
 
 from lookhere.data.sample import Geometry, Sample
-from lookhere.experiment import klal
+from lookhere.experiment import heads, klal
+from lookhere.models.tiny import resolve_size
 from lookhere.report import (
     plot_attention_maps,
     plot_ratio_bars,
@@ -24,21 +28,33 @@ from lookhere.report import (
     write_report,
 )
 
+# The demo's heads part: the experiment's settings with fewer samples and steps (~4 minutes).
+DEMO_HEADS = heads.HeadsExperimentConfig(steps=1000, search_samples=500, search_repeats=2,
+                                         test_samples=300, vqa_samples=300)
+
 
 def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = None,
-             progress: bool = True, command: str = "make demo") -> Path:
-    """Run every part of the demo into ``out_dir`` (must be new or empty); the report's path."""
+             progress: bool = True, command: str = "make demo",
+             heads_config: heads.HeadsExperimentConfig | None = DEMO_HEADS) -> Path:
+    """Run every part of the demo into ``out_dir`` (must be new or empty); the report's path.
+    ``heads_config=None`` leaves out the localization-heads part."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; remove it or choose another folder")
     config = config or klal.KLALExperimentConfig()
     start = time.perf_counter()
     results = klal.run(config, out_dir, progress=progress)
-    results.update(title="lookhere demo: NTP vs NTP+KLAL on the embedded tiny VLM",
-                   command=command, settings=_settings(config),
-                   elapsed_s=time.perf_counter() - start,
-                   sections=[{"title": "How to read this", "html": _reading(config)}])
+    sections = [{"title": "How to read this", "html": _reading(config)}]
     figures = _figures(out_dir, config, results)
+    if heads_config is not None:
+        hres = heads.run(heads_config, out_dir / "heads", progress=progress)
+        results["heads"] = hres
+        sections.append({"title": "Localization heads (training-free grounding)",
+                         "html": heads_section(heads_config, hres)})
+        figures.update(heads_figures(out_dir, heads_config, hres))
+    results.update(title="lookhere demo: KLAL and localization heads on the embedded tiny VLM",
+                   command=command, settings=_settings(config, heads_config),
+                   elapsed_s=time.perf_counter() - start, sections=sections)
     return write_report(out_dir, results, figures)
 
 
@@ -109,10 +125,90 @@ def _boxes(s: Sample) -> list[tuple[float, float, float, float]]:
     return list(g.boxes) + [(x - r, y - r, x + r, y + r) for x, y in g.points]
 
 
-def _settings(config: klal.KLALExperimentConfig) -> dict[str, Any]:
+def _settings(config: klal.KLALExperimentConfig,
+              heads_config: heads.HeadsExperimentConfig | None = None) -> dict[str, Any]:
     import transformers
 
-    return {"klal": config.to_json(), "torch": torch.__version__,
+    return {"klal": config.to_json(),
+            "heads": None if heads_config is None else heads_config.to_json(),
+            "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available()}
+
+
+HEADS_LABELS = {"untrained": "untrained", "ntp": "NTP", "klal": "NTP+KLAL"}
+METHOD_LABELS = {"heads": "localization heads", "all_heads": "all heads (mean)",
+                 "random_heads": "random heads", "centre": "centre box", "text": "box as text"}
+
+
+def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> str:
+    """The heads part's HTML: what was run, then one REC table per model."""
+    e = html.escape
+    conds = hres["conditions"]
+    methods = list(next(iter(conds.values()))["rec"]["methods"])
+    head = "".join(f"<th>{e(HEADS_LABELS.get(c, c))}</th>" for c in conds)
+    rows = []
+    for metric, label in (("acc@0.5", "Acc@0.5"), ("pointing", "pointing game"),
+                          ("mean_iou", "mean box IoU"), ("mIoU", "mask mIoU")):
+        for m in methods:
+            cells = "".join(f"<td>{_pct(conds[c]['rec']['methods'][m].get(metric))}</td>"
+                            for c in conds)
+            rows.append(f"<tr><th>{e(label)}: {e(METHOD_LABELS.get(m, m))}</th>{cells}</tr>")
+    extra = [("VQA accuracy (held-out)", lambda c: _pct(c["vqa"]["accuracy"])),
+             ("heads found (layer, head)", lambda c: e(str([tuple(h) for h in
+                                                            c["spec"]["heads"]]))),
+             ("tau (S_img knee)", lambda c: f"{c['spec']['tau']:.3f}"),
+             ("search repeats agreeing (mean overlap)",
+              lambda c: f"{c['stability']['mean_overlap']:.2f}")]
+    for label, fn in extra:
+        rows.append(f"<tr><th>{e(label)}</th>" + "".join(f"<td>{fn(conds[c])}</td>"
+                                                          for c in conds) + "</tr>")
+    table = (f"<table><thead><tr><th>in %</th>{head}</tr></thead><tbody>{''.join(rows)}"
+             "</tbody></table>")
+    size = resolve_size(config.size)
+    return (f"<p>Three tiny {e(config.family)} models (preset {e(config.size)}, "
+            f"{size.layers} LLM layers of {size.heads} heads): random weights; trained "
+            f"{config.steps} steps from scratch on Shapes VQA with NTP; the same with "
+            f"NTP+KLAL (lambda {config.weight}). Then, "
+            f"training-free, the top-{config.top_k} localization heads are searched on "
+            f"{config.search_samples} Shapes REC prompts (prefill: image, then \"Where is "
+            f"&lt;expression&gt;?\"; layers 0-1 skipped), repeated on {config.search_repeats} "
+            f"disjoint sample sets, and {config.test_samples} held-out expressions are "
+            f"grounded.</p>{table}<p>Pointing game: the peak of the summed map (or a box's "
+            f"centre) lies in the gold box. docs/results.md has the 3-seed numbers and the "
+            f"discussion.</p>")
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}"
+
+
+def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: dict[str, Any]
+                  ) -> dict[str, Path]:
+    """The summed maps per model, and each found head's map (the paper's figure 1)."""
+    ex = hres["examples"]
+    test = {s.id: s for s in heads.held_out_splits(
+        dataclasses.replace(config, test_samples=len(ex["ids"]), vqa_samples=1))[1]}
+    conds = [c for c in hres["conditions"] if c in ex]
+    summed, per_head = [], []
+    for sid in ex["ids"]:
+        s = test[sid]
+        title = s.structured["expression"]
+        summed.append({"image": s.image, "title": title, "boxes": list(s.geometry.boxes),
+                       "maps": {HEADS_LABELS[c]: ex[c][sid]["heatmap"] for c in conds},
+                       "predicted": {HEADS_LABELS[c]: ex[c][sid]["box"] for c in conds}})
+        best = "klal" if "klal" in conds else conds[-1]
+        spec = hres["conditions"][best]["spec"]
+        per_head.append({"image": s.image, "title": title, "boxes": list(s.geometry.boxes),
+                         "maps": {f"{HEADS_LABELS[best]} L{h[0]}H{h[1]}": m
+                                  for h, m in zip(spec["heads"], ex[best][sid]["maps"],
+                                                  strict=True)}})
+    return {
+        "Localization heads on held-out Shapes expressions: the found heads' smoothed maps "
+        "summed, per model; gold box outlined, the predicted box dashed.":
+            plot_attention_maps(summed, out_dir / "heads_maps.png"),
+        "Each localization head's own attention (the paper's figure 1 analogue), from the "
+        "last token of the prefill prompt.":
+            plot_attention_maps(per_head, out_dir / "heads_each.png"),
+    }

@@ -59,6 +59,12 @@ TINY_SIZES: dict[str, TinySize] = {
         hidden=128, layers=2, heads=4, kv_heads=4, intermediate=512, vision_hidden=128,
         vision_layers=2, vision_heads=4, image_size=112, patch_size=14, vocab_size=1024,
     ),
+    # ~1.3M parameters: the localization-heads experiment. The demo size with 4 LLM layers,
+    # since the head search skips layers 0-1.
+    "heads": TinySize(
+        hidden=128, layers=4, heads=4, kv_heads=4, intermediate=512, vision_hidden=128,
+        vision_layers=2, vision_heads=4, image_size=112, patch_size=14, vocab_size=1024,
+    ),
     # ~13M parameters: the first demo size; bench/probe.py's "tiny" shapes. About 5x slower.
     "small": TinySize(
         hidden=384, layers=6, heads=6, kv_heads=6, intermediate=1024, vision_hidden=256,

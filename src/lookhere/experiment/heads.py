@@ -1,0 +1,262 @@
+"""Localization heads on the embedded tiny VLM (issue 5's experiment, the paper's tables 1-2 and
+figure 1 in miniature).
+
+For each condition a tiny VLM (same seed, so the same initial weights) is prepared:
+
+- ``untrained``: random weights, the control (no head can know where anything is);
+- ``ntp``: trained from scratch with next-token prediction only on Shapes VQA (colour, shape,
+  size and count questions), so answering needs the objects' content;
+- ``klal``: the same steps on the same batches with NTP + KLAL (the answer token's attention
+  pulled toward the objects the question is about).
+
+Then, training-free: the localization heads are searched on ``search_samples`` Shapes REC
+samples (the prefill prompt ``Where is <expression>?``), the search is repeated on disjoint
+sample sets to measure how stable the heads are, and held-out REC expressions are grounded with
+the heads and with the baselines (all heads' mean, random heads, a centre box, the box written as
+text). VQA accuracy on held-out questions says what the model learned. All splits come from
+different seeds of the generator and none was used for any choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lookhere.data.dataset import SampleList, TaskDataset
+from lookhere.data.sample import Sample
+from lookhere.data.synthetic import make_task
+from lookhere.eval.rec import BASELINES, evaluate_rec
+from lookhere.eval.runner import evaluate
+from lookhere.heads.locate import head_maps, locate
+from lookhere.heads.search import find_heads
+from lookhere.models.adapter import get_adapter
+from lookhere.models.tiny import build_tiny, resolve_size
+from lookhere.targets import TargetConfig
+from lookhere.train.config import KLAL_QUERIES, KLALConfig
+
+CONDITIONS = ("untrained", "ntp", "klal")
+TEST_SEED_OFFSET = 10_000  # held-out VQA and REC come from seed data_seed + this
+SEARCH_SEED_OFFSET = 20_000  # the search's REC samples come from seed data_seed + this
+VQA_ANSWER_TOKENS = 4  # "purple</s>" and the like
+
+
+def shapes_defaults(image_size: int) -> dict[str, Any]:
+    """Shapes settings at the model's input size: 2-4 objects, radii 0.10 / 0.16 of the side so
+    a small object (22 px at 112 px) spans about two 14 px patches and an IoU of 0.5 is
+    reachable on the 8x8 grid (docs/results.md)."""
+    return {"image_size": image_size, "min_objects": 2, "max_objects": 4,
+            "small_radius": 0.10, "large_radius": 0.16}
+
+
+@dataclass(frozen=True)
+class HeadsExperimentConfig:
+    """Localization heads of tiny VLMs trained with NTP and NTP+KLAL (defaults: the experiment;
+    `make demo` runs a shorter version)."""
+
+    family: str = field(default="llava", metadata={"help": "model family (architecture)"})
+    size: str = field(default="heads", metadata={
+        "help": "tiny size preset; needs > 2 LLM layers since layers 0-1 are never searched"})
+    image_size: int = field(default=112, metadata={
+        "help": "image side in px; must equal the tiny model's input size"})
+    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
+        "help": f"models to search: {CONDITIONS}"})
+    steps: int = field(default=1500, metadata={"help": "optimizer steps per trained model"})
+    batch_size: int = field(default=8, metadata={"help": "samples per step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "linear warm-up share"})
+    weight: float = field(default=1.0, metadata={"help": "KLAL lambda of the 'klal' model"})
+    query: str = field(default="last_answer", metadata={"help": f"KLAL query: {KLAL_QUERIES}"})
+    target: TargetConfig = field(default_factory=TargetConfig, metadata={
+        "help": "KLAL target-map weights"})
+    search_samples: int = field(default=1000, metadata={
+        "help": "REC samples per head search (the paper: 1,000)"})
+    search_repeats: int = field(default=3, metadata={
+        "help": "searches on disjoint sample sets, for the heads' stability (the first one "
+                "gives the heads used)"})
+    test_samples: int = field(default=500, metadata={"help": "held-out REC expressions"})
+    vqa_samples: int = field(default=500, metadata={"help": "held-out VQA questions"})
+    top_k: int = field(default=3, metadata={"help": "localization heads kept (the paper: 3)"})
+    per_sample: int = field(default=10, metadata={
+        "help": "lowest-entropy heads counted per sample (the paper: 10)"})
+    baselines: tuple[str, ...] = field(default=BASELINES, metadata={
+        "help": f"REC baselines: {BASELINES}"})
+    seed: int = field(default=0, metadata={"help": "model init, training and random-heads seed"})
+    data_seed: int = field(default=0, metadata={"help": "training data seed"})
+    eval_batch_size: int = field(default=50, metadata={"help": "search / evaluation batch"})
+    n_maps: int = field(default=4, metadata={"help": "held-out examples in the figures"})
+    shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "overrides of the Shapes generator settings (both VQA and REC)"})
+    save_models: bool = field(default=False, metadata={
+        "help": "save each trained model under out/models/<condition>"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conditions", tuple(self.conditions))
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        for name in ("steps", "batch_size", "search_samples", "search_repeats", "test_samples",
+                     "vqa_samples", "top_k", "per_sample", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad or not self.conditions:
+            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
+                             f"got {self.conditions}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"baselines must be a subset of {BASELINES}, got {self.baselines}")
+        KLALConfig(weight=self.weight, query=self.query)  # validates both
+        size = resolve_size(self.size)
+        if size.image_size != self.image_size:
+            raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
+                             f"input size {size.image_size}")
+        if size.layers < 3:
+            raise ValueError(f"size {self.size!r} has {size.layers} LLM layers; the search skips "
+                             "layers 0-1, so it needs at least 3")
+
+    def klal_config(self, condition: str) -> KLALConfig:
+        if condition == "klal":
+            return KLALConfig(weight=self.weight, query=self.query)
+        return KLALConfig(weight=0.0, monitor=True, query=self.query)
+
+    def shapes(self, mode: str) -> dict[str, Any]:
+        return {**shapes_defaults(self.image_size), **self.shapes_options, "mode": mode}
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _split(config: HeadsExperimentConfig, mode: str, seed: int, n: int, start: int = 0
+           ) -> list[Sample]:
+    task = make_task("shapes", seed=seed, **config.shapes(mode))
+    return list(TaskDataset(task, n, start).materialise().samples)
+
+
+def train_split(config: HeadsExperimentConfig) -> SampleList:
+    return SampleList(_split(config, "vqa", config.data_seed, config.steps * config.batch_size))
+
+
+def held_out_splits(config: HeadsExperimentConfig) -> tuple[list[Sample], list[Sample]]:
+    """(held-out VQA, held-out REC), from the test seed."""
+    seed = config.data_seed + TEST_SEED_OFFSET
+    return (_split(config, "vqa", seed, config.vqa_samples),
+            _split(config, "rec", seed, config.test_samples))
+
+
+def search_split(config: HeadsExperimentConfig, repeat: int) -> list[Sample]:
+    """The ``repeat``-th disjoint set of REC samples for the head search."""
+    n = config.search_samples
+    return _split(config, "rec", config.data_seed + SEARCH_SEED_OFFSET, n, repeat * n)
+
+
+def prepare_model(config: HeadsExperimentConfig, condition: str, train: SampleList | None,
+                  out_dir: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The condition's model: random weights, or trained from them on ``train``."""
+    if condition == "untrained":
+        model, processor = build_tiny(config.family, config.size, seed=config.seed)
+        return model, processor, {"steps": 0}
+    from lookhere.experiment.klal import train_one
+
+    return train_one(config, condition, train, out_dir / "runs" / condition, progress)
+
+
+def stability(head_sets: list[list[tuple[int, int]]]) -> dict[str, Any]:
+    """Agreement of the top-k found by repeated searches: mean pairwise overlap |A & B| / k."""
+    k = max(len(h) for h in head_sets)
+    pairs = list(itertools.combinations([set(map(tuple, h)) for h in head_sets], 2))
+    overlap = float(np.mean([len(a & b) / k for a, b in pairs])) if pairs else 1.0
+    return {"heads": [[list(h) for h in hs] for hs in head_sets], "mean_overlap": overlap,
+            "identical": all(a == b for a, b in pairs)}
+
+
+def search_and_ground(config: HeadsExperimentConfig, model: torch.nn.Module, processor: Any,
+                      rec_test: list[Sample], progress: bool) -> dict[str, Any]:
+    """Head searches (the first gives the heads), stability, and the REC table."""
+    adapter = get_adapter(model)
+    specs = []
+    for r in range(config.search_repeats):
+        specs.append(find_heads(model, processor, adapter, search_split(config, r),
+                                model_id=f"tiny-{config.family}-{config.size}",
+                                top_k=config.top_k, per_sample=config.per_sample,
+                                batch_size=config.eval_batch_size, progress=progress))
+    rec = evaluate_rec(model, processor, adapter, rec_test, specs[0], config.baselines,
+                       seed=config.seed, batch_size=config.eval_batch_size, progress=progress)
+    return {"spec": dataclasses.asdict(specs[0]),
+            "stability": stability([s.heads for s in specs]), "rec": rec}
+
+
+def vqa_accuracy(model: torch.nn.Module, processor: Any, vqa_test: list[Sample],
+                 config: HeadsExperimentConfig, progress: bool) -> dict[str, Any]:
+    """Accuracy on held-out VQA, overall and per question type."""
+    res = evaluate(model, processor, get_adapter(model), vqa_test,
+                   batch_size=config.eval_batch_size, max_new_tokens=VQA_ANSWER_TOKENS,
+                   attention=False, progress=progress)
+    score = res.scores.to_json()["tasks"]["shapes"]
+    per_type: dict[str, list[bool]] = {}
+    for s in vqa_test:
+        ok = res.predictions.get(s.id, "").strip().lower() == s.answer.lower()
+        per_type.setdefault(s.structured["type"], []).append(ok)
+    return {"accuracy": score["accuracy"], "ci95": score["ci95"], "n": score["n"],
+            "by_type": {t: float(np.mean(v)) for t, v in sorted(per_type.items())}}
+
+
+def example_maps(config: HeadsExperimentConfig, model: torch.nn.Module, processor: Any,
+                 spec: dict[str, Any], rec_test: list[Sample]) -> dict[str, Any]:
+    """The found heads' maps and the grounding on the first ``n_maps`` held-out expressions."""
+    from lookhere.heads.selection import HeadSpec
+
+    adapter = get_adapter(model)
+    samples = rec_test[: config.n_maps]
+    heads = [tuple(h) for h in spec["heads"]]
+    hspec = HeadSpec(**{**spec, "heads": heads})
+    maps = head_maps(model, processor, adapter, samples, heads, batch_size=config.n_maps)
+    found = locate(model, processor, adapter, hspec, samples, batch_size=config.n_maps)
+    return {s.id: {"maps": m.tolist(), "heatmap": g.heatmap.tolist(), "box": list(g.box),
+                   "extent": [0, 0, *s.image.size]}
+            for s, (m, _), g in zip(samples, maps, found, strict=True)}
+
+
+def run(config: HeadsExperimentConfig, out_dir: str | Path, progress: bool = True,
+        on_result: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every condition: model, VQA accuracy, head searches, REC table; the results dict."""
+    out_dir = Path(out_dir)
+    train = train_split(config) if set(config.conditions) - {"untrained"} else None
+    vqa_test, rec_test = held_out_splits(config)
+    results: dict[str, Any] = {"config": config.to_json(), "conditions": {},
+                               "examples": {"ids": [s.id for s in rec_test[: config.n_maps]]}}
+    for condition in config.conditions:
+        start = time.perf_counter()
+        if progress:
+            print(f"[heads] {condition}: preparing the model", flush=True)
+        model, processor, record = prepare_model(config, condition, train, out_dir, progress)
+        model.eval()
+        if config.save_models and condition != "untrained":
+            from lookhere.models.tiny import save_tiny
+
+            save_tiny(model, processor, out_dir / "models" / condition)
+        entry = {"train": record, "vqa": vqa_accuracy(model, processor, vqa_test, config,
+                                                       progress)}
+        entry.update(search_and_ground(config, model, processor, rec_test, progress))
+        results["examples"][condition] = example_maps(config, model, processor, entry["spec"],
+                                                      rec_test)
+        entry["seconds"] = time.perf_counter() - start
+        results["conditions"][condition] = entry
+        if on_result is not None:
+            on_result(condition, entry)
+        if progress:
+            print(f"[heads] {condition}: {summary_line(condition, entry)}", flush=True)
+    return results
+
+
+def summary_line(condition: str, entry: dict[str, Any]) -> str:
+    m = entry["rec"]["methods"]
+    accs = ", ".join(f"{k} {100 * v['acc@0.5']:.1f}/{100 * v['pointing']:.1f}"
+                     for k, v in m.items())
+    return (f"VQA {100 * entry['vqa']['accuracy']:.1f}%; heads {entry['spec']['heads']} "
+            f"(overlap {entry['stability']['mean_overlap']:.2f}); Acc@0.5/pointing: {accs}")
