@@ -145,6 +145,17 @@ def test_attention_maps_png(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.png", "one.png"]
 
 
+def test_attention_maps_draw_predicted_boxes(tmp_path):
+    ex = _examples()
+    plain = np.asarray(Image.open(plot_attention_maps(ex, tmp_path / "a.png")).convert("RGB"))
+    ex[0]["predicted"] = {"NTP+KLAL": (10, 10, 60, 50)}
+    drawn = np.asarray(Image.open(plot_attention_maps(ex, tmp_path / "b.png")).convert("RGB"))
+    assert plain.shape == drawn.shape and (plain != drawn).any()
+    ex[0]["predicted"] = {"NTP": (1, 2, 3)}
+    with pytest.raises(ValueError, match="predicted"):
+        plot_attention_maps(ex, tmp_path / "c.png")
+
+
 def test_attention_maps_bad_input(tmp_path):
     ex = _examples()
     ex[0]["maps"]["NTP"] = np.ones(5)
