@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Localization heads of tiny LLaVA models trained on Shapes VQA (untrained, NTP, NTP+KLAL):
 # search on 1,000 REC samples (3 disjoint repeats), REC vs baselines (docs/results.md).
-# SEEDS="0 1" and SEEDS="2" run side by side with OMP_NUM_THREADS=1. Re-running skips seeds
+# About 15 minutes per seed on one thread; SEEDS="0" and SEEDS="1" run side by side with
+# OMP_NUM_THREADS=1. Re-running skips seeds
 # already written.
 set -euo pipefail
 OUT=${OUT:-runs/experiments/heads_seeds}

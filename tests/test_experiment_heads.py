@@ -58,6 +58,7 @@ def test_run_records_every_condition(tmp_path):
     res = heads.run(cfg, tmp_path, progress=False, on_result=lambda c, e: seen.append(c))
     assert seen == list(heads.CONDITIONS) == list(res["conditions"])
     json.dumps(res)  # JSON-able as it is (the CLI writes it)
+    assert HeadsExperimentConfig.from_json(json.loads(json.dumps(res["config"]))) == cfg
     ids = res["examples"]["ids"]
     assert ids == [s.id for s in held_out_splits(cfg)[1][:2]]
     for cond, entry in res["conditions"].items():

@@ -119,3 +119,16 @@ def test_errors():
         select_heads(s, e, skip_layers=(7,))
     with pytest.raises(ValueError, match="tau"):
         select_heads(s, e, tau="median")
+
+
+def test_warns_when_per_sample_covers_every_candidate():
+    s, e = scores()  # layers 2-3 x 5 heads: 10 candidates
+    with pytest.warns(UserWarning, match="entropy plays no part"):
+        void = select_heads(s, e, top_k=3, per_sample=10)
+    # indeed: every head above tau is counted on every sample, whatever its entropy
+    assert (void.counts[2:] == (s[:, 2:] >= void.tau).sum(0)).all()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        select_heads(s, e, top_k=3, per_sample=9)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +57,11 @@ def select_heads(s_img: np.ndarray, entropy: np.ndarray, top_k: int = 3, per_sam
     s_img, entropy = _check_scores(s_img, entropy)
     n_layers, n_heads = s_img.shape[1:]
     allowed = _allowed(n_layers, n_heads, skip_layers, top_k)  # (L, H)
+    if per_sample >= allowed.sum():
+        # Every head above tau is then counted on every sample: the entropy criterion is void.
+        warnings.warn(f"per_sample={per_sample} >= the {int(allowed.sum())} candidate heads: "
+                      "every head with S_img >= tau is counted, so the spatial entropy plays no "
+                      "part in the selection (the paper counts 10 of ~1,000 heads)", stacklevel=2)
     taus = _taus(s_img, allowed, tau)  # (N,)
     eligible = allowed & (s_img >= taus[:, None, None]) & np.isfinite(entropy)  # (N, L, H)
     bottom = None if bottom_row is None else _check_bottom_row(bottom_row, s_img.shape)
