@@ -1,6 +1,7 @@
-"""Training: the collator's batches (labels, answer mask, targets, prompts, chat templates) for
-every family, and `GroundingTrainer` runs on fresh tiny models: NTP + KLAL for every family,
-KLAL pulling attention onto the target, gradient accumulation, gradient checkpointing, bf16,
+"""Training: the collator's batches (labels, answer mask, targets, prompts, chat templates, LLL
+concepts and regions) for every family, and `GroundingTrainer` runs on fresh tiny models: NTP +
+KLAL for every family, KLAL pulling attention onto the target, NTP + LLL (+ KLAL) for every
+family, LLL lowering its loss on Shapes, gradient accumulation, gradient checkpointing, bf16,
 LoRA, checkpoint resume and the errors.
 
 Training mutates weights, so every run builds its own model with `build_tiny` (never the cached
@@ -18,16 +19,25 @@ import torch
 from conftest import tiny
 from transformers import TrainingArguments
 
-from lookhere.data.collate import GroundingCollator, prompt_batch, split_aux
+from lookhere.data.collate import (
+    GroundingCollator,
+    prompt_batch,
+    sample_concept,
+    split_aux,
+)
 from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.prompt import chat_turn
 from lookhere.data.sample import Geometry
 from lookhere.data.synthetic import make_task
+from lookhere.data.synthetic.shapes import object_mask
 from lookhere.eval.metrics import attention_ratio
+from lookhere.lens import concept_ids
 from lookhere.losses.klal import klal_loss
 from lookhere.models import build_tiny, get_adapter
 from lookhere.probe import IGNORE_INDEX, AttentionProbe, ProbeError
 from lookhere.train import GroundingTrainer, KLALConfig, apply_lora
+from lookhere.train.config import LLLConfig
+from lookhere.train.objective import lll_capture, lll_term
 
 TASK = make_task("grid_patch", seed=0, image_size=56, grid_rows=4, grid_cols=4)
 SGD = {"optim": "sgd", "max_grad_norm": 0.0}  # update = -lr * grad (see the module doc)
@@ -55,7 +65,8 @@ def ragged_samples():
     ]
 
 
-def trainer_for(model, processor, out, klal=None, data=None, adapter=None, **overrides):
+def trainer_for(model, processor, out, klal=None, data=None, adapter=None, lll=None,
+                **overrides):
     args = {"max_steps": 6, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
             "use_cpu": True, "report_to": [], "save_strategy": "no", "disable_tqdm": True,
             "remove_unused_columns": False, "logging_steps": 1, "seed": 0, **overrides}
@@ -63,8 +74,8 @@ def trainer_for(model, processor, out, klal=None, data=None, adapter=None, **ove
     return GroundingTrainer(
         model=model, args=TrainingArguments(output_dir=str(out), **args),
         train_dataset=data if data is not None else TaskDataset(TASK, 64),
-        data_collator=GroundingCollator(processor, adapter),
-        klal=klal if klal is not None else KLALConfig(weight=1.0),
+        data_collator=GroundingCollator(processor, adapter, lll=lll),
+        klal=klal if klal is not None else KLALConfig(weight=1.0), lll=lll,
     )
 
 
@@ -512,4 +523,320 @@ def test_trainer_needs_grounding_batches(tmp_path):
     trainer.data_collator = lambda ss: {k: v for k, v in collate(ss).items()
                                         if k != "lookhere_answer_mask"}
     with pytest.raises(KeyError, match="answer_mask"):
+        trainer.train()
+
+
+# --------------------------------------------------------------------------- Logit Lens Loss
+
+
+SHAPES = make_task("shapes", seed=0, image_size=112, mode="vqa")
+SHAPES_REC = make_task("shapes", seed=0, image_size=112, mode="rec")
+LLL_ONLY = KLALConfig(weight=0)  # NTP + LLL
+
+
+def shapes_samples(n, start=0):
+    """VQA and REC samples, alternating."""
+    return [(SHAPES if i % 2 else SHAPES_REC).sample(start + i) for i in range(n)]
+
+
+def reference_lll(model, batch, beta=1.0):
+    """LLL at the last layer from the model's own logits at the visual tokens (its final norm and
+    LM head), an explicit float64 softmax and the formula with soft weights."""
+    inputs, aux = split_aux(batch)
+    adapter = get_adapter(model)
+    with torch.no_grad():
+        logits = model(**inputs).logits.double()  # (B, L, V)
+    values = []
+    for b, pos in enumerate(adapter.visual_positions(inputs["input_ids"])):
+        if not aux["has_concept"][b]:
+            continue
+        ids = aux["lll_concepts"][b][aux["lll_concepts_mask"][b]]
+        p = torch.softmax(logits[b, pos], -1)[:, ids].sum(-1)  # (K,)
+        w = aux["lll_region"][b, :len(pos)].double()
+        keep = aux["lll_valid"][b, :len(pos)]
+        w, p = w[keep], p[keep]
+        inside = (w * -p.log()).sum() / w.sum()
+        outside = ((1 - w) * -(1 - p).log()).sum() / (1 - w).sum()
+        values.append(inside + beta * outside)
+    return float(torch.stack(values).mean())
+
+
+def test_collator_lll_entries():
+    model, processor = tiny("llava")
+    ss = shapes_samples(6)
+    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig())(ss)
+    region, valid = batch["lookhere_lll_region"], batch["lookhere_lll_valid"]
+    assert region.shape == valid.shape == batch["lookhere_target"].shape == (6, 16)
+    assert valid.all()  # LLaVA: every visual token is a cell of the 4x4 grid
+    tok = processor.tokenizer
+    for i, s in enumerate(ss):
+        word, _ = sample_concept(s)
+        objs = s.meta["objects"]
+        targets = s.structured.get("objects", [s.structured.get("object")])
+        assert word in {objs[t]["shape"] for t in targets} | {objs[t]["colour"] for t in targets}
+        # the concept id is the word's own token (the tiny BPE splits off the space)
+        ids = batch["lookhere_lll_concepts"][i][batch["lookhere_lll_concepts_mask"][i]].tolist()
+        assert ids == [tok.convert_tokens_to_ids(word)] == concept_ids(tok, word)
+        # region: the fraction of each 28x28 px block (the 56 px input's 14 px patches) covered
+        # by every object with that word, targets or not (targets samples 8x8 points per cell)
+        attr = "shape" if word in {o["shape"] for o in objs} else "colour"
+        mask = sum(object_mask(o, 112) for o in objs if o[attr] == word).astype(float)
+        blocks = torch.from_numpy(mask).view(4, 28, 4, 28).mean((1, 3)).flatten()
+        torch.testing.assert_close(region[i], blocks.float(), rtol=0, atol=0.1)
+        assert bool(batch["lookhere_has_concept"][i])
+
+
+def test_collator_lll_concept_rules():
+    s = SHAPES.sample(0)
+    objs = s.meta["objects"]
+    # REC: one target object; its shape word first, the colour word when asked for
+    rec = dataclasses.replace(s, structured={"object": 0})
+    assert sample_concept(rec)[0] == objs[0]["shape"]
+    assert sample_concept(rec, ("colour",))[0] == objs[0]["colour"]
+    # targets without a shared shape fall back to a shared colour, else no concept
+    i, j = next((i, j) for i in range(len(objs)) for j in range(len(objs))
+                if objs[i]["shape"] != objs[j]["shape"])
+    two = dataclasses.replace(s, structured={"objects": [i, j]})
+    same_colour = objs[i]["colour"] == objs[j]["colour"]
+    assert (sample_concept(two) is not None) == same_colour
+    assert sample_concept(two, ("shape",)) is None
+    # samples without objects or structured targets have no concept
+    assert sample_concept(TASK.sample(0)) is None
+    assert sample_concept(dataclasses.replace(s, structured={})) is None
+    model, processor = tiny("llava")
+    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig(concept=("shape",)))(
+        [two, samples(1)[0], rec])
+    assert batch["lookhere_has_concept"].tolist() == [False, False, True]
+    assert not batch["lookhere_lll_concepts_mask"][:2].any()
+    assert (batch["lookhere_lll_region"][:2] == 0).all()
+    summed = GroundingCollator(processor, get_adapter(model), lll=LLLConfig(token_rule="sum"))(
+        [rec])
+    ids = summed["lookhere_lll_concepts"][0][summed["lookhere_lll_concepts_mask"][0]].tolist()
+    assert ids == concept_ids(processor.tokenizer, objs[0]["shape"], "sum")
+    assert len(ids) > 1
+
+
+def test_concept_token_ids_rules():
+    _, processor = tiny("smolvlm")  # its BPE splits "hexagon" into two tokens
+    tok = processor.tokenizer
+    (first,) = concept_ids(tok, "hexagon")
+    assert tok.decode([first]) == tok.convert_ids_to_tokens(first) == "hexag"  # not the space
+    forms = {tok(f, add_special_tokens=False)["input_ids"][0] for f in ("Circle", "circle")}
+    forms.add(tok.convert_tokens_to_ids("circle"))  # mid-sentence, after the space token
+    assert set(concept_ids(tok, "circle", "sum")) == forms
+    with pytest.raises(ValueError, match="rule"):
+        concept_ids(tok, "hexagon", "last")
+    with pytest.raises(ValueError, match="concept"):
+        concept_ids(tok, " ")
+
+
+def test_collator_lll_off_leaves_batches_unchanged(family):
+    model, processor = tiny(family)
+    adapter = get_adapter(model)
+    ss = shapes_samples(3)
+    plain = GroundingCollator(processor, adapter)(ss)
+    with_lll = GroundingCollator(processor, adapter, lll=LLLConfig())(ss)
+    assert not any("lll" in k or "concept" in k for k in plain)
+    extra = {"lookhere_lll_region", "lookhere_lll_valid", "lookhere_lll_concepts",
+             "lookhere_lll_concepts_mask", "lookhere_has_concept"}
+    assert set(with_lll) == set(plain) | extra
+    for k in plain:
+        assert torch.equal(plain[k], with_lll[k]), k
+
+
+def test_lll_capture_reads_the_chosen_layer(family):
+    """Layer 0's output is ``hidden_states[1]``; the last layer read through the capture's
+    unembedding gives the model's own logits (``hidden_states[-1]`` is already normed)."""
+    model, processor = tiny(family)
+    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig())(shapes_samples(2))
+    inputs, _ = split_aux(batch)
+    for layer in (0, -1):
+        with torch.no_grad(), lll_capture(model, inputs, LLLConfig(layer=layer)) as capture:
+            out = model(**inputs, output_hidden_states=True)
+            hidden = capture.hidden[capture.layers[0]]
+            lens = capture.unembed(hidden)
+        for b, pos in enumerate(get_adapter(model).visual_positions(inputs["input_ids"])):
+            got = hidden[b, :len(pos)]
+            if layer == 0:
+                torch.testing.assert_close(got, out.hidden_states[1][b, pos])
+            else:
+                torch.testing.assert_close(lens[b, :len(pos)], out.logits[b, pos])
+
+
+def test_lll_reaches_the_visual_path():
+    """The LLL term alone (no NTP) has a gradient on the vision tower and the projector."""
+    model, processor = build_tiny("llava", "test", seed=0)
+    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig())(shapes_samples(4))
+    inputs, aux = split_aux(batch)
+    with lll_capture(model, inputs, LLLConfig()) as capture:
+        model(**inputs)
+        lll = lll_term(capture, aux, LLLConfig())
+    lll.backward()
+    assert lll.item() == pytest.approx(reference_lll(model, batch), rel=1e-5)
+    for prefix in ("model.vision_tower.", "model.multi_modal_projector."):
+        grads = [p.grad for n, p in model.named_parameters()
+                 if n.startswith(prefix) and "post_layernorm" not in n]
+        assert grads and all(g is not None and g.abs().max() > 0 for g in grads), prefix
+
+
+def test_lll_decreases_on_shapes(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    ss = shapes_samples(8)
+    config = LLLConfig(weight=1.0)
+    batch = GroundingCollator(processor, get_adapter(model), lll=config)(ss)
+    lll0 = reference_lll(model.train(), batch)
+    before = trainable(model)
+    trainer = trainer_for(model, processor, tmp_path, klal=LLL_ONLY, lll=config,
+                          data=SampleList(ss), max_steps=20, per_device_train_batch_size=8,
+                          learning_rate=1e-2)
+    trainer.train()
+    logs = step_logs(trainer)
+    assert logs[0]["lll_loss"] == pytest.approx(lll0, rel=1e-5)  # the same fixed batch
+    assert "klal_loss" not in logs[0]
+    for e in logs:
+        assert e["loss"] == pytest.approx(e["ntp_loss"] + e["lll_loss"], rel=1e-5), e
+    assert logs[-1]["lll_loss"] < 0.5 * logs[0]["lll_loss"], [e["lll_loss"] for e in logs]
+    assert reference_lll(model.eval(), batch) < 0.5 * lll0
+    moved = set(before) - set(unchanged(before, model))
+    assert any(n.startswith("model.vision_tower.") for n in moved)
+    assert any(n.startswith("model.multi_modal_projector.") for n in moved)
+
+
+def test_train_every_family_with_lll(family, tmp_path):
+    model, processor = build_tiny(family, "test", seed=1)
+    config = LLLConfig(weight=0.5, beta=2.0)
+    trainer = trainer_for(model, processor, tmp_path, lll=config, data=SampleList(
+        shapes_samples(2)), max_steps=1, per_device_train_batch_size=2)
+    trainer.train()
+    (e,) = step_logs(trainer)
+    assert all(math.isfinite(e[k]) for k in ("loss", "ntp_loss", "klal_loss", "lll_loss")), e
+    assert e["lll_loss"] > 0 and e["klal_loss"] > 0
+    assert e["loss"] == pytest.approx(
+        e["ntp_loss"] + e["klal_loss"] + 0.5 * e["lll_loss"], rel=1e-5), e
+
+
+def test_klal_and_lll_together(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    ss = shapes_samples(4)
+    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig())(ss)
+    ntp0, klal0 = reference_losses(model.train(), batch)
+    lll0 = reference_lll(model, batch, beta=0.5)
+    trainer = trainer_for(model, processor, tmp_path, klal=KLALConfig(weight=2.0),
+                          lll=LLLConfig(weight=3.0, beta=0.5), data=SampleList(ss), max_steps=3)
+    trainer.train()
+    logs = step_logs(trainer)
+    assert len(logs) == 3
+    first = logs[0]
+    assert (first["ntp_loss"], first["klal_loss"], first["lll_loss"]) == pytest.approx(
+        (ntp0, klal0, lll0), rel=1e-5)
+    for e in logs:
+        assert e["loss"] == pytest.approx(
+            e["ntp_loss"] + 2.0 * e["klal_loss"] + 3.0 * e["lll_loss"], rel=1e-5), e
+
+
+def test_lll_off_or_monitored_leaves_training_unchanged(tmp_path):
+    """lll=None (the current behaviour), LLL at weight 0, and LLL monitored give the same
+    updates and losses on the same LLL batches; only the monitored run logs lll_loss."""
+    runs = {}
+    for name, config in [("none", None), ("zero", LLLConfig(weight=0)),
+                         ("monitor", LLLConfig(weight=0, monitor=True))]:
+        model, processor = build_tiny("llava", "test", seed=0)
+        trainer = trainer_for(model, processor, tmp_path / name, lll=config, max_steps=2,
+                              data=SampleList(shapes_samples(8)), **SGD)
+        trainer.train()
+        runs[name] = (step_logs(trainer), trainable(model))
+    logs, params = runs["none"]
+    assert all("lll_loss" not in e for e in logs + runs["zero"][0])
+    assert all(e["lll_loss"] > 0 for e in runs["monitor"][0])
+    for name in ("zero", "monitor"):
+        other_logs, other = runs[name]
+        for a, b in zip(logs, other_logs, strict=True):
+            for k in ("loss", "ntp_loss", "klal_loss"):
+                assert a[k] == b[k], (name, k)
+        for n in params:
+            torch.testing.assert_close(other[n], params[n], rtol=0, atol=0, msg=n)
+
+
+def test_lll_gradient_accumulation_and_checkpointing_match(tmp_path):
+    """transformers checkpoints a layer's forward, not its call, so the capture's hook sees the
+    checkpointed output even under reentrant checkpointing."""
+    runs = []
+    for batch_size, ga, ckpt in [(4, 1, None), (2, 2, None), (4, 1, False), (4, 1, True)]:
+        model, processor = build_tiny("llava", "test", seed=0)
+        before = trainable(model)
+        extra = {"activation_checkpointing": True,
+                 "activation_checkpointing_kwargs": {"use_reentrant": ckpt}} \
+            if ckpt is not None else {}
+        trainer = trainer_for(model, processor, tmp_path / f"{ga}{ckpt}", klal=LLL_ONLY,
+                              lll=LLLConfig(weight=5.0), data=SampleList(shapes_samples(4)),
+                              max_steps=1, per_device_train_batch_size=batch_size,
+                              gradient_accumulation_steps=ga, learning_rate=0.5,
+                              train_sampling_strategy="sequential", **SGD, **extra)
+        trainer.train()
+        runs.append((step_logs(trainer), trainable(model)))
+    (full_logs, full), *others = runs
+    for logs, params in others:
+        assert_params_close(params, full, before)
+        assert logs[0]["lll_loss"] == pytest.approx(full_logs[0]["lll_loss"], rel=1e-5)
+        assert logs[0]["loss"] == pytest.approx(full_logs[0]["loss"], rel=1e-5)
+
+
+def test_lll_bf16(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    trainer = trainer_for(model, processor, tmp_path, lll=LLLConfig(),
+                          data=SampleList(shapes_samples(4)), max_steps=2, bf16=True)
+    trainer.train()
+    for e in step_logs(trainer):
+        assert all(math.isfinite(e[k]) for k in ("loss", "ntp_loss", "lll_loss")), e
+        assert e["lll_loss"] > 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"weight": -1.0}, "weight"),
+    ({"weight": float("inf")}, "weight"),
+    ({"beta": float("nan")}, "beta"),
+    ({"layer": 1.5}, "layer"),
+    ({"region_threshold": 0.0}, "region_threshold"),
+    ({"region_threshold": 1.5}, "region_threshold"),
+    ({"concept": ("size",)}, "concept"),
+    ({"concept": ()}, "concept"),
+    ({"token_rule": "last"}, "token_rule"),
+    ({"chunk_size": 0}, "chunk_size"),
+])
+def test_lll_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LLLConfig(**kwargs)
+
+
+def test_lll_config_normalises():
+    assert LLLConfig(concept="colour").concept == ("colour",)
+    assert LLLConfig(concept=["colour", "shape"]).concept == ("colour", "shape")
+    assert not LLLConfig(weight=0).active and LLLConfig(weight=0, monitor=True).active
+
+
+def test_lll_region_threshold(tmp_path):
+    model, processor = tiny("llava")
+    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig())(shapes_samples(4))
+    inputs, aux = split_aux(batch)
+    values = {}
+    for t in (None, 0.5, 1e-6):
+        with torch.no_grad(), lll_capture(model, inputs, LLLConfig()) as capture:
+            model(**inputs)
+            values[t] = lll_term(capture, aux, LLLConfig(region_threshold=t)).item()
+    assert len(set(values.values())) == 3  # the threshold changes the regions
+    # any touched cell inside == a binary region built by hand
+    hard = dict(aux, lll_region=(aux["lll_region"] > 0).float())
+    with torch.no_grad(), lll_capture(model, inputs, LLLConfig()) as capture:
+        model(**inputs)
+        assert lll_term(capture, hard, LLLConfig()).item() == pytest.approx(values[1e-6])
+
+
+def test_lll_errors(tmp_path):
+    model, processor = build_tiny("llava", "test", seed=0)
+    with pytest.raises(ValueError, match="layer"):
+        lll_capture(model, {"input_ids": torch.zeros(1, 3, dtype=torch.long)}, LLLConfig(layer=2))
+    # LLL on, but the collator was not asked for its entries
+    trainer = trainer_for(model, processor, tmp_path, max_steps=1, lll=LLLConfig())
+    trainer.data_collator = GroundingCollator(processor, get_adapter(model))
+    with pytest.raises(KeyError, match="lll_region"):
         trainer.train()

@@ -10,7 +10,13 @@
   query roles are read from it;
 - ``lookhere_target`` (B, K) is the ground-truth map over each sample's visual tokens, aligned
   with ``AttentionProbe(keys="visual")``; ``lookhere_has_target`` (B,) is False for samples
-  without geometry; ``lookhere_target_cells`` (B, K) marks the tokens the geometry touches.
+  without geometry; ``lookhere_target_cells`` (B, K) marks the tokens the geometry touches;
+- with ``lll=LLLConfig(...)`` (off by default, so KLAL batches are unchanged), the Logit Lens
+  Loss entries, aligned like ``lookhere_target``: ``lookhere_lll_region`` (B, K) float, the
+  fraction of each visual token's cell that the concept's objects cover; ``lookhere_lll_valid``
+  (B, K) bool, the tokens with a cell in the sample's image (not padding, not LLaVA-NeXT's row
+  newlines); ``lookhere_lll_concepts`` (B, M) long token ids and ``lookhere_lll_concepts_mask``
+  (B, M) bool; ``lookhere_has_concept`` (B,) bool (see `sample_concept`).
 
 Keys starting with ``lookhere_`` are not model inputs: the trainer pops them before the forward.
 `prompt_batch` builds left-padded prompts for generation.
@@ -20,15 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from lookhere.data.prompt import chat_turn
-from lookhere.data.sample import Sample
+from lookhere.data.sample import Geometry, Sample
+from lookhere.lens import concept_ids
 from lookhere.models.adapter import Adapter
+from lookhere.models.layout import VisualLayout
 from lookhere.probe import IGNORE_INDEX
-from lookhere.targets import TargetConfig, batch_target_cells, batch_targets
+from lookhere.targets import TargetConfig, batch_target_cells, batch_targets, cell_coverage
+
+if TYPE_CHECKING:  # a runtime import would cycle: lookhere.train imports this module
+    from lookhere.train.config import LLLConfig
 
 AUX_PREFIX = "lookhere_"
 
@@ -41,6 +53,7 @@ class GroundingCollator:
     adapter: Adapter
     target_config: TargetConfig = field(default_factory=TargetConfig)
     targets: bool = True  # build lookhere_target / _has_target / _target_cells
+    lll: LLLConfig | None = None  # build the lookhere_lll_* entries (None: off)
 
     def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
         if not samples:
@@ -57,16 +70,102 @@ class GroundingCollator:
                 end = end + [tok.eos_token_id]
             ends.append(end)
         batch = _append_answers(enc, answers, ends, tok.pad_token_id)
-        if self.targets:
+        layout = None
+        if self.targets or self.lll is not None:
             images = [[s.image] for s in samples]
             layout = self.adapter.layout(batch, images, self.processor)
+        if self.targets:
             geos = [s.geometry if s.geometry is not None and not s.geometry.is_empty() else None
                     for s in samples]
             target, has = batch_targets(layout, geos, config=self.target_config)
             batch["lookhere_target"] = target
             batch["lookhere_has_target"] = has
             batch["lookhere_target_cells"] = batch_target_cells(layout, geos)
+        if self.lll is not None:
+            batch.update(lll_entries(layout, samples, tok, self.lll))
         return batch
+
+
+# --------------------------------------------------------------------------- Logit Lens Loss
+
+
+def sample_concept(sample: Sample, attributes: Sequence[str] = ("shape", "colour")
+                   ) -> tuple[str, Geometry] | None:
+    """The concept word of a sample and the region it names, or None when unknown.
+
+    - Samples with objects (Shapes: ``meta["objects"]``, each with ``shape``/``colour`` words and
+      its exact mask): the target objects are ``structured["object"]`` (REC) or
+      ``structured["objects"]`` (VQA). The word is the first of ``attributes`` that all targets
+      share (a VQA count by colour has no common shape, so it falls back to the colour). The
+      region is the mask of *every* object in the image with that word, not only the targets':
+      the lens of another circle rightly says "circle" and must not be penalised as outside.
+    - Other samples may name their concept as ``meta["concept"]``; the region is then the
+      sample's geometry, which must cover every instance of the concept in the image.
+    """
+    objects = sample.meta.get("objects")
+    if objects:
+        targets = sample.structured.get("objects", sample.structured.get("object"))
+        if targets is None:
+            return None
+        targets = [targets] if isinstance(targets, int) else list(targets)
+        for attr in attributes:
+            words = {objects[i].get(attr) for i in targets}
+            if len(words) == 1 and None not in words:
+                word = words.pop()
+                return word, Geometry(mask=_objects_mask(objects, attr, word, sample.image.size))
+        return None
+    word = sample.meta.get("concept")
+    if isinstance(word, str) and word.strip() and sample.geometry is not None \
+            and not sample.geometry.is_empty():
+        return word, sample.geometry
+    return None
+
+
+def lll_entries(layout: VisualLayout, samples: Sequence[Sample], tokenizer: Any,
+                config: LLLConfig) -> dict[str, torch.Tensor]:
+    """The ``lookhere_lll_*`` entries and ``lookhere_has_concept`` for one batch (module doc)."""
+    b = len(samples)
+    k = max((len(s.visual_positions) for s in layout.samples), default=0)
+    region = torch.zeros(b, k)
+    valid = torch.zeros(b, k, dtype=torch.bool)
+    ids: list[list[int]] = []
+    known: dict[str, list[int]] = {}  # word -> token ids, within this batch
+    for i, (sample, sl) in enumerate(zip(samples, layout.samples, strict=True)):
+        for grid in sl.images[0].grids:
+            valid[i, grid.key_index] = True
+        found = sample_concept(sample, config.concept)
+        if found is None:
+            ids.append([])
+            continue
+        word, geometry = found
+        for grid in sl.images[0].grids:
+            cov = cell_coverage(grid.geometry, geometry).reshape(-1)  # (rows * cols,)
+            region[i, grid.key_index] = torch.from_numpy(cov).float()
+        if word not in known:
+            known[word] = concept_ids(tokenizer, word, config.token_rule)
+        ids.append(known[word])
+    m = max(1, *(len(x) for x in ids))
+    concepts = torch.zeros(b, m, dtype=torch.long)
+    mask = torch.zeros(b, m, dtype=torch.bool)
+    for i, x in enumerate(ids):
+        concepts[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, :len(x)] = True
+    return {"lookhere_lll_region": region, "lookhere_lll_valid": valid,
+            "lookhere_lll_concepts": concepts, "lookhere_lll_concepts_mask": mask,
+            "lookhere_has_concept": mask.any(1) & (region.sum(1) > 0)}
+
+
+def _objects_mask(objects: Sequence[dict[str, Any]], attr: str, word: str,
+                  image_size: tuple[int, int]) -> np.ndarray:
+    """(H, W) union of the masks of the objects whose ``attr`` is ``word``."""
+    from lookhere.data.synthetic.shapes import object_mask
+
+    w, h = image_size
+    mask = np.zeros((h, w), dtype=bool)
+    for o in objects:
+        if o.get(attr) == word:
+            mask |= object_mask(o, (w, h))
+    return mask
 
 
 def prompt_batch(adapter: Adapter, processor: Any, samples: Sequence[Sample]) -> dict[str, Any]:

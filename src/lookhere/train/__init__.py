@@ -1,7 +1,7 @@
 """Training with auxiliary grounding losses: config, the trainer, LoRA."""
 
-from lookhere.train.config import KLALConfig
+from lookhere.train.config import KLALConfig, LLLConfig
 from lookhere.train.lora import apply_lora
 from lookhere.train.trainer import GroundingTrainer
 
-__all__ = ["GroundingTrainer", "KLALConfig", "apply_lora"]
+__all__ = ["GroundingTrainer", "KLALConfig", "LLLConfig", "apply_lora"]

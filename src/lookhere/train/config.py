@@ -49,3 +49,72 @@ class KLALConfig:
         if self.heads is not None:
             return tuple(sorted({layer for layer, _ in self.heads}))
         return self.layers
+
+
+LLL_TOKEN_RULES = ("first", "sum")
+LLL_ATTRIBUTES = ("shape", "colour")
+
+
+@dataclass(frozen=True)
+class LLLConfig:
+    """The Logit Lens Loss term of ``L = L_NTP + weight * L_LLL`` (methods.md section 2).
+
+    Pass the same config to `GroundingCollator(lll=...)` (it builds each sample's concept ids
+    and region) and to `GroundingTrainer(lll=...)` (it computes the term).
+    """
+
+    weight: float = field(default=1.0, metadata={
+        "help": "mu, the weight of LLL in the total loss; 0 turns it off."})
+    layer: int = field(default=-1, metadata={
+        "help": "Decoder layer whose output hidden states (before the final norm) are read "
+                "through the lens; negative counts from the end, -1 = the last layer."})
+    beta: float = field(default=1.0, metadata={
+        "help": "beta, the weight of the outside term -log(1 - p(C|h)) against the inside term."})
+    region_threshold: float | None = field(default=None, metadata={
+        "help": "None: a token's region weight is the fraction of its cell the concept's objects "
+                "cover (soft; binary regions give the plain formula). A number t in (0, 1]: "
+                "tokens with coverage >= t are inside, all others outside."})
+    concept: tuple[str, ...] = field(default=LLL_ATTRIBUTES, metadata={
+        "help": "Object attributes that name the concept, in order of preference: the first one "
+                "that all the sample's target objects share gives the concept word (Shapes: "
+                f"{', '.join(LLL_ATTRIBUTES)})."})
+    token_rule: str = field(default="first", metadata={
+        "help": "Concept token ids of a word (the rules of lookhere.lens; whitespace-only tokens "
+                "skipped): 'first' = its first token mid-sentence; 'sum' = the distinct first "
+                "tokens of its surface forms (case, with and without a leading space), whose "
+                "probabilities p(C) sums."})
+    chunk_size: int = field(default=256, metadata={
+        "help": "Visual tokens unembedded at a time (each chunk's logits are recomputed in "
+                "backward, never kept)."})
+    monitor: bool = field(default=False, metadata={
+        "help": "With weight 0, still compute and log LLL (not trained on), to compare runs."})
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "beta"):
+            v = getattr(self, name)
+            if not (v >= 0 and v < float("inf")):
+                raise ValueError(f"LLLConfig.{name} must be finite and >= 0, got {v}")
+        if isinstance(self.layer, bool) or int(self.layer) != self.layer:
+            raise ValueError(f"LLLConfig.layer must be an int, got {self.layer!r}")
+        object.__setattr__(self, "layer", int(self.layer))
+        t = self.region_threshold
+        if t is not None and not 0 < t <= 1:
+            raise ValueError(f"LLLConfig.region_threshold must be None or in (0, 1], got {t}")
+        concept = (self.concept,) if isinstance(self.concept, str) else tuple(self.concept)
+        if not concept or any(a not in LLL_ATTRIBUTES for a in concept) \
+                or len(set(concept)) != len(concept):
+            raise ValueError(f"LLLConfig.concept must be distinct attributes from "
+                             f"{LLL_ATTRIBUTES}, got {self.concept!r}")
+        object.__setattr__(self, "concept", concept)
+        if self.token_rule not in LLL_TOKEN_RULES:
+            raise ValueError(f"LLLConfig.token_rule must be one of {LLL_TOKEN_RULES}, "
+                             f"got {self.token_rule!r}")
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) \
+                or self.chunk_size < 1:
+            raise ValueError(f"LLLConfig.chunk_size must be a positive int, got "
+                             f"{self.chunk_size!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether a step needs the hidden states (trained on, or monitored)."""
+        return self.weight > 0 or self.monitor

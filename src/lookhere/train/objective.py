@@ -1,5 +1,6 @@
-"""NTP + weight * KLAL for one batch: the probe set-up and the KLAL term, shared by the trainer and
-the benchmarks so both measure the same computation."""
+"""NTP + weight * KLAL + weight * LLL for one batch: the probe and hidden-state capture set-up and
+the auxiliary terms, shared by the trainer and the benchmarks so both measure the same
+computation."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from lookhere.lens import HiddenCapture, capture_hidden
 from lookhere.losses.klal import klal_loss
+from lookhere.losses.lll import lll_loss
+from lookhere.models.adapter import get_adapter, unwrap_model
 from lookhere.probe import IGNORE_INDEX, AttentionProbe, query_positions
-from lookhere.train.config import KLALConfig
+from lookhere.train.config import KLALConfig, LLLConfig
 
 
 def klal_probe(model: nn.Module, inputs: Mapping[str, Any], aux: Mapping[str, Any],
@@ -46,3 +50,36 @@ def klal_term(probe: AttentionProbe, aux: Mapping[str, Any], config: KLALConfig)
         )
     return klal_loss(probe.rows, target, key_mask=probe.key_mask, query_mask=probe.query_mask,
                      sample_mask=aux["has_target"].to(device), heads=config.heads)
+
+
+def lll_capture(model: nn.Module, inputs: Mapping[str, Any], config: LLLConfig | None
+                ) -> HiddenCapture | nullcontext:
+    """The step's hidden-state capture at ``config.layer`` (its output before the final norm,
+    at each sample's visual tokens, aligned with the collator's per-token entries); a
+    ``nullcontext`` (yielding None) when LLL is off, neither trained on nor monitored."""
+    if config is None or not config.active:
+        return nullcontext()
+    return capture_hidden(model, get_adapter(unwrap_model(model)), [config.layer])
+
+
+def lll_term(capture: HiddenCapture, aux: Mapping[str, Any], config: LLLConfig) -> torch.Tensor:
+    """Scalar LLL of the capture's last forward against the batch's ``lookhere_lll_*`` entries."""
+    hidden = capture.hidden.get(capture.layers[0])
+    if hidden is None:
+        raise RuntimeError("the capture recorded nothing: run the forward inside its context")
+    if "lll_region" not in aux:
+        raise KeyError("LLL needs lookhere_lll_region in the batch: use "
+                       "GroundingCollator(..., lll=LLLConfig(...))")
+    device = capture.mask.device
+    region = aux["lll_region"].to(device)
+    if region.shape != capture.mask.shape:
+        raise ValueError(
+            f"lookhere_lll_region is {tuple(region.shape)} but the batch has "
+            f"{tuple(capture.mask.shape)} visual tokens: build it from this batch's layout")
+    if config.region_threshold is not None:
+        region = (region >= config.region_threshold).float()
+    valid = aux["lll_valid"].to(device).bool() & capture.mask
+    return lll_loss(hidden, region, aux["lll_concepts"].to(device),
+                    capture.unembed, concept_mask=aux["lll_concepts_mask"].to(device),
+                    valid=valid, sample_mask=aux["has_concept"].to(device), beta=config.beta,
+                    chunk_size=config.chunk_size)

@@ -1,14 +1,16 @@
-"""`GroundingTrainer`: a `transformers.Trainer` whose loss is NTP + weight * KLAL.
+"""`GroundingTrainer`: a `transformers.Trainer` whose loss is NTP + lambda * KLAL + mu * LLL.
 
-The probe must be active for the forward *and* the backward (gradient checkpointing recomputes
-layers during backward), so `training_step` wraps the whole step in it and `compute_loss` adds
-the KLAL term from the rows it recorded. Everything else (optimiser, schedules, bf16, gradient
-accumulation, checkpoint save/resume, DDP under torchrun / accelerate, PEFT models) is the
-Trainer's own. NTP keeps the Trainer's token-count normalisation; KLAL is a mean over the
-samples of the micro-batch, scaled for gradient accumulation the same way as the NTP loss.
+The probe (KLAL) and the hidden-state capture (LLL) must be active for the forward *and* the
+backward (gradient checkpointing recomputes layers during backward), so `training_step` wraps
+the whole step in them and `compute_loss` adds the terms from what they recorded. Everything
+else (optimiser, schedules, bf16, gradient accumulation, checkpoint save/resume, DDP under
+torchrun / accelerate, PEFT models) is the Trainer's own. NTP keeps the Trainer's token-count
+normalisation; KLAL and LLL are means over the samples of the micro-batch, scaled for gradient
+accumulation the same way as the NTP loss.
 
-Logged besides ``loss``: ``ntp_loss`` and ``klal_loss``, in the same units (``loss = ntp_loss
-+ weight * klal_loss``), averaged over the steps since the last log and over processes.
+Logged besides ``loss``: ``ntp_loss``, ``klal_loss`` and ``lll_loss`` (those that are on), in the
+same units (``loss = ntp_loss + lambda * klal_loss + mu * lll_loss``), averaged over the steps
+since the last log and over processes.
 """
 
 from __future__ import annotations
@@ -23,17 +25,22 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from lookhere.data.collate import split_aux
-from lookhere.train.config import KLALConfig
-from lookhere.train.objective import klal_probe, klal_term
+from lookhere.train.config import KLALConfig, LLLConfig
+from lookhere.train.objective import klal_probe, klal_term, lll_capture, lll_term
 
 
 class GroundingTrainer(Trainer):
-    """Trainer with the KLAL term. Pass ``klal=KLALConfig(...)``; use `GroundingCollator`."""
+    """Trainer with the KLAL and LLL terms. Pass ``klal=KLALConfig(...)`` (default: on, weight
+    1) and ``lll=LLLConfig(...)`` (default None: off); use `GroundingCollator`, with the same
+    ``lll`` config when LLL is on."""
 
-    def __init__(self, *args: Any, klal: KLALConfig | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, klal: KLALConfig | None = None, lll: LLLConfig | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.klal = klal if klal is not None else KLALConfig()
+        self.lll = lll
         self._probe = None
+        self._capture = None
         self._aux: dict[str, Any] = {}
         self._sums: dict[str, torch.Tensor] = {}
         self._sums_from_step = 0
@@ -51,35 +58,38 @@ class GroundingTrainer(Trainer):
 
     @contextmanager
     def _probing(self, model: nn.Module, inputs: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Pop the lookhere_ entries and keep the step's probe active around it; yields the
-        model inputs. `compute_loss` reads the probe and the entries from ``self``."""
+        """Pop the lookhere_ entries and keep the step's probe and capture active around it;
+        yields the model inputs. `compute_loss` reads them and the entries from ``self``."""
         inputs, aux = split_aux(inputs)
-        with klal_probe(model, inputs, aux, self.klal) as probe:
-            self._probe, self._aux = probe, aux
+        with klal_probe(model, inputs, aux, self.klal) as probe, \
+                lll_capture(model, inputs, self.lll) as capture:
+            self._probe, self._capture, self._aux = probe, capture, aux
             try:
                 yield inputs
             finally:
-                self._probe, self._aux = None, {}
+                self._probe, self._capture, self._aux = None, None, {}
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
         inputs, _ = split_aux(inputs)
         ntp, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                             num_items_in_batch=num_items_in_batch)
-        loss = ntp
+        terms = {}  # name -> (weight, value) of the auxiliary terms this step computes
         if self._probe is not None:
-            klal = klal_term(self._probe, self._aux, self.klal)
-            # The Trainer divides the returned loss by the accumulation steps unless the NTP loss
-            # was already normalised over the whole accumulated batch; KLAL must follow it.
-            ga = self.current_gradient_accumulation_steps if model.training else 1
-            scaled = model.training and self._ntp_scaled_for_ga(num_items_in_batch)
-            if self.klal.weight > 0:
-                loss = ntp + self.klal.weight * (klal / ga if scaled else klal)
-            if model.training:
-                self._record(ntp=ntp if scaled else ntp / ga, klal=klal / ga)
-        elif model.training:
-            ga = self.current_gradient_accumulation_steps
-            self._record(ntp=ntp if self._ntp_scaled_for_ga(num_items_in_batch) else ntp / ga)
+            terms["klal"] = (self.klal.weight, klal_term(self._probe, self._aux, self.klal))
+        if self._capture is not None:
+            terms["lll"] = (self.lll.weight, lll_term(self._capture, self._aux, self.lll))
+        # The Trainer divides the returned loss by the accumulation steps unless the NTP loss
+        # was already normalised over the whole accumulated batch; the terms must follow it.
+        ga = self.current_gradient_accumulation_steps if model.training else 1
+        scaled = model.training and self._ntp_scaled_for_ga(num_items_in_batch)
+        loss = ntp
+        for weight, value in terms.values():
+            if weight > 0:
+                loss = loss + weight * (value / ga if scaled else value)
+        if model.training:
+            self._record(ntp=ntp if scaled else ntp / ga,
+                         **{name: value / ga for name, (_, value) in terms.items()})
         return (loss, outputs) if return_outputs else loss
 
     def _ntp_scaled_for_ga(self, num_items_in_batch: Any) -> bool:

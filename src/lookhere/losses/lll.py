@@ -1,0 +1,223 @@
+"""The Logit Lens Loss (LLL, Esmaeilkhani & Latecki, arXiv 2602.01530): keep visual tokens local.
+
+A visual token's hidden state ``h_s`` read through the final norm and the LM head gives a
+distribution over the vocabulary; ``p(C | h_s)`` is the summed probability of the concept's token
+ids (the logit lens, as in `lookhere.lens`). The loss (methods.md section 2, the project's
+documented formula) raises it inside the concept's region and lowers it outside:
+
+    L_LLL = mean_{s in region} -log p(C | h_s) + beta * mean_{s outside} -log(1 - p(C | h_s))
+
+Choices where the paper is silent (docs/methods.md):
+
+- **soft regions.** ``region`` holds weights ``w_s`` in [0, 1] (e.g. the fraction of a token's
+  cell an object covers). A token counts inside with weight ``w_s`` and outside with weight
+  ``1 - w_s``; each mean is weighted (``sum w * loss / sum w``). Binary regions give the formula
+  above exactly. Per token this is a binary cross-entropy with the soft label ``w_s``, so a
+  boundary cell is pushed toward the fraction of it the object covers.
+- **log space.** ``log p = logsumexp(concept logits) - logsumexp(all logits)`` and
+  ``log(1 - p) = logsumexp(the other logits) - logsumexp(all logits)``, both in fp32. The second
+  is exact however close p is to 1: ``log1p(-p)`` would be ``-inf`` once p rounds to 1 (fp32, a
+  logit gap of ~17), so no guard or clamp is needed. The price is one more logsumexp per token.
+- **chunks and recomputation.** Tokens are unembedded ``chunk_size`` at a time, and with
+  ``checkpoint`` each chunk runs under non-reentrant activation checkpointing: backward keeps
+  only the chunk's hidden states and recomputes its ``(chunk, V)`` logits, so the logits of all
+  visual tokens (7B: 576 x 32k fp32 = 74 MB per sample, Qwen's 152k vocabulary 5x more) never
+  exist at once, in forward or backward. The cost is one more LM-head matmul per chunk.
+- **masks.** Only valid tokens (``valid``) of samples that have a concept and a non-empty region
+  are unembedded; the others get no gradient at all. Samples without one leave the mean (they
+  are not zeros in it), like KLAL's samples without target. A region that covers every valid
+  token has no outside term.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+Unembed = Callable[[torch.Tensor], torch.Tensor]  # (..., D) hidden -> (..., V) logits
+
+
+def lll_loss(
+    hidden: torch.Tensor,
+    region: torch.Tensor,
+    concept_ids: torch.Tensor,
+    unembed: Unembed,
+    concept_mask: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    sample_mask: torch.Tensor | None = None,
+    beta: float = 1.0,
+    chunk_size: int = 256,
+    checkpoint: bool = True,
+) -> torch.Tensor:
+    """Scalar LLL: the mean of `lll_per_sample` over the samples that have a concept and region.
+
+    Returns a zero that keeps the graph to ``hidden`` when no sample qualifies. Arguments are
+    those of `lll_per_sample`.
+    """
+    per_sample, ok = lll_per_sample(hidden, region, concept_ids, unembed, concept_mask, valid,
+                                    sample_mask, beta, chunk_size, checkpoint)
+    if not ok.any():
+        return hidden.float().sum() * 0.0
+    return per_sample[ok].mean()
+
+
+def lll_per_sample(
+    hidden: torch.Tensor,
+    region: torch.Tensor,
+    concept_ids: torch.Tensor,
+    unembed: Unembed,
+    concept_mask: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    sample_mask: torch.Tensor | None = None,
+    beta: float = 1.0,
+    chunk_size: int = 256,
+    checkpoint: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample LLL ``(B,)`` fp32 and its validity ``(B,)`` bool.
+
+    Args:
+        hidden: ``(B, K, D)`` hidden states of each sample's visual tokens at the chosen layer
+            (a decoder layer's output, before the final norm); any float dtype.
+        region: ``(B, K)`` bool, or float weights in [0, 1]: how much each token belongs to the
+            concept's region (see the module doc); 0 at invalid tokens.
+        concept_ids: ``(B, M)`` integer token ids of each sample's concept; ``p(C | h)`` sums
+            their probabilities. Distinct within a row (among the unmasked ones).
+        unembed: hidden -> logits, i.e. the final norm then the LM head.
+        concept_mask: ``(B, M)`` bool, real (non-padding) ids; default all.
+        valid: ``(B, K)`` bool, real visual tokens of the region's image; default all.
+        sample_mask: ``(B,)`` bool, samples that have a concept; default all.
+        beta: weight of the outside term, finite and >= 0.
+        chunk_size: visual tokens unembedded at a time.
+        checkpoint: recompute each chunk's logits in backward instead of keeping them (only
+            when autograd records).
+    Samples with no concept id, no region weight or ``sample_mask`` False get 0 and False.
+    """
+    b, k, _ = _check_hidden(hidden)
+    weights = _check_region(region, b, k)
+    ids, id_mask = _check_concepts(concept_ids, concept_mask, b)
+    valid = _mask("valid", valid, (b, k), hidden.device)
+    sample_mask = _mask("sample_mask", sample_mask, (b,), hidden.device)
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be finite and >= 0, got {beta}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if (weights * ~valid).any():
+        raise ValueError("region puts weight on tokens that valid marks invalid")
+
+    ok = sample_mask & id_mask.any(1) & (weights.sum(1) > 0)  # (B,)
+    tokens = valid & ok[:, None]  # (B, K): the tokens that are unembedded
+    bi, ki = tokens.nonzero(as_tuple=True)  # (N,), (N,)
+    log_p, log_q = concept_log_probs(hidden[bi, ki], ids[bi], id_mask[bi], unembed,
+                                     chunk_size, checkpoint)  # (N,), (N,)
+    nll_in = hidden.new_zeros(b, k, dtype=torch.float32).index_put((bi, ki), -log_p)
+    nll_out = hidden.new_zeros(b, k, dtype=torch.float32).index_put((bi, ki), -log_q)
+    w_in = weights * tokens  # (B, K)
+    w_out = (1.0 - weights) * tokens
+    inside = (w_in * nll_in).sum(1) / w_in.sum(1).clamp(min=_TINY)
+    outside = (w_out * nll_out).sum(1) / w_out.sum(1).clamp(min=_TINY)  # 0 when nothing outside
+    per_sample = inside + beta * outside
+    return torch.where(ok, per_sample, 0.0), ok
+
+
+def concept_log_probs(
+    hidden: torch.Tensor,
+    concept_ids: torch.Tensor,
+    concept_mask: torch.Tensor,
+    unembed: Unembed,
+    chunk_size: int = 256,
+    checkpoint: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p(C | h), log(1 - p(C | h)))``, each ``(N,)`` fp32, for ``(N, D)`` hidden states.
+
+    ``concept_ids``/``concept_mask`` are ``(N, M)``: each token's concept ids, every row with at
+    least one real id. Chunked and optionally checkpointed (see the module doc).
+    """
+    if not bool(concept_mask.any(1).all()):
+        raise ValueError("concept_mask must mark at least one real id in every row")
+    if hidden.shape[0] == 0:
+        empty = hidden.new_zeros(0, dtype=torch.float32) + hidden.float().sum() * 0.0
+        return empty, empty
+    recompute = checkpoint and torch.is_grad_enabled()
+    outs = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        args = (hidden[sl], concept_ids[sl], concept_mask[sl])
+        fn = _ChunkLogProbs(unembed)
+        outs.append(_checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+class _ChunkLogProbs:
+    """One chunk: ``(n, D)`` hidden -> ``(n,)`` log p and ``(n,)`` log(1 - p), fp32."""
+
+    def __init__(self, unembed: Unembed) -> None:
+        self.unembed = unembed
+
+    def __call__(self, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.unembed(h).float()  # (n, V)
+        v = logits.shape[-1]
+        if int(ids[mask].max()) >= v:
+            raise ValueError(f"concept_ids holds ids >= the vocabulary size {v}")
+        lse = logits.logsumexp(-1)  # (n,)
+        # Padding ids point at the row's first real id, so the scatter below only ever writes
+        # -inf onto concept ids (no write conflicts).
+        first = ids.gather(1, mask.float().argmax(1, keepdim=True))  # (n, 1)
+        ids = torch.where(mask, ids, first)  # (n, M)
+        lse_c = logits.gather(1, ids).masked_fill(~mask, float("-inf")).logsumexp(-1)
+        rest = logits.scatter(1, ids, float("-inf"))  # the non-concept logits
+        return lse_c - lse, rest.logsumexp(-1) - lse
+
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _check_hidden(hidden: torch.Tensor) -> tuple[int, int, int]:
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+        raise ValueError("hidden must be a (B, K, D) tensor")
+    if not hidden.is_floating_point():
+        raise ValueError(f"hidden must be floating point, got {hidden.dtype}")
+    return tuple(hidden.shape)
+
+
+def _check_region(region: torch.Tensor, b: int, k: int) -> torch.Tensor:
+    if not isinstance(region, torch.Tensor) or tuple(region.shape) != (b, k):
+        got = tuple(region.shape) if isinstance(region, torch.Tensor) else type(region).__name__
+        raise ValueError(f"region must be (B, K) = {(b, k)}, got {got}")
+    w = region.float()
+    if not torch.isfinite(w).all() or (w < 0).any() or (w > 1).any():
+        raise ValueError("region must be bool or weights in [0, 1]")
+    return w
+
+
+def _check_concepts(ids: torch.Tensor, mask: torch.Tensor | None, b: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != b:
+        raise ValueError(f"concept_ids must be a (B={b}, M) tensor")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+        raise ValueError(f"concept_ids must hold integer token ids, got {ids.dtype}")
+    if ids.shape[1] == 0:
+        raise ValueError("concept_ids must have at least one column (M >= 1)")
+    mask = _mask("concept_mask", mask, tuple(ids.shape), ids.device)
+    if (ids[mask] < 0).any():
+        raise ValueError("concept_ids must be >= 0 where concept_mask is True")
+    ids = ids.long()
+    # distinct real ids per row: sort them, padding pushed to the end as -1 .. -M
+    pad = -torch.arange(1, ids.shape[1] + 1, device=ids.device).expand_as(ids)
+    s = torch.where(mask, ids, pad).sort(1).values
+    if (s[:, 1:] == s[:, :-1]).any():
+        raise ValueError("concept_ids repeats an id within a row (p(C) would count it twice)")
+    return ids, mask
+
+
+def _mask(name: str, mask: torch.Tensor | None, shape: tuple[int, ...], device: torch.device
+          ) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != shape:
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{name} must be {shape}, got {got}")
+    return mask.bool()
