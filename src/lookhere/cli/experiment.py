@@ -1,4 +1,4 @@
-"""``lookhere demo`` and ``lookhere experiment klal|heads``: the experiments behind
+"""``lookhere demo`` and ``lookhere experiment klal|heads|lens``: the experiments behind
 docs/results.md."""
 
 from __future__ import annotations
@@ -28,6 +28,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
     _add_heads_options(p)
     p.set_defaults(run=_heads)
+    p = exp.add_parser("lens", help="logit-lens segmentation of tiny models trained on Shapes "
+                       "VQA with NTP and NTP+LLL: mIoU, pointing, VQA accuracy")
+    p.add_argument("--out", type=Path, required=True, help="folder for <seed>.json files")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
+    _add_lens_options(p)
+    p.set_defaults(run=_lens)
+
+
+def _add_lens_options(p: argparse.ArgumentParser) -> None:
+    from lookhere.experiment.lens import LensExperimentConfig
+
+    _add_config_options(p, LensExperimentConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_heads_options(p: argparse.ArgumentParser) -> None:
@@ -136,5 +149,25 @@ def _heads(args: argparse.Namespace) -> int:
         write_json(results, path)
         for condition, entry in results["conditions"].items():
             print(f"seed {seed} {condition}: {heads.summary_line(condition, entry)}")
+    print(json.dumps({"written": str(args.out)}))
+    return 0
+
+
+def _lens(args: argparse.Namespace) -> int:
+    from lookhere.experiment import lens
+    from lookhere.io import write_json
+
+    for seed in args.seeds:
+        path = args.out / f"seed{seed}.json"
+        if path.exists():
+            print(f"{path} exists: skipped (delete it to re-run)")
+            continue
+        config = _config(args, seed, lens.LensExperimentConfig)
+        start = time.perf_counter()
+        results = lens.run(config, args.out / f"seed{seed}", progress=not args.quiet)
+        results.update(elapsed_s=time.perf_counter() - start)
+        write_json(results, path)
+        for condition, entry in results["conditions"].items():
+            print(f"seed {seed} {condition}: {lens.summary_line(condition, entry)}")
     print(json.dumps({"written": str(args.out)}))
     return 0

@@ -1,0 +1,502 @@
+"""Logit-lens segmentation of tiny VLMs trained with NTP and with NTP + LLL (issue 6's experiment).
+
+For each condition a fresh tiny VLM (same seed, so the same initial weights) is trained from
+scratch on the same Shapes VQA batches for the same steps:
+
+- ``ntp``: next-token prediction only; the Logit Lens Loss is computed and logged (weight 0,
+  monitored) but not trained on;
+- ``lll``: NTP + mu * LLL at the same layer (methods.md section 2; the concept of a training
+  sample is the word its question's objects share, `lookhere.data.collate.sample_concept`).
+
+KLAL is off in both. Then on held-out Shapes images (a different data seed; never used for any
+choice), for every concept word in each image (every shape word and every colour word of its
+objects) and every reported layer, the lens heatmap ``p(word | h_s)`` on the image's first grid
+is segmented (`lookhere.segmentation.segment`) and scored against the *union* mask of the
+objects carrying that word:
+
+- mIoU / cIoU of the pixel masks (`lookhere.eval.rec.ious_from_counts`, which equals
+  `lookhere.eval.metrics.mask_ious`), per concept type (shape words, colour words, both);
+- the pointing game: the peak cell's centre lies in that union mask (``pointing``), and, as a
+  control, in any object's mask (``pointing_object``: a map that finds objects but not the
+  word's ones scores here and not above);
+- ``p_in`` / ``p_out``: the mean lens probability inside / outside the region (cell weights =
+  the fraction of the cell the region covers), to show how strong the maps are.
+
+VQA accuracy on held-out questions (greedy) checks that LLL does not hurt the answers. A few
+maps per condition are kept for the figure (image | NTP lens map | NTP+LLL lens map).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lookhere.data.dataset import SampleList, TaskDataset
+from lookhere.data.sample import Geometry, Sample
+from lookhere.data.synthetic import make_task
+from lookhere.data.synthetic.shapes import ShapesConfig, object_mask
+from lookhere.eval.rec import ious_from_counts, mask_counts
+from lookhere.experiment.heads import TEST_SEED_OFFSET, shapes_defaults, vqa_accuracy
+from lookhere.lens import RULES, concept_ids, lens_maps, resolve_layers
+from lookhere.models.adapter import get_adapter
+from lookhere.models.tiny import build_tiny, resolve_size
+from lookhere.segmentation import parse_threshold, pointing, segment
+from lookhere.targets import cell_coverage
+from lookhere.train.config import LLL_ATTRIBUTES, KLALConfig, LLLConfig
+
+CONDITIONS = ("ntp", "lll")
+KINDS = ("shape", "colour")  # concept types: the object attribute that gives the word
+LABELS = {"ntp": "NTP", "lll": "NTP+LLL"}
+
+
+@dataclass(frozen=True)
+class LensExperimentConfig:
+    """Lens segmentation of tiny VLMs trained with NTP and NTP+LLL (defaults: the experiment)."""
+
+    family: str = field(default="llava", metadata={"help": "model family (architecture)"})
+    size: str = field(default="heads", metadata={
+        "help": "tiny size preset ('heads': 4 LLM layers; 'demo': 2)"})
+    image_size: int = field(default=112, metadata={
+        "help": "image side in px; must equal the tiny model's input size"})
+    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
+        "help": f"models to train: {CONDITIONS} ('ntp': LLL weight 0, monitored)"})
+    steps: int = field(default=1500, metadata={"help": "optimizer steps per trained model"})
+    batch_size: int = field(default=8, metadata={"help": "samples per step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "linear warm-up share"})
+    mu: float = field(default=1.0, metadata={"help": "LLL weight mu of the 'lll' model"})
+    layer: int = field(default=-1, metadata={
+        "help": "decoder layer the LLL trains (output, before the final norm); -1 = last"})
+    beta: float = field(default=1.0, metadata={"help": "LLL weight of the outside term"})
+    token_rule: str = field(default="first", metadata={
+        "help": f"concept token ids, in training and evaluation: {RULES}"})
+    concept: tuple[str, ...] = field(default=LLL_ATTRIBUTES, metadata={
+        "help": "LLL training concept: the first of these attributes that a question's objects "
+                "share gives the word (shape first: colour words are then trained only by "
+                "colour-count questions)"})
+    test_samples: int = field(default=300, metadata={
+        "help": "held-out images whose concepts are segmented"})
+    vqa_samples: int = field(default=300, metadata={"help": "held-out VQA questions"})
+    seed: int = field(default=0, metadata={"help": "model init and training seed"})
+    data_seed: int = field(default=0, metadata={
+        "help": f"training data seed; held-out images use data_seed + {TEST_SEED_OFFSET}"})
+    eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch"})
+    n_maps: int = field(default=4, metadata={"help": "held-out images in the figure"})
+    shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "overrides of the Shapes generator settings (training and held-out)"})
+    lens_layers: str = field(default="all", metadata={
+        "help": "layers whose lens maps are scored: 'all' or comma-separated indices, e.g. "
+                "'1,-1' (on the command line, a list that starts with a minus needs '=': "
+                "--lens-layers=-1,1)"})
+    threshold: str = field(default="mean", metadata={
+        "help": "segmentation threshold: 'mean' (cells above the map's mean), 'two_mean', or "
+                "a fraction of the map's max in (0, 1), e.g. '0.5'"})
+    smooth_sigma: float = field(default=0.0, metadata={
+        "help": "Gaussian smoothing of the maps before segmentation and pointing (0: none)"})
+    largest_component: bool = field(default=False, metadata={
+        "help": "keep only the largest 8-connected component (off: a word may name several "
+                "objects)"})
+    save_models: bool = field(default=False, metadata={
+        "help": "save each trained model under out/models/<condition>"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conditions", tuple(self.conditions))
+        object.__setattr__(self, "concept", tuple(self.concept))
+        for name in ("steps", "batch_size", "test_samples", "vqa_samples", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_maps < 0:
+            raise ValueError(f"n_maps must be >= 0, got {self.n_maps}")
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad or not self.conditions or len(set(self.conditions)) != len(self.conditions):
+            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
+                             f"got {self.conditions}")
+        self.lll_config("lll")  # validates mu, layer type, beta, token_rule, concept
+        size = resolve_size(self.size)
+        if size.image_size != self.image_size:
+            raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
+                             f"input size {size.image_size}")
+        if not -size.layers <= self.layer < size.layers:
+            raise ValueError(f"layer {self.layer} is not a layer of the {self.size!r} model's "
+                             f"{size.layers} LLM layers")
+        self.layers()  # validates lens_layers
+        parse_threshold(self.threshold)
+        if not 0 <= self.smooth_sigma < float("inf"):
+            raise ValueError(f"smooth_sigma must be finite and >= 0, got {self.smooth_sigma}")
+        ShapesConfig(**self.shapes("vqa"))  # validates shapes_options
+
+    def lll_config(self, condition: str) -> LLLConfig:
+        """``lll``: weight mu; ``ntp``: weight 0, still computed and logged."""
+        common = dict(layer=self.layer, beta=self.beta, token_rule=self.token_rule,
+                      concept=self.concept)
+        if condition == "lll":
+            return LLLConfig(weight=self.mu, **common)
+        return LLLConfig(weight=0.0, monitor=True, **common)
+
+    def layers(self) -> tuple[int, ...]:
+        """The reported lens layers, non-negative, in the order given."""
+        n = resolve_size(self.size).layers
+        if self.lens_layers.strip() == "all":
+            return tuple(range(n))
+        try:
+            chosen = [int(v) for v in self.lens_layers.split(",")]
+        except ValueError:
+            raise ValueError(f"lens_layers must be 'all' or comma-separated layer indices, got "
+                             f"{self.lens_layers!r}") from None
+        try:
+            return resolve_layers(chosen, n)
+        except ValueError as err:
+            raise ValueError(f"lens_layers: {err}") from None
+
+    def shapes(self, mode: str) -> dict[str, Any]:
+        return {**shapes_defaults(self.image_size), **self.shapes_options, "mode": mode}
+
+    def vocabulary(self) -> dict[str, tuple[str, ...]]:
+        """Concept words per type: the generator's shape and colour words."""
+        cfg = ShapesConfig(**self.shapes("vqa"))
+        return {"shape": tuple(cfg.shapes), "colour": tuple(cfg.colours)}
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LensExperimentConfig:
+        """The config a results file was made with (``results["config"]``)."""
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _split(config: LensExperimentConfig, seed: int, n: int) -> list[Sample]:
+    task = make_task("shapes", seed=seed, **config.shapes("vqa"))
+    return list(TaskDataset(task, n).materialise().samples)
+
+
+def train_split(config: LensExperimentConfig) -> SampleList:
+    return SampleList(_split(config, config.data_seed, config.steps * config.batch_size))
+
+
+def held_out_splits(config: LensExperimentConfig) -> tuple[list[Sample], list[Sample]]:
+    """(held-out VQA questions, held-out lens images), both from seed data_seed + 10000: the
+    same scene stream, so the first images of the two coincide (both are held out)."""
+    seed = config.data_seed + TEST_SEED_OFFSET
+    return _split(config, seed, config.vqa_samples), _split(config, seed, config.test_samples)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_one(config: LensExperimentConfig, condition: str, train: SampleList, out_dir: Path,
+              progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """A fresh tiny model trained under one condition: (model, processor, training record).
+
+    `lookhere.experiment.klal.train_one`'s recipe with the condition's `LLLConfig` given to both
+    the collator and the trainer (KLAL off: weight 0, not monitored)."""
+    from transformers import TrainingArguments
+
+    from lookhere.data.collate import GroundingCollator
+    from lookhere.train.trainer import GroundingTrainer
+
+    model, processor = build_tiny(config.family, config.size, seed=config.seed)
+    adapter = get_adapter(model)
+    lll = config.lll_config(condition)
+    args = TrainingArguments(
+        output_dir=str(out_dir), max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
+        warmup_steps=max(0, round(config.warmup_ratio * config.steps)),
+        lr_scheduler_type="cosine", weight_decay=0.0, logging_steps=max(1, config.steps // 30),
+        save_strategy="no", report_to=[], seed=config.seed, data_seed=config.data_seed,
+        remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = GroundingTrainer(
+        model=model, args=args, train_dataset=train,
+        data_collator=GroundingCollator(processor, adapter, targets=False, lll=lll),
+        klal=KLALConfig(weight=0.0), lll=lll,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    record = {"steps": config.steps, "seconds": time.perf_counter() - start,
+              "lll": dataclasses.asdict(lll),
+              "log": [r for r in trainer.state.log_history if "loss" in r]}
+    return trainer.model, processor, record
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def concept_regions(sample: Sample) -> list[tuple[str, str, np.ndarray]]:
+    """``(kind, word, union mask (H, W))`` for every shape word and colour word of the image's
+    objects: the mask of all the objects carrying that word (the lens of a second circle
+    rightly says "circle" too)."""
+    objects = sample.meta["objects"]
+    size = sample.image.size  # (w, h)
+    out = []
+    for kind in KINDS:
+        for word in dict.fromkeys(o[kind] for o in objects):
+            mask = np.zeros(size[::-1], dtype=bool)
+            for o in objects:
+                if o[kind] == word:
+                    mask |= object_mask(o, size)
+            out.append((kind, word, mask))
+    return out
+
+
+class _Tally:
+    """Per-(layer, kind) lists of the per-concept scores."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, str], dict[str, list[float]]] = {}
+
+    def add(self, layer: int, kind: str, **scores: float) -> None:
+        row = self.rows.setdefault((layer, kind), {})
+        for name, value in scores.items():
+            row.setdefault(name, []).append(value)
+
+    def summary(self, layers: Sequence[int]) -> dict[str, dict[str, dict[str, float]]]:
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for layer in layers:
+            per = {k: self.rows.get((layer, k), {}) for k in KINDS}
+            per["all"] = {name: sum((per[k].get(name, []) for k in KINDS), [])
+                          for name in ("inter", "union", "hit", "hit_object", "p_in",
+                                       "p_out")}
+            out[str(layer)] = {k: _summarise(v) for k, v in per.items()}
+        return out
+
+
+def _summarise(row: dict[str, list[float]]) -> dict[str, float]:
+    n = len(row.get("hit", []))
+    if n == 0:
+        return {"n": 0}
+    return {**ious_from_counts([int(v) for v in row["inter"]], [int(v) for v in row["union"]]),
+            "pointing": float(np.mean(row["hit"])),
+            "pointing_object": float(np.mean(row["hit_object"])),
+            "p_in": float(np.mean(row["p_in"])),
+            "p_out": float(np.mean(row["p_out"])), "n": n}
+
+
+def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor: Any,
+                samples: Sequence[Sample]) -> tuple[dict[str, Any], list[dict[str, list]]]:
+    """(scores per reported layer and concept type, the examples: for each of the first
+    ``n_maps`` images, ``{"extent": the grid's xyxy pixel extent, "maps": {layer: (rows, cols)
+    map of `example_concept`}}``)."""
+    vocab = config.vocabulary()
+    words = [w for kind in KINDS for w in vocab[kind]]
+    layers = config.layers()
+    result = lens_maps(model, processor, get_adapter(model), [s.image for s in samples], words,
+                       layers, rule=config.token_rule, batch_size=config.eval_batch_size)
+    tally = _Tally()
+    thr = parse_threshold(config.threshold)
+    for i, s in enumerate(samples):
+        geo = result.geometries[i][0]
+        objects = np.logical_or.reduce([object_mask(o, s.image.size) for o in s.meta["objects"]])
+        for kind, word, gold in concept_regions(s):
+            cov = cell_coverage(geo, Geometry(mask=gold))  # (rows, cols) in [0, 1]
+            for layer in layers:
+                heat = result.map(i, layer, word).numpy()  # (rows, cols)
+                seg = segment(heat, geo, thr, config.smooth_sigma, config.largest_component)
+                inter, union = mask_counts(seg.pixel_mask, gold)
+                tally.add(layer, kind, inter=inter, union=union,
+                          hit=float(pointing(heat, geo, gold, config.smooth_sigma)),
+                          hit_object=float(pointing(heat, geo, objects, config.smooth_sigma)),
+                          p_in=_weighted_mean(heat, cov), p_out=_weighted_mean(heat, 1 - cov))
+    examples = []
+    for i, s in enumerate(samples[: config.n_maps]):
+        _, word, _ = example_concept(s, i)
+        geo = result.geometries[i][0]
+        extent = geo.grid_box_to_image((0, 0, geo.cols, geo.rows), clip=False)
+        examples.append({"extent": [float(v) for v in extent],
+                         "maps": {str(layer): result.map(i, layer, word).tolist()
+                                  for layer in layers}})
+    return tally.summary(layers), examples
+
+
+def _weighted_mean(heat: np.ndarray, weight: np.ndarray) -> float:
+    total = float(weight.sum())
+    return float((heat * weight).sum() / total) if total > 0 else 0.0
+
+
+def example_concept(sample: Sample, index: int) -> tuple[str, str, np.ndarray]:
+    """The concept shown for the ``index``-th figure image: the first object's shape word on
+    even rows, its colour word on odd rows (kind, word, union mask)."""
+    kind = KINDS[index % len(KINDS)]
+    word = sample.meta["objects"][0][kind]
+    return next(r for r in concept_regions(sample) if r[:2] == (kind, word))
+
+
+def reference_scores(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
+    """What the metrics give without a model, per concept type, as means over (image, word):
+    ``region_share``, the share of the image that the word's region covers (both the mIoU of a
+    whole-image mask and the pointing game of a peak at a uniformly random pixel), and
+    ``object_share``, the share covered by any object (``pointing_object`` of a random peak)."""
+    rows: dict[str, dict[str, list[float]]] = {k: {"region_share": [], "object_share": []}
+                                               for k in (*KINDS, "all")}
+    for s in samples:
+        objects = np.logical_or.reduce([object_mask(o, s.image.size) for o in s.meta["objects"]])
+        for kind, _, gold in concept_regions(s):
+            for k in (kind, "all"):
+                rows[k]["region_share"].append(float(gold.mean()))
+                rows[k]["object_share"].append(float(objects.mean()))
+    return {k: {**{name: float(np.mean(v)) if v else 0.0 for name, v in row.items()},
+                "n": len(row["region_share"])} for k, row in rows.items()}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(config: LensExperimentConfig, out_dir: str | Path, progress: bool = True,
+        on_result: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every condition: training, VQA accuracy, lens segmentation and pointing; the results."""
+    out_dir = Path(out_dir)
+    train = train_split(config)
+    vqa_test, lens_test = held_out_splits(config)
+    results: dict[str, Any] = {
+        "config": config.to_json(), "layers": list(config.layers()), "conditions": {},
+        "reference": reference_scores(lens_test),
+        "examples": {"items": [_example_item(s, i) for i, s in
+                               enumerate(lens_test[: config.n_maps])], "maps": {}},
+    }
+    for condition in config.conditions:
+        start = time.perf_counter()
+        if progress:
+            print(f"[lens] {condition}: training ({config.steps} steps)", flush=True)
+        model, processor, record = train_one(config, condition, train,
+                                             out_dir / "runs" / condition, progress)
+        model.eval()
+        results.setdefault("concepts", concept_table(config, processor.tokenizer))
+        if config.save_models:
+            from lookhere.models.tiny import save_tiny
+
+            save_tiny(model, processor, out_dir / "models" / condition)
+        entry: dict[str, Any] = {"train": record, "vqa": vqa_accuracy(model, processor, vqa_test,
+                                                                      config, progress)}
+        entry["lens"], results["examples"]["maps"][condition] = lens_scores(
+            config, model, processor, lens_test)
+        entry["seconds"] = time.perf_counter() - start
+        results["conditions"][condition] = entry
+        if on_result is not None:
+            on_result(condition, entry)
+        if progress:
+            print(f"[lens] {condition}: {summary_line(condition, entry)}", flush=True)
+    return results
+
+
+def concept_table(config: LensExperimentConfig, tokenizer: Any) -> dict[str, Any]:
+    """The vocabulary with each word's token ids, and the words that share an id (their maps
+    then overlap or coincide: the lens cannot tell them apart)."""
+    vocab = config.vocabulary()
+    ids = {w: concept_ids(tokenizer, w, config.token_rule)
+           for kind in KINDS for w in vocab[kind]}
+    owners: dict[int, list[str]] = {}
+    for w, group in ids.items():
+        for t in group:
+            owners.setdefault(t, []).append(w)
+    shared = sorted({tuple(ws) for ws in owners.values() if len(ws) > 1})
+    return {"words": {k: list(v) for k, v in vocab.items()}, "ids": ids,
+            "rule": config.token_rule, "shared_ids": [list(ws) for ws in shared]}
+
+
+def _example_item(sample: Sample, index: int) -> dict[str, Any]:
+    kind, word, _ = example_concept(sample, index)
+    boxes = [list(map(float, o["box"])) for o in sample.meta["objects"] if o[kind] == word]
+    return {"id": sample.id, "kind": kind, "concept": word, "boxes": boxes}
+
+
+def summary_line(condition: str, entry: dict[str, Any]) -> str:
+    parts = []
+    for layer, per in entry["lens"].items():
+        cells = ", ".join(f"{k} {100 * per[k]['mIoU']:.1f}/{100 * per[k]['pointing']:.1f}"
+                          for k in (*KINDS, "all") if per[k].get("n"))
+        parts.append(f"L{layer}: {cells}")
+    return (f"VQA {100 * entry['vqa']['accuracy']:.1f}%; lens mIoU/pointing "
+            f"{'; '.join(parts)}")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dict[str, Any],
+                 layers: Sequence[int] | None = None) -> dict[str, Path]:
+    """Caption -> figure path: the example lens maps (image | NTP | NTP+LLL at ``layers``,
+    default the middle reported layer and the LLL layer) and mIoU / pointing by layer."""
+    from lookhere.report import plot_attention_maps
+
+    out_dir = Path(out_dir)
+    figures: dict[str, Path] = {}
+    chosen = _figure_layers(config, results, layers)
+    ex = results["examples"]
+    if ex["items"]:
+        test = {s.id: s for s in held_out_splits(
+            dataclasses.replace(config, test_samples=len(ex["items"]), vqa_samples=1))[1]}
+        rows = []
+        for j, item in enumerate(ex["items"]):
+            s = test[item["id"]]
+            maps = {f"{LABELS.get(c, c)} L{layer}": ex["maps"][c][j]["maps"][str(layer)]
+                    for layer in chosen for c in ex["maps"]}
+            extent = next(iter(ex["maps"].values()))[j]["extent"]
+            rows.append({"image": s.image, "title": f"{item['concept']} ({item['kind']} word)",
+                         "boxes": item["boxes"], "maps": maps, "extent": extent})
+        figures["Logit-lens maps p(word | visual token) on held-out Shapes images, per model "
+                f"and layer (L{', L'.join(map(str, chosen))}; the LLL trains layer "
+                f"{config.layer % resolve_size(config.size).layers}). The objects carrying the "
+                "word are outlined; each map is scaled to its own max (in its title)."] = \
+            plot_attention_maps(rows, out_dir / "lens_maps.png")
+    figures["Lens segmentation mIoU and pointing game by layer, per model and concept type, "
+            f"threshold {config.threshold!r}; dotted: a whole-image mask (mIoU) and a random "
+            "peak (pointing)."] = plot_layer_scores(results, out_dir / "lens_layers.png")
+    return figures
+
+
+def _figure_layers(config: LensExperimentConfig, results: dict[str, Any],
+                   layers: Sequence[int] | None) -> list[int]:
+    reported = list(results["layers"])
+    n = resolve_size(config.size).layers
+    if layers is not None:
+        chosen = list(resolve_layers(layers, n))
+        missing = [x for x in chosen if x not in reported]
+        if missing:
+            raise ValueError(f"layers {missing} were not reported (reported: {reported})")
+        return chosen
+    trained = config.layer % n
+    last = trained if trained in reported else reported[-1]
+    return list(dict.fromkeys([reported[(len(reported) - 1) // 2], last]))
+
+
+def plot_layer_scores(results: dict[str, Any], path: str | Path) -> Path:
+    """Two panels (mIoU, pointing) against the layer: one line per (condition, concept type)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from lookhere.io import atomic_path
+
+    layers = [int(x) for x in results["layers"]]
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    styles = {"shape": "-", "colour": "--"}
+    for ax, metric in zip(axes, ("mIoU", "pointing"), strict=True):
+        for c, entry in results["conditions"].items():
+            colour = "tab:blue" if c == "ntp" else "tab:orange"
+            for kind in KINDS:
+                ys = [100 * entry["lens"][str(x)][kind].get(metric, np.nan) for x in layers]
+                ax.plot(layers, ys, styles[kind], color=colour, marker="o",
+                        label=f"{LABELS.get(c, c)}, {kind} words")
+        ax.axhline(100 * results["reference"]["all"]["region_share"], color="grey",
+                   linestyle=":")
+        ax.set_xticks(layers)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylim(0, 100)
+    axes[1].legend(fontsize=7)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:].lower() or "png", dpi=110)
+    return path
