@@ -151,6 +151,9 @@ def test_attention_maps_draw_predicted_boxes(tmp_path):
     ex[0]["predicted"] = {"NTP+KLAL": (10, 10, 60, 50)}
     drawn = np.asarray(Image.open(plot_attention_maps(ex, tmp_path / "b.png")).convert("RGB"))
     assert plain.shape == drawn.shape and (plain != drawn).any()
+    titled = np.asarray(Image.open(plot_attention_maps(ex, tmp_path / "t.png", "Lens maps",
+                                                       "lens probability")).convert("RGB"))
+    assert titled.shape == drawn.shape and (titled != drawn).any()
     ex[0]["predicted"] = {"NTP": (1, 2, 3)}
     with pytest.raises(ValueError, match="predicted"):
         plot_attention_maps(ex, tmp_path / "c.png")

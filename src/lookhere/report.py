@@ -301,7 +301,10 @@ def _outline(ax, boxes, colour: str, style: str = "-") -> None:
                                linewidth=1.5, linestyle=style))
 
 
-def plot_attention_maps(examples: Sequence[Mapping], path: str | Path) -> Path:
+def plot_attention_maps(examples: Sequence[Mapping], path: str | Path,
+                        title: str = "Attention over the image (targets outlined; each map "
+                                     "scaled to its own max)",
+                        quantity: str = "attention") -> Path:
     """The KLAL paper's figure 3 analogue: one row per example, the image with its target boxes,
     then each attention map over the faded image at the grid's extent (nearest upsampling),
     each map scaled to its own max (shown in the panel title). An example's optional
@@ -344,8 +347,8 @@ def plot_attention_maps(examples: Sequence[Mapping], path: str | Path) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.colorbar(ScalarMappable(Normalize(0, 1), _CMAP), ax=axes[:, 1:].ravel().tolist(),
-                 shrink=0.6, label="attention / panel max")
-    fig.suptitle("Attention over the image (targets outlined; each map scaled to its own max)",
+                 shrink=0.6, label=f"{quantity} / panel max")
+    fig.suptitle(title,
                  fontsize=10)
     return _save(fig, path)
 

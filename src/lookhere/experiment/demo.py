@@ -210,8 +210,12 @@ def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: dict
     return {
         "Localization heads on held-out Shapes expressions: the found heads' smoothed maps "
         "summed, per model; gold box outlined, the predicted box dashed.":
-            plot_attention_maps(summed, out_dir / "heads_maps.png"),
+            plot_attention_maps(summed, out_dir / "heads_maps.png",
+                                "Found heads' smoothed maps, summed (gold box outlined, predicted "
+                                "box dashed; each map scaled to its own max)"),
         "Each localization head's own attention (the paper's figure 1 analogue), from the "
         "last token of the prefill prompt.":
-            plot_attention_maps(per_head, out_dir / "heads_each.png"),
+            plot_attention_maps(per_head, out_dir / "heads_each.png",
+                                "Each localization head's attention from the prompt's last token "
+                                "(gold box outlined; each map scaled to its own max)"),
     }

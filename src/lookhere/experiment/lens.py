@@ -448,7 +448,9 @@ def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dic
                 f"and layer (L{', L'.join(map(str, chosen))}; the LLL trains layer "
                 f"{config.layer % resolve_size(config.size).layers}). The objects carrying the "
                 "word are outlined; each map is scaled to its own max (in its title)."] = \
-            plot_attention_maps(rows, out_dir / "lens_maps.png")
+            plot_attention_maps(rows, out_dir / "lens_maps.png",
+                                "Logit-lens probability of the concept (its objects outlined; "
+                                "each map scaled to its own max)", "lens probability")
     figures["Lens segmentation mIoU and pointing game by layer, per model and concept type, "
             f"threshold {config.threshold!r}; dotted: a whole-image mask (mIoU) and a random "
             "peak (pointing)."] = plot_layer_scores(results, out_dir / "lens_layers.png")
