@@ -482,8 +482,7 @@ def plot_lens_maps(result: LensResult | TokenNorms, images: Sequence[Any], path:
     ``"shared"`` puts every panel on one 0..max scale. A `TokenNorms` result draws one panel per
     layer. Written atomically; the format follows the path's suffix (.png, .pdf, .svg).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from lookhere.report import new_figure, save_figure
 
     images = _check_images(images)
     if len(images) != len(result.maps):
@@ -495,8 +494,7 @@ def plot_lens_maps(result: LensResult | TokenNorms, images: Sequence[Any], path:
              for i in range(len(images))]
     top = max(float(m.max()) for row in cells for m in row) if scale == "shared" else None
     rows, cols = len(images), 1 + len(panels)
-    fig = Figure(figsize=(2.4 * cols + 0.6, 2.5 * rows + 0.4), layout="constrained")
-    FigureCanvasAgg(fig)  # explicit Agg canvas: no pyplot state
+    fig = new_figure(2.4 * cols + 0.6, 2.5 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, image in enumerate(images):
         w, h = image.size
@@ -514,7 +512,7 @@ def plot_lens_maps(result: LensResult | TokenNorms, images: Sequence[Any], path:
     kind = "token norm" if isinstance(result, TokenNorms) else f"p(concept), rule={result.rule}"
     fig.suptitle(f"Logit lens: {kind}; maps scaled to "
                  f"{'each panel max' if top is None else f'{top:.3g}'}", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _panels(result: LensResult | TokenNorms, concepts: Sequence[str] | None,
@@ -550,16 +548,3 @@ def _overlay(ax: Any, image: Any, m: Any, extent: Any, vmax: float) -> None:
               interpolation="nearest", extent=(x0, x1, y1, y0))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
-
-
-def _save(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Atomic save, the format taken from the path's suffix (as `lookhere.report` does)."""
-    from lookhere.io import atomic_path
-
-    path = Path(path)
-    fmt = path.suffix[1:].lower()
-    if fmt not in fig.canvas.get_supported_filetypes():
-        raise ValueError(f"path must end in an image suffix such as .png, got {str(path)!r}")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-    return path

@@ -223,13 +223,14 @@ def _html_table(results: Mapping) -> str:
 # Figures.
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout figure on its own Agg canvas (no pyplot state)."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # explicit Agg canvas: no pyplot, nothing global to close
     return fig
 
 
-def _save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Atomic save, the format taken from the path's suffix (.png, .pdf, .svg, ...)."""
     path = Path(path)
     fmt = path.suffix[1:].lower()
@@ -314,7 +315,7 @@ def plot_attention_maps(examples: Sequence[Mapping], path: str | Path,
     exs = [_example(ex, i) for i, ex in enumerate(examples)]
     labels = list(dict.fromkeys(label for ex in exs for label in ex.maps))
     rows, cols = len(exs), 1 + len(labels)
-    fig = _figure(2.6 * cols + 0.9, 2.7 * rows + 0.4)
+    fig = new_figure(2.6 * cols + 0.9, 2.7 * rows + 0.4)
     axes = np.asarray(fig.subplots(rows, cols, squeeze=False))  # (rows, cols)
     for r, ex in enumerate(exs):
         h, w = ex.image.shape
@@ -350,7 +351,7 @@ def plot_attention_maps(examples: Sequence[Mapping], path: str | Path,
                  shrink=0.6, label=f"{quantity} / panel max")
     fig.suptitle(title,
                  fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ratio_scale(results: Mapping) -> str:
@@ -378,7 +379,7 @@ def plot_ratio_bars(results: Mapping, path: str | Path) -> Path:
     conds = _conditions(tasks)
     colour = _colours(conds)
     width = 0.8 / len(conds)
-    fig = _figure(max(5.5, 2.4 + 0.55 * len(conds) * len(tasks)), 4.0)
+    fig = new_figure(max(5.5, 2.4 + 0.55 * len(conds) * len(tasks)), 4.0)
     ax = fig.subplots()
     for i, task in enumerate(tasks):
         for j, key in enumerate(conds):
@@ -405,7 +406,7 @@ def plot_ratio_bars(results: Mapping, path: str | Path) -> Path:
     handles = [Patch(facecolor=colour[k], alpha=0.5, label=condition_label(k)) for k in conds]
     handles.append(Line2D([], [], color="gray", linestyle="--", label="uniform share"))
     fig.legend(handles=handles, fontsize=8, loc="outside right center")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _trains_klal(key: str, cond: Mapping) -> bool:
@@ -443,7 +444,7 @@ def plot_training_curves(results: Mapping, path: str | Path) -> Path:
             logs[task, key] = {m: _series(log, m, where) for m in ("ntp_loss", "klal_loss")}
     metrics = ["ntp_loss"] + (["klal_loss"] if any(s["klal_loss"][0].size
                                                     for s in logs.values()) else [])
-    fig = _figure(max(4.0, 3.4 * len(tasks)), 2.6 * len(metrics) + 0.3)
+    fig = new_figure(max(4.0, 3.4 * len(tasks)), 2.6 * len(metrics) + 0.3)
     axes = np.asarray(fig.subplots(len(metrics), len(tasks), squeeze=False))  # (metrics, tasks)
     for c, (task, by_cond) in enumerate(tasks.items()):
         for r, metric in enumerate(metrics):
@@ -464,7 +465,7 @@ def plot_training_curves(results: Mapping, path: str | Path) -> Path:
                               label="klal_loss measured, not trained on"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
                fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

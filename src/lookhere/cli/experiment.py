@@ -8,6 +8,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -135,26 +136,19 @@ def _klal(args: argparse.Namespace) -> int:
 
 def _heads(args: argparse.Namespace) -> int:
     from lookhere.experiment import heads
-    from lookhere.io import write_json
 
-    for seed in args.seeds:
-        path = args.out / f"seed{seed}.json"
-        if path.exists():
-            print(f"{path} exists: skipped (delete it to re-run)")
-            continue
-        config = _config(args, seed, heads.HeadsExperimentConfig)
-        start = time.perf_counter()
-        results = heads.run(config, args.out / f"seed{seed}", progress=not args.quiet)
-        results.update(elapsed_s=time.perf_counter() - start)
-        write_json(results, path)
-        for condition, entry in results["conditions"].items():
-            print(f"seed {seed} {condition}: {heads.summary_line(condition, entry)}")
-    print(json.dumps({"written": str(args.out)}))
-    return 0
+    return _per_condition_seeds(args, heads, heads.HeadsExperimentConfig)
 
 
 def _lens(args: argparse.Namespace) -> int:
     from lookhere.experiment import lens
+
+    return _per_condition_seeds(args, lens, lens.LensExperimentConfig)
+
+
+def _per_condition_seeds(args: argparse.Namespace, experiment: Any, cls: type) -> int:
+    """Run an experiment module (``run``, ``summary_line(condition, entry)``) once per seed into
+    ``<out>/seed<N>.json``, skipping seeds already written."""
     from lookhere.io import write_json
 
     for seed in args.seeds:
@@ -162,12 +156,12 @@ def _lens(args: argparse.Namespace) -> int:
         if path.exists():
             print(f"{path} exists: skipped (delete it to re-run)")
             continue
-        config = _config(args, seed, lens.LensExperimentConfig)
+        config = _config(args, seed, cls)
         start = time.perf_counter()
-        results = lens.run(config, args.out / f"seed{seed}", progress=not args.quiet)
+        results = experiment.run(config, args.out / f"seed{seed}", progress=not args.quiet)
         results.update(elapsed_s=time.perf_counter() - start)
         write_json(results, path)
         for condition, entry in results["conditions"].items():
-            print(f"seed {seed} {condition}: {lens.summary_line(condition, entry)}")
+            print(f"seed {seed} {condition}: {experiment.summary_line(condition, entry)}")
     print(json.dumps({"written": str(args.out)}))
     return 0
