@@ -136,13 +136,24 @@ def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
 def train_one(config: KLALExperimentConfig, condition: str, train: SampleList, out_dir: Path,
               progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """A fresh tiny model trained under one condition: (model, processor, training record)."""
-    from transformers import TrainingArguments
-
     from lookhere.train.trainer import GroundingTrainer
 
     model, processor = build_tiny(config.family, config.size, seed=config.seed)
     adapter = get_adapter(model)
-    args = TrainingArguments(
+    trainer = GroundingTrainer(
+        model=model, args=training_args(config, out_dir, progress), train_dataset=train,
+        data_collator=GroundingCollator(processor, adapter, target_config=config.target),
+        klal=config.klal_config(condition),
+    )
+    return trainer.model, processor, fit(trainer, config.steps)
+
+
+def training_args(config: Any, out_dir: Path, progress: bool = True) -> Any:
+    """The experiments' `TrainingArguments` (AdamW, cosine with warm-up, no checkpoints) from a
+    config with ``steps``, ``batch_size``, ``lr``, ``warmup_ratio``, ``seed`` and ``data_seed``."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
         output_dir=str(out_dir), max_steps=config.steps,
         per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
         warmup_steps=max(0, round(config.warmup_ratio * config.steps)),
@@ -151,16 +162,14 @@ def train_one(config: KLALExperimentConfig, condition: str, train: SampleList, o
         remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
-    trainer = GroundingTrainer(
-        model=model, args=args, train_dataset=train,
-        data_collator=GroundingCollator(processor, adapter, target_config=config.target),
-        klal=config.klal_config(condition),
-    )
+
+
+def fit(trainer: Any, steps: int) -> dict[str, Any]:
+    """Train; the record: steps, seconds, and the logged losses."""
     start = time.perf_counter()
     trainer.train()
-    record = {"steps": config.steps, "seconds": time.perf_counter() - start,
-              "log": [r for r in trainer.state.log_history if "loss" in r]}
-    return trainer.model, processor, record
+    return {"steps": steps, "seconds": time.perf_counter() - start,
+            "log": [r for r in trainer.state.log_history if "loss" in r]}
 
 
 def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True,

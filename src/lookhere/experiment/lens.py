@@ -200,34 +200,20 @@ def train_one(config: LensExperimentConfig, condition: str, train: SampleList, o
 
     `lookhere.experiment.klal.train_one`'s recipe with the condition's `LLLConfig` given to both
     the collator and the trainer (KLAL off: weight 0, not monitored)."""
-    from transformers import TrainingArguments
-
     from lookhere.data.collate import GroundingCollator
+    from lookhere.experiment.klal import fit, training_args
     from lookhere.train.trainer import GroundingTrainer
 
     model, processor = build_tiny(config.family, config.size, seed=config.seed)
     adapter = get_adapter(model)
     lll = config.lll_config(condition)
-    args = TrainingArguments(
-        output_dir=str(out_dir), max_steps=config.steps,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
-        warmup_steps=max(0, round(config.warmup_ratio * config.steps)),
-        lr_scheduler_type="cosine", weight_decay=0.0, logging_steps=max(1, config.steps // 30),
-        save_strategy="no", report_to=[], seed=config.seed, data_seed=config.data_seed,
-        remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
     trainer = GroundingTrainer(
-        model=model, args=args, train_dataset=train,
+        model=model, args=training_args(config, out_dir, progress), train_dataset=train,
         data_collator=GroundingCollator(processor, adapter, targets=False, lll=lll),
         klal=KLALConfig(weight=0.0), lll=lll,
     )
-    start = time.perf_counter()
-    trainer.train()
-    record = {"steps": config.steps, "seconds": time.perf_counter() - start,
-              "lll": dataclasses.asdict(lll),
-              "log": [r for r in trainer.state.log_history if "loss" in r]}
-    return trainer.model, processor, record
+    record = fit(trainer, config.steps)
+    return trainer.model, processor, {**record, "lll": dataclasses.asdict(lll)}
 
 
 # --------------------------------------------------------------------------- evaluation
