@@ -1,6 +1,11 @@
-"""Shared fixtures: tiny models per registered family, and a padded two-sample batch."""
+"""Shared fixtures: tiny models per registered family, a padded two-sample batch, and a
+torchrun launcher for the multi-process tests."""
 
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -14,6 +19,33 @@ from lookhere.models import adapter_class, build_tiny, families  # noqa: E402
 
 FAMILIES = families()
 _CACHE: dict = {}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(args: list, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run`` on one node (``nproc`` CPU processes, gloo, a free
+    port, one thread each) with the given script and arguments; skips without gloo, fails with
+    the processes' output when the launch fails."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
+           str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port),
+           *[str(a) for a in args]]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        print(proc.stdout[-5000:])
+        print(proc.stderr[-20000:], file=sys.stderr)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+    return proc
 
 
 def tiny(family: str):

@@ -5,15 +5,12 @@ and bad input exits 2 with the command's name."""
 
 import dataclasses
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch.distributed as dist
+from conftest import torchrun
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -30,7 +27,6 @@ from lookhere.models.tiny import save_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
 REFER = Path(__file__).parent / "fixtures" / "refer"
 N = 6
 
@@ -80,24 +76,12 @@ def test_heads_find_equals_the_library(env):
 
 
 def test_heads_find_under_torchrun(env, tmp_path):
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
     root = env[0]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "heads.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-           "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "--no-python",
-           sys.executable, "-c", "import sys; from lookhere.cli import main; "
-           "sys.exit(main(sys.argv[1:]))", "heads", "find", "--model", str(root / "model"),
-           "--data", str(root / "rec"), "--out", str(out), "--batch-size", "2", "--device", "cpu"]
-    env_vars = {k: v for k, v in os.environ.items()
-                if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env_vars.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, env=env_vars, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    proc = torchrun(["--no-python", sys.executable, "-c", "import sys; from lookhere.cli import "
+                     "main; sys.exit(main(sys.argv[1:]))", "heads", "find", "--model",
+                     root / "model", "--data", root / "rec", "--out", out, "--batch-size", "2",
+                     "--device", "cpu"], nproc=2)
     assert proc.stdout.count("heads (") == 1  # rank 0 alone reports (and writes)
     one = HeadSpec.load(root / "heads.json")
     two = HeadSpec.load(out)

@@ -6,50 +6,23 @@ let a rerun skip every forward.
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch.distributed as dist
+from conftest import torchrun
 from heads_dist_worker import BATCH_SIZE, NUM_SAMPLES, search
 
 from lookhere.heads.scoring import HeadScores
 from lookhere.heads.selection import HeadSpec
 
 WORKER = Path(__file__).with_name("heads_dist_worker.py")
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(out: Path, nproc: int) -> None:
-    if not (dist.is_available() and dist.is_gloo_available()):
-        pytest.skip("torch.distributed with gloo is not available")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-           "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(WORKER), str(out)]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        print(proc.stdout[-5000:])
-        print(proc.stderr[-20000:], file=sys.stderr)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
-
-
 def test_sharded_search_matches_single_process(tmp_path):
-    torchrun(tmp_path / "dist", nproc=2)
+    torchrun([WORKER, tmp_path / "dist"], nproc=2)
     single = search()
     ids = [f"shapes-s3-{i:07d}" for i in range(NUM_SAMPLES)]
     batches = [ids[i:i + BATCH_SIZE] for i in range(0, NUM_SAMPLES, BATCH_SIZE)]
