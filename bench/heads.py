@@ -78,6 +78,7 @@ from probe import (  # bench/probe.py: the shared measuring helpers
     _cpu_seconds,
     _proc_status_mib,
     _reset_peak_rss,
+    alloc_peak_mib,
     machine_line,
 )
 
@@ -302,47 +303,6 @@ def time_length(case: Case, spec: dict) -> dict:
     out["foreign"] = {"mean": statistics.mean(foreign), "max": max(foreign),
                       "reruns": spec["repeats"] - spare}
     return out
-
-
-def alloc_peak_mib(fn) -> float | None:
-    """CPU: the peak of the bytes glibc has handed out (mallinfo2: in-use heap + mmapped
-    chunks) while `fn` runs, sampled after every aten op, above the value before, in MiB.
-    Live allocations only (not heap pages kept by fragmentation); it misses temporaries freed
-    inside a single op. None where glibc has no mallinfo2 (< 2.33). As bench/train_step.py."""
-    import ctypes
-    import ctypes.util
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Info(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-            "fordblks", "keepcost")]
-
-    try:
-        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
-    except (OSError, AttributeError, TypeError):
-        return None
-    mallinfo2.restype = Info
-
-    def in_use() -> int:
-        info = mallinfo2()
-        return info.uordblks + info.hblkhd
-
-    class Sampler(TorchDispatchMode):
-        peak = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            self.peak = max(self.peak, in_use())
-            return out
-
-    gc.collect()
-    before = in_use()
-    sampler = Sampler()
-    with sampler:
-        fn()
-    return max(0, sampler.peak - before) / MIB
 
 
 def measure_memory(case: Case, variant: str, device: str) -> dict:

@@ -595,5 +595,45 @@ def main(argv=None) -> None:
         sys.exit("correctness check failed: probe rows differ from eager, or logits changed")
 
 
+def alloc_peak_mib(fn) -> float | None:
+    """CPU: the peak of the bytes glibc has handed out (mallinfo2: in-use heap + mmapped
+    chunks) while `fn` runs, sampled after every aten op, above the value before, in MiB.
+    Live allocations only (not heap pages kept by fragmentation); it misses temporaries freed
+    inside a single op. None where glibc has no mallinfo2 (< 2.33)."""
+    import ctypes
+    import ctypes.util
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")]
+
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    mallinfo2.restype = Info
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    class Sampler(TorchDispatchMode):
+        peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, in_use())
+            return out
+
+    gc.collect()
+    before = in_use()
+    sampler = Sampler()
+    with sampler:
+        fn()
+    return max(0, sampler.peak - before) / MIB
+
 if __name__ == "__main__":
     main()

@@ -96,6 +96,7 @@ from probe import (  # bench/probe.py: the shared model builder and measuring he
     _cpu_seconds,
     _proc_status_mib,
     _reset_peak_rss,
+    alloc_peak_mib,
     build_model,
     machine_line,
 )
@@ -359,49 +360,6 @@ def measure_memory(model, opt, inputs: dict, aux: dict, cfg, device: str) -> dic
             "total_mib": peaks["optimizer"], "before_mib": before, "peak_was_reset": reset}
 
 
-def malloc_peak_mib(model, opt, inputs: dict, aux: dict, cfg) -> float | None:
-    """CPU: the peak of the bytes glibc has handed out (mallinfo2: in-use heap + mmapped
-    chunks) during one step, sampled after every aten op, above the value before it, in MiB.
-
-    Unlike the RSS this counts live allocations only, not heap pages kept by fragmentation;
-    it misses temporaries freed inside a single op. None where glibc has no mallinfo2 (< 2.33).
-    """
-    import ctypes
-    import ctypes.util
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Info(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-            "fordblks", "keepcost")]
-
-    try:
-        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
-    except (OSError, AttributeError, TypeError):
-        return None
-    mallinfo2.restype = Info
-
-    def in_use() -> int:
-        info = mallinfo2()
-        return info.uordblks + info.hblkhd
-
-    class Sampler(TorchDispatchMode):
-        peak = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            self.peak = max(self.peak, in_use())
-            return out
-
-    gc.collect()
-    before = in_use()
-    sampler = Sampler()
-    with sampler:
-        train_step(model, opt, inputs, aux, cfg, lambda phase: None)
-    return max(0, sampler.peak - before) / MIB
-
-
 def child_memory(spec: dict) -> dict:
     """Per variant: warm-up steps (they allocate the AdamW state), then one measured step."""
     model, opt, inputs, aux, configs, _ = setup(spec)
@@ -411,7 +369,8 @@ def child_memory(spec: dict) -> dict:
             train_step(model, opt, inputs, aux, configs[v], lambda phase: None)
         out[v] = measure_memory(model, opt, inputs, aux, configs[v], spec["device"])
         if spec["device"] == "cpu" and spec["size"] == "tiny":  # a second measured step
-            out[v]["alloc_peak_mib"] = malloc_peak_mib(model, opt, inputs, aux, configs[v])
+            out[v]["alloc_peak_mib"] = alloc_peak_mib(
+                lambda v=v: train_step(model, opt, inputs, aux, configs[v], lambda phase: None))
     return out
 
 
