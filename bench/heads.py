@@ -65,14 +65,12 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from probe import (  # bench/probe.py: the shared measuring helpers
-    MALLOC_ENV,
     MAX_FOREIGN,
     MIB,
     _cpu_seconds,
@@ -80,6 +78,7 @@ from probe import (  # bench/probe.py: the shared measuring helpers
     _reset_peak_rss,
     alloc_peak_mib,
     machine_line,
+    run_child,
 )
 
 VARIANTS = ("sdpa", "probe", "eager")
@@ -379,14 +378,7 @@ def spawn(mode: str, args) -> dict:
             "layers": args.layers, "batch": args.batch, "device": args.device,
             "dtype": args.dtype, "threads": args.threads, "warmup": warmup, "repeats": repeats,
             "mem_rounds": 1 if args.device == "cpu" and args.size == "7b" else 3}
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(spec)]
-    env = {**os.environ, **(MALLOC_ENV if mode == "memory" else {})}
-    if mode == "time" and args.device == "cpu" and not args.spin:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"  # idle threads sleep: CPU time = work done
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"{mode} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, spec, args, mode)
 
 
 def rounds(args) -> tuple[int, int]:

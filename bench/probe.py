@@ -391,14 +391,22 @@ def spawn(mode: str, shape: Shape, variants: list[str], tokens: list[int], plan:
             "tokens": tokens, "device": args.device, "dtype": args.dtype, "threads": args.threads,
             "warmup": plan["warmup"], "mem_warmup_all": plan["mem_warmup_all"],
             "repeats": {str(t): plan["repeats"](t) for t in tokens}}
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(spec)]
+    out = run_child(__file__, spec, args, f"{mode} {shape.name} {variants}")
+    return {int(t): r for t, r in out.items()}
+
+
+def run_child(script: str, spec: dict, args, what: str):
+    """Run ``script --_child <spec JSON>`` in a fresh process (memory runs with MALLOC_ENV; CPU
+    time runs with sleeping idle threads unless ``args.spin``); its last stdout line, parsed."""
+    mode = spec["mode"]
+    cmd = [sys.executable, os.path.abspath(script), "--_child", json.dumps(spec)]
     env = {**os.environ, **(MALLOC_ENV if mode == "memory" else {})}
     if mode == "time" and args.device == "cpu" and not args.spin:
         env["OMP_WAIT_POLICY"] = "PASSIVE"  # idle threads sleep: CPU time = work done
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
-        sys.exit(f"{mode} {shape.name} {variants} failed:\n{proc.stderr[-4000:]}")
-    return {int(t): r for t, r in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+        sys.exit(f"{what} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def measure(shape: Shape, tokens: list[int], plan: dict, args) -> dict:

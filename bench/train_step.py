@@ -83,13 +83,11 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 from probe import (  # bench/probe.py: the shared model builder and measuring helpers
-    MALLOC_ENV,
     MAX_FOREIGN,
     MIB,
     SHAPE_7B,
@@ -99,6 +97,7 @@ from probe import (  # bench/probe.py: the shared model builder and measuring he
     alloc_peak_mib,
     build_model,
     machine_line,
+    run_child,
 )
 
 VARIANTS = ("ntp", "klal")
@@ -381,14 +380,7 @@ def spawn(mode: str, size: str, variants: list[str], args) -> dict:
             "dtype": args.dtype, "threads": args.threads, "warmup": warmup, "rounds": rounds,
             "mem_warmup": MEM_WARMUP[size], "profile": args.profile,
             "tiny_preset": args.tiny_preset, "reruns": args.reruns}
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(spec)]
-    env = {**os.environ, **(MALLOC_ENV if mode == "memory" else {})}
-    if mode == "time" and args.device == "cpu" and not args.spin:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"  # idle threads sleep: CPU time = work done
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"{mode} {size} {variants} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, spec, args, f"{mode} {size} {variants}")
 
 
 def rounds_for(size: str, args) -> tuple[int, int]:
