@@ -270,6 +270,81 @@ def test_bf16_model_matches_fp32():
     assert loss.item() == pytest.approx(ref.item(), rel=0.05)
 
 
+# --------------------------------------------------------------------------- 4b. several concepts
+
+
+def multi_case(seed, c=3):
+    """C (concept, region) pairs per sample: random_case drawn C times, pairs of sample 0
+    partly emptied (no region for pair 1, no concept id for pair 2)."""
+    cases = [random_case(seed * 10 + j) for j in range(c)]
+    hidden, _, _, _, valid, smask = cases[0]
+    region = torch.stack([x[1] * valid for x in cases], 1)  # (B, C, K)
+    ids = torch.stack([x[2] for x in cases], 1)  # (B, C, M)
+    cmask = torch.stack([x[3] for x in cases], 1)
+    region[0, 1] = 0.0
+    cmask[0, 2] = False
+    return hidden, region, ids, cmask, valid, smask
+
+
+def reference_multi(hidden, region, ids, unembed, cmask, valid, smask, beta):
+    """Per sample: the mean over its counting pairs of the single-concept reference."""
+    per_pair = [reference_per_sample(hidden, region[:, j], ids[:, j], unembed, cmask[:, j],
+                                     valid, smask, beta) for j in range(region.shape[1])]
+    values = torch.stack([v for v, _ in per_pair], 1)  # (B, C)
+    ok = torch.stack([o for _, o in per_pair], 1)  # (B, C)
+    mean = (values * ok).sum(1) / ok.sum(1).clamp(min=1)
+    return mean, ok.any(1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_several_concepts_are_the_mean_of_their_pairs(seed):
+    lens = Lens(seed=seed)
+    hidden, region, ids, cmask, valid, smask = multi_case(seed)
+    h = hidden.clone().requires_grad_()
+    per, ok = lll_per_sample(h, region, ids, lens, cmask, valid, smask, beta=0.7, chunk_size=4)
+    per[ok].mean().backward()
+    h64 = hidden.double().requires_grad_()
+    ref, ref_ok = reference_multi(h64, region, ids, lens.double(), cmask, valid, smask, 0.7)
+    ref[ref_ok].mean().backward()
+    assert ok.tolist() == ref_ok.tolist() == [True, True, False, False]
+    torch.testing.assert_close(per.detach().double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h.grad.double(), h64.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_several_concepts_hand():
+    # identity unembed; one inside token [ln 3, ln 2, 0] (p0 = 1/2, p1 = 1/3), one outside
+    # token [0, 0, 0] (p = 1/3 each); concept 0 = id 0, concept 1 = id 1, both inside on token 0
+    hidden = torch.tensor([[[math.log(3), math.log(2), 0.0], [0.0, 0.0, 0.0]]])
+    region = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    loss = lll_loss(hidden, region, torch.tensor([[[0], [1]]]), lambda h: h, beta=1.0)
+    pair0 = -math.log(1 / 2) - math.log(2 / 3)
+    pair1 = -math.log(1 / 3) - math.log(2 / 3)
+    assert loss.item() == pytest.approx((pair0 + pair1) / 2, rel=1e-6)
+
+
+def test_one_concept_axis_equals_the_plain_form():
+    lens = Lens(seed=2)
+    hidden, region, ids, cmask, valid, smask = random_case(2)
+    plain = lll_per_sample(hidden, region, ids, lens, cmask, valid, smask)
+    axis = lll_per_sample(hidden, region[:, None], ids[:, None], lens, cmask[:, None], valid,
+                          smask)
+    assert torch.equal(plain[0], axis[0]) and torch.equal(plain[1], axis[1])
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"concept_ids": torch.tensor([[1, 2], [3, 0]])}, "concept_ids"),  # (B, M) with C = 2
+    ({"concept_ids": torch.zeros(2, 3, 1, dtype=torch.long)}, "concept_ids"),  # C = 3
+    ({"concept_mask": torch.ones(2, 1, dtype=torch.bool)}, "concept_mask"),
+    ({"region": torch.ones(2, 2, 4)}, "region"),
+    ({"region": torch.ones(3, 2, 3)}, "region"),
+])
+def test_bad_inputs_with_a_concept_axis(change, match):
+    kwargs = {"hidden": torch.randn(2, 3, 6), "region": torch.ones(2, 2, 3),
+              "concept_ids": torch.tensor([[[1], [2]], [[3], [4]]]), "unembed": Lens()} | change
+    with pytest.raises(ValueError, match=match):
+        lll_loss(**kwargs)
+
+
 # --------------------------------------------------------------------------- 5. errors
 
 

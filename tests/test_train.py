@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny
@@ -23,6 +24,7 @@ from lookhere.data.collate import (
     GroundingCollator,
     prompt_batch,
     sample_concept,
+    sample_concepts,
     split_aux,
 )
 from lookhere.data.dataset import SampleList, TaskDataset
@@ -548,16 +550,21 @@ def reference_lll(model, batch, beta=1.0):
         logits = model(**inputs).logits.double()  # (B, L, V)
     values = []
     for b, pos in enumerate(adapter.visual_positions(inputs["input_ids"])):
-        if not aux["has_concept"][b]:
-            continue
-        ids = aux["lll_concepts"][b][aux["lll_concepts_mask"][b]]
-        p = torch.softmax(logits[b, pos], -1)[:, ids].sum(-1)  # (K,)
-        w = aux["lll_region"][b, :len(pos)].double()
-        keep = aux["lll_valid"][b, :len(pos)]
-        w, p = w[keep], p[keep]
-        inside = (w * -p.log()).sum() / w.sum()
-        outside = ((1 - w) * -(1 - p).log()).sum() / (1 - w).sum()
-        values.append(inside + beta * outside)
+        pairs = []  # one value per (concept, region) pair of the sample
+        for j in range(aux["lll_region"].shape[1]):
+            ids = aux["lll_concepts"][b, j][aux["lll_concepts_mask"][b, j]]
+            w = aux["lll_region"][b, j, :len(pos)].double()
+            if len(ids) == 0 or w.sum() == 0:
+                continue
+            p = torch.softmax(logits[b, pos], -1)[:, ids].sum(-1)  # (K,)
+            keep = aux["lll_valid"][b, :len(pos)]
+            w, p = w[keep], p[keep]
+            inside = (w * -p.log()).sum() / w.sum()
+            outside = ((1 - w) * -(1 - p).log()).sum() / (1 - w).sum()
+            pairs.append(inside + beta * outside)
+        assert bool(aux["has_concept"][b]) == bool(pairs)
+        if pairs:
+            values.append(torch.stack(pairs).mean())
     return float(torch.stack(values).mean())
 
 
@@ -566,7 +573,8 @@ def test_collator_lll_entries():
     ss = shapes_samples(6)
     batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig())(ss)
     region, valid = batch["lookhere_lll_region"], batch["lookhere_lll_valid"]
-    assert region.shape == valid.shape == batch["lookhere_target"].shape == (6, 16)
+    assert region.shape == (6, 1, 16)  # scope "target": one concept per sample
+    assert valid.shape == batch["lookhere_target"].shape == (6, 16)
     assert valid.all()  # LLaVA: every visual token is a cell of the 4x4 grid
     tok = processor.tokenizer
     for i, s in enumerate(ss):
@@ -575,15 +583,62 @@ def test_collator_lll_entries():
         targets = s.structured.get("objects", [s.structured.get("object")])
         assert word in {objs[t]["shape"] for t in targets} | {objs[t]["colour"] for t in targets}
         # the concept id is the word's own token (the tiny BPE splits off the space)
-        ids = batch["lookhere_lll_concepts"][i][batch["lookhere_lll_concepts_mask"][i]].tolist()
-        assert ids == [tok.convert_tokens_to_ids(word)] == concept_ids(tok, word)
+        ids = batch["lookhere_lll_concepts"][i, 0][batch["lookhere_lll_concepts_mask"][i, 0]]
+        assert ids.tolist() == [tok.convert_tokens_to_ids(word)] == concept_ids(tok, word)
         # region: the fraction of each 28x28 px block (the 56 px input's 14 px patches) covered
         # by every object with that word, targets or not (targets samples 8x8 points per cell)
         attr = "shape" if word in {o["shape"] for o in objs} else "colour"
         mask = sum(object_mask(o, 112) for o in objs if o[attr] == word).astype(float)
         blocks = torch.from_numpy(mask).view(4, 28, 4, 28).mean((1, 3)).flatten()
-        torch.testing.assert_close(region[i], blocks.float(), rtol=0, atol=0.1)
+        torch.testing.assert_close(region[i, 0], blocks.float(), rtol=0, atol=0.1)
         assert bool(batch["lookhere_has_concept"][i])
+
+
+def test_collator_lll_image_scope():
+    """scope "image": every shape word and colour word of the image, each with the blocks of
+    all its objects; padding concepts have no id and no region."""
+    model, processor = tiny("llava")
+    ss = shapes_samples(6)
+    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig(scope="image"))(ss)
+    region, ids, mask = (batch[f"lookhere_lll_{k}"] for k in ("region", "concepts",
+                                                                "concepts_mask"))
+    words = [[o[a] for a in ("shape", "colour") for o in s.meta["objects"]] for s in ss]
+    words = [list(dict.fromkeys(w)) for w in words]  # distinct, shapes first
+    assert region.shape == (6, max(map(len, words)), 16)
+    tok = processor.tokenizer
+    for i, s in enumerate(ss):
+        objs = s.meta["objects"]
+        for j in range(region.shape[1]):
+            if j >= len(words[i]):
+                assert not mask[i, j].any() and (region[i, j] == 0).all()
+                continue
+            word = words[i][j]
+            assert ids[i, j][mask[i, j]].tolist() == concept_ids(tok, word)
+            mask_px = sum(object_mask(o, 112) for o in objs
+                          if word in (o["shape"], o["colour"])).astype(bool).astype(float)
+            blocks = torch.from_numpy(mask_px).view(4, 28, 4, 28).mean((1, 3)).flatten()
+            torch.testing.assert_close(region[i, j], blocks.float(), rtol=0, atol=0.1)
+    assert batch["lookhere_has_concept"].all()
+    ((word, geo),) = sample_concepts(ss[0], scope="target")
+    assert word == sample_concept(ss[0])[0]
+    assert np.array_equal(geo.mask, sample_concept(ss[0])[1].mask)
+    assert sample_concepts(TASK.sample(0), scope="image") == []  # no objects, no concept
+    with pytest.raises(ValueError, match="scope"):
+        sample_concepts(ss[0], scope="all")
+    with pytest.raises(ValueError, match="scope"):
+        LLLConfig(scope="all")
+
+
+def test_lll_image_scope_matches_the_reference():
+    model, processor = build_tiny("llava", "test", seed=0)
+    config = LLLConfig(scope="image", beta=0.5)
+    batch = GroundingCollator(processor, get_adapter(model), lll=config)(shapes_samples(4))
+    inputs, aux = split_aux(batch)
+    assert aux["lll_region"].shape[1] > 1
+    with torch.no_grad(), lll_capture(model, inputs, config) as capture:
+        model(**inputs)
+        lll = lll_term(capture, aux, config)
+    assert lll.item() == pytest.approx(reference_lll(model, batch, beta=0.5), rel=1e-5)
 
 
 def test_collator_lll_concept_rules():
@@ -608,10 +663,11 @@ def test_collator_lll_concept_rules():
         [two, samples(1)[0], rec])
     assert batch["lookhere_has_concept"].tolist() == [False, False, True]
     assert not batch["lookhere_lll_concepts_mask"][:2].any()
+    assert batch["lookhere_lll_region"].shape[1] == 1
     assert (batch["lookhere_lll_region"][:2] == 0).all()
     summed = GroundingCollator(processor, get_adapter(model), lll=LLLConfig(token_rule="sum"))(
         [rec])
-    ids = summed["lookhere_lll_concepts"][0][summed["lookhere_lll_concepts_mask"][0]].tolist()
+    ids = summed["lookhere_lll_concepts"][0, 0][summed["lookhere_lll_concepts_mask"][0, 0]].tolist()
     assert ids == concept_ids(processor.tokenizer, objs[0]["shape"], "sum")
     assert len(ids) > 1
 

@@ -12,11 +12,13 @@
   with ``AttentionProbe(keys="visual")``; ``lookhere_has_target`` (B,) is False for samples
   without geometry; ``lookhere_target_cells`` (B, K) marks the tokens the geometry touches;
 - with ``lll=LLLConfig(...)`` (off by default, so KLAL batches are unchanged), the Logit Lens
-  Loss entries, aligned like ``lookhere_target``: ``lookhere_lll_region`` (B, K) float, the
+  Loss entries, aligned like ``lookhere_target``, with a concept axis C (the most concepts of a
+  sample in the batch: 1 with ``scope="target"``): ``lookhere_lll_region`` (B, C, K) float, the
   fraction of each visual token's cell that the concept's objects cover; ``lookhere_lll_valid``
   (B, K) bool, the tokens with a cell in the sample's image (not padding, not LLaVA-NeXT's row
-  newlines); ``lookhere_lll_concepts`` (B, M) long token ids and ``lookhere_lll_concepts_mask``
-  (B, M) bool; ``lookhere_has_concept`` (B,) bool (see `sample_concept`).
+  newlines); ``lookhere_lll_concepts`` (B, C, M) long token ids and
+  ``lookhere_lll_concepts_mask`` (B, C, M) bool (padding concepts have no id);
+  ``lookhere_has_concept`` (B,) bool (see `sample_concepts`).
 
 Keys starting with ``lookhere_`` are not model inputs: the trainer pops them before the forward.
 `prompt_batch` builds left-padded prompts for generation.
@@ -121,38 +123,59 @@ def sample_concept(sample: Sample, attributes: Sequence[str] = ("shape", "colour
     return None
 
 
+def sample_concepts(sample: Sample, attributes: Sequence[str] = ("shape", "colour"),
+                    scope: str = "target") -> list[tuple[str, Geometry]]:
+    """The (concept word, region) pairs LLL trains on for one sample.
+
+    ``scope="target"``: the `sample_concept` of the question's objects, if any. ``"image"``
+    (samples with ``meta["objects"]``): every distinct word of ``attributes`` among the image's
+    objects (in that order, then by first object), each with the union mask of the objects
+    carrying it; other samples fall back to ``"target"``.
+    """
+    if scope not in CONCEPT_SCOPES:
+        raise ValueError(f"scope must be one of {CONCEPT_SCOPES}, got {scope!r}")
+    objects = sample.meta.get("objects")
+    if scope == "image" and objects:
+        size = sample.image.size
+        return [(word, Geometry(mask=_objects_mask(objects, attr, word, size)))
+                for attr in attributes
+                for word in dict.fromkeys(o.get(attr) for o in objects) if word is not None]
+    found = sample_concept(sample, attributes)
+    return [] if found is None else [found]
+
+
+CONCEPT_SCOPES = ("target", "image")
+
+
 def lll_entries(layout: VisualLayout, samples: Sequence[Sample], tokenizer: Any,
                 config: LLLConfig) -> dict[str, torch.Tensor]:
     """The ``lookhere_lll_*`` entries and ``lookhere_has_concept`` for one batch (module doc)."""
     b = len(samples)
     k = max((len(s.visual_positions) for s in layout.samples), default=0)
-    region = torch.zeros(b, k)
+    pairs = [sample_concepts(s, config.concept, config.scope) for s in samples]
+    c = max([1, *(len(p) for p in pairs)])
+    region = torch.zeros(b, c, k)
     valid = torch.zeros(b, k, dtype=torch.bool)
-    ids: list[list[int]] = []
     known: dict[str, list[int]] = {}  # word -> token ids, within this batch
-    for i, (sample, sl) in enumerate(zip(samples, layout.samples, strict=True)):
-        for grid in sl.images[0].grids:
-            valid[i, grid.key_index] = True
-        found = sample_concept(sample, config.concept)
-        if found is None:
-            ids.append([])
-            continue
-        word, geometry = found
-        for grid in sl.images[0].grids:
-            cov = cell_coverage(grid.geometry, geometry).reshape(-1)  # (rows * cols,)
-            region[i, grid.key_index] = torch.from_numpy(cov).float()
+    for word, _ in (x for p in pairs for x in p):
         if word not in known:
             known[word] = concept_ids(tokenizer, word, config.token_rule)
-        ids.append(known[word])
-    m = max(1, *(len(x) for x in ids))
-    concepts = torch.zeros(b, m, dtype=torch.long)
-    mask = torch.zeros(b, m, dtype=torch.bool)
-    for i, x in enumerate(ids):
-        concepts[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, :len(x)] = True
+    m = max([1, *(len(ids) for ids in known.values())])
+    concepts = torch.zeros(b, c, m, dtype=torch.long)
+    mask = torch.zeros(b, c, m, dtype=torch.bool)
+    for i, sl in enumerate(layout.samples):
+        for grid in sl.images[0].grids:
+            valid[i, grid.key_index] = True
+        for j, (word, geometry) in enumerate(pairs[i]):
+            for grid in sl.images[0].grids:
+                cov = cell_coverage(grid.geometry, geometry).reshape(-1)  # (rows * cols,)
+                region[i, j, grid.key_index] = torch.from_numpy(cov).float()
+            ids = known[word]
+            concepts[i, j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[i, j, :len(ids)] = True
     return {"lookhere_lll_region": region, "lookhere_lll_valid": valid,
             "lookhere_lll_concepts": concepts, "lookhere_lll_concepts_mask": mask,
-            "lookhere_has_concept": mask.any(1) & (region.sum(1) > 0)}
+            "lookhere_has_concept": (mask.any(2) & (region.sum(2) > 0)).any(1)}
 
 
 def _objects_mask(objects: Sequence[dict[str, Any]], attr: str, word: str,

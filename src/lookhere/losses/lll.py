@@ -23,10 +23,14 @@ Choices where the paper is silent (docs/methods.md):
   only the chunk's hidden states and recomputes its ``(chunk, V)`` logits, so the logits of all
   visual tokens (7B: 576 x 32k fp32 = 74 MB per sample, Qwen's 152k vocabulary 5x more) never
   exist at once, in forward or backward. The cost is one more LM-head matmul per chunk.
+- **several concepts per sample.** ``region`` may be ``(B, C, K)`` and ``concept_ids``
+  ``(B, C, M)``: C (concept, region) pairs per sample, e.g. every word that names an object of
+  the image. Each pair gets the formula above; a sample's loss is the mean over its pairs that
+  have a concept and a region. Each token is unembedded once for all C concepts.
 - **masks.** Only valid tokens (``valid``) of samples that have a concept and a non-empty region
-  are unembedded; the others get no gradient at all. Samples without one leave the mean (they
-  are not zeros in it), like KLAL's samples without target. A region that covers every valid
-  token has no outside term.
+  are unembedded; the others get no gradient at all. Samples (and pairs) without one leave the
+  mean (they are not zeros in it), like KLAL's samples without target. A region that covers
+  every valid token has no outside term.
 """
 
 from __future__ import annotations
@@ -82,43 +86,56 @@ def lll_per_sample(
         hidden: ``(B, K, D)`` hidden states of each sample's visual tokens at the chosen layer
             (a decoder layer's output, before the final norm); any float dtype.
         region: ``(B, K)`` bool, or float weights in [0, 1]: how much each token belongs to the
-            concept's region (see the module doc); 0 at invalid tokens.
-        concept_ids: ``(B, M)`` integer token ids of each sample's concept; ``p(C | h)`` sums
-            their probabilities. Distinct within a row (among the unmasked ones).
+            concept's region (see the module doc); 0 at invalid tokens. ``(B, C, K)`` for C
+            concepts per sample.
+        concept_ids: ``(B, M)`` integer token ids of each sample's concept (``(B, C, M)`` with
+            a concept axis); ``p(C | h)`` sums their probabilities. Distinct within a row (among
+            the unmasked ones).
         unembed: hidden -> logits, i.e. the final norm then the LM head.
-        concept_mask: ``(B, M)`` bool, real (non-padding) ids; default all.
+        concept_mask: shaped like ``concept_ids``, bool, real (non-padding) ids; default all.
         valid: ``(B, K)`` bool, real visual tokens of the region's image; default all.
         sample_mask: ``(B,)`` bool, samples that have a concept; default all.
         beta: weight of the outside term, finite and >= 0.
         chunk_size: visual tokens unembedded at a time.
         checkpoint: recompute each chunk's logits in backward instead of keeping them (only
             when autograd records).
-    Samples with no concept id, no region weight or ``sample_mask`` False get 0 and False.
+    A (concept, region) pair counts when it has a concept id and some region weight; a sample's
+    loss is the mean over its pairs that count. Samples with none, or ``sample_mask`` False,
+    get 0 and False.
     """
     b, k, _ = _check_hidden(hidden)
-    weights = _check_region(region, b, k)
-    ids, id_mask = _check_concepts(concept_ids, concept_mask, b)
+    weights = _check_region(region, b, k)  # (B, C, K)
+    ids, id_mask = _check_concepts(concept_ids, concept_mask, b, weights.shape[1])  # (B, C, M)
     valid = _mask("valid", valid, (b, k), hidden.device)
     sample_mask = _mask("sample_mask", sample_mask, (b,), hidden.device)
     if not (math.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta must be finite and >= 0, got {beta}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if (weights * ~valid).any():
+    if (weights * ~valid[:, None]).any():
         raise ValueError("region puts weight on tokens that valid marks invalid")
 
-    ok = sample_mask & id_mask.any(1) & (weights.sum(1) > 0)  # (B,)
+    pair_ok = sample_mask[:, None] & id_mask.any(2) & (weights.sum(2) > 0)  # (B, C)
+    ok = pair_ok.any(1)  # (B,)
+    # Pairs that do not count get a placeholder id (so every row has one) and zero weight.
+    placeholder = torch.zeros_like(id_mask)
+    placeholder[..., 0] = True
+    id_mask = torch.where(pair_ok[..., None], id_mask, placeholder)
+    ids = torch.where(pair_ok[..., None], ids, 0)
     tokens = valid & ok[:, None]  # (B, K): the tokens that are unembedded
     bi, ki = tokens.nonzero(as_tuple=True)  # (N,), (N,)
     log_p, log_q = concept_log_probs(hidden[bi, ki], ids[bi], id_mask[bi], unembed,
-                                     chunk_size, checkpoint)  # (N,), (N,)
-    nll_in = hidden.new_zeros(b, k, dtype=torch.float32).index_put((bi, ki), -log_p)
-    nll_out = hidden.new_zeros(b, k, dtype=torch.float32).index_put((bi, ki), -log_q)
-    w_in = weights * tokens  # (B, K)
-    w_out = (1.0 - weights) * tokens
-    inside = (w_in * nll_in).sum(1) / w_in.sum(1).clamp(min=_TINY)
-    outside = (w_out * nll_out).sum(1) / w_out.sum(1).clamp(min=_TINY)  # 0 when nothing outside
-    per_sample = inside + beta * outside
+                                     chunk_size, checkpoint)  # (N, C), (N, C)
+    c = weights.shape[1]
+    nll_in = hidden.new_zeros(b, k, c, dtype=torch.float32).index_put((bi, ki), -log_p)
+    nll_out = hidden.new_zeros(b, k, c, dtype=torch.float32).index_put((bi, ki), -log_q)
+    counted = tokens[:, None] & pair_ok[..., None]  # (B, C, K)
+    w_in = weights * counted
+    w_out = (1.0 - weights) * counted
+    inside = (w_in * nll_in.transpose(1, 2)).sum(2) / w_in.sum(2).clamp(min=_TINY)  # (B, C)
+    outside = (w_out * nll_out.transpose(1, 2)).sum(2) / w_out.sum(2).clamp(min=_TINY)
+    per_pair = torch.where(pair_ok, inside + beta * outside, 0.0)  # 0 outside: nothing there
+    per_sample = per_pair.sum(1) / pair_ok.sum(1).clamp(min=1)
     return torch.where(ok, per_sample, 0.0), ok
 
 
@@ -130,28 +147,35 @@ def concept_log_probs(
     chunk_size: int = 256,
     checkpoint: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log p(C | h), log(1 - p(C | h)))``, each ``(N,)`` fp32, for ``(N, D)`` hidden states.
+    """``(log p(C | h), log(1 - p(C | h)))`` in fp32 for ``(N, D)`` hidden states.
 
-    ``concept_ids``/``concept_mask`` are ``(N, M)``: each token's concept ids, every row with at
+    ``concept_ids``/``concept_mask`` are ``(N, M)`` (each token's concept ids; outputs
+    ``(N,)``) or ``(N, C, M)`` (C concepts per token; outputs ``(N, C)``), every row with at
     least one real id. Chunked and optionally checkpointed (see the module doc).
     """
-    if not bool(concept_mask.any(1).all()):
+    if not bool(concept_mask.any(-1).all()):
         raise ValueError("concept_mask must mark at least one real id in every row")
+    squeeze = concept_ids.dim() == 2
+    if squeeze:
+        concept_ids, concept_mask = concept_ids[:, None], concept_mask[:, None]
     if hidden.shape[0] == 0:
-        empty = hidden.new_zeros(0, dtype=torch.float32) + hidden.float().sum() * 0.0
-        return empty, empty
-    recompute = checkpoint and torch.is_grad_enabled()
-    outs = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        sl = slice(start, start + chunk_size)
-        args = (hidden[sl], concept_ids[sl], concept_mask[sl])
-        fn = _ChunkLogProbs(unembed)
-        outs.append(_checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        empty = hidden.new_zeros(concept_ids.shape[:2], dtype=torch.float32)
+        empty = empty + hidden.float().sum() * 0.0
+        out = (empty, empty)
+    else:
+        recompute = checkpoint and torch.is_grad_enabled()
+        parts = []
+        for start in range(0, hidden.shape[0], chunk_size):
+            sl = slice(start, start + chunk_size)
+            args = (hidden[sl], concept_ids[sl], concept_mask[sl])
+            fn = _ChunkLogProbs(unembed)
+            parts.append(_checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
+        out = (torch.cat([o[0] for o in parts]), torch.cat([o[1] for o in parts]))
+    return (out[0][:, 0], out[1][:, 0]) if squeeze else out
 
 
 class _ChunkLogProbs:
-    """One chunk: ``(n, D)`` hidden -> ``(n,)`` log p and ``(n,)`` log(1 - p), fp32."""
+    """One chunk: ``(n, D)`` hidden, ``(n, C, M)`` ids -> ``(n, C)`` log p and log(1 - p), fp32."""
 
     def __init__(self, unembed: Unembed) -> None:
         self.unembed = unembed
@@ -165,11 +189,15 @@ class _ChunkLogProbs:
         lse = logits.logsumexp(-1)  # (n,)
         # Padding ids point at the row's first real id, so the scatter below only ever writes
         # -inf onto concept ids (no write conflicts).
-        first = ids.gather(1, mask.float().argmax(1, keepdim=True))  # (n, 1)
-        ids = torch.where(mask, ids, first)  # (n, M)
-        lse_c = logits.gather(1, ids).masked_fill(~mask, float("-inf")).logsumexp(-1)
-        rest = logits.scatter(1, ids, float("-inf"))  # the non-concept logits
-        return lse_c - lse, rest.logsumexp(-1) - lse
+        first = ids.gather(2, mask.float().argmax(2, keepdim=True))  # (n, C, 1)
+        ids = torch.where(mask, ids, first)  # (n, C, M)
+        n, c, m = ids.shape
+        picked = logits.gather(1, ids.reshape(n, c * m)).reshape(n, c, m)
+        lse_c = picked.masked_fill(~mask, float("-inf")).logsumexp(-1)  # (n, C)
+        # one concept at a time: peak memory stays one (n, V) copy whatever C is
+        rest = torch.stack([logits.scatter(1, ids[:, j], float("-inf")).logsumexp(-1)
+                            for j in range(c)], 1)  # (n, C): the non-concept logits
+        return lse_c - lse[:, None], rest - lse[:, None]
 
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -184,31 +212,39 @@ def _check_hidden(hidden: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _check_region(region: torch.Tensor, b: int, k: int) -> torch.Tensor:
-    if not isinstance(region, torch.Tensor) or tuple(region.shape) != (b, k):
+    """``(B, C, K)`` float weights (C = 1 for a ``(B, K)`` region)."""
+    ok = isinstance(region, torch.Tensor) and region.dim() in (2, 3) \
+        and region.shape[0] == b and region.shape[-1] == k
+    if not ok:
         got = tuple(region.shape) if isinstance(region, torch.Tensor) else type(region).__name__
-        raise ValueError(f"region must be (B, K) = {(b, k)}, got {got}")
+        raise ValueError(f"region must be (B, K) = {(b, k)} or (B, C, K), got {got}")
     w = region.float()
     if not torch.isfinite(w).all() or (w < 0).any() or (w > 1).any():
         raise ValueError("region must be bool or weights in [0, 1]")
-    return w
+    return w if w.dim() == 3 else w[:, None]
 
 
-def _check_concepts(ids: torch.Tensor, mask: torch.Tensor | None, b: int
+def _check_concepts(ids: torch.Tensor, mask: torch.Tensor | None, b: int, c: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != b:
-        raise ValueError(f"concept_ids must be a (B={b}, M) tensor")
+    """``(B, C, M)`` long ids and bool mask, for ``(B, M)`` (when C = 1) or ``(B, C, M)``."""
+    want = f"(B={b}, M)" if c == 1 else f"(B={b}, C={c}, M) like region"
+    if not isinstance(ids, torch.Tensor) or ids.dim() not in (2, 3) or ids.shape[0] != b \
+            or (ids.dim() == 3 and ids.shape[1] != c) or (ids.dim() == 2 and c != 1):
+        raise ValueError(f"concept_ids must be a {want} tensor")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
         raise ValueError(f"concept_ids must hold integer token ids, got {ids.dtype}")
-    if ids.shape[1] == 0:
+    if ids.shape[-1] == 0:
         raise ValueError("concept_ids must have at least one column (M >= 1)")
     mask = _mask("concept_mask", mask, tuple(ids.shape), ids.device)
     if (ids[mask] < 0).any():
         raise ValueError("concept_ids must be >= 0 where concept_mask is True")
     ids = ids.long()
+    if ids.dim() == 2:
+        ids, mask = ids[:, None], mask[:, None]
     # distinct real ids per row: sort them, padding pushed to the end as -1 .. -M
-    pad = -torch.arange(1, ids.shape[1] + 1, device=ids.device).expand_as(ids)
-    s = torch.where(mask, ids, pad).sort(1).values
-    if (s[:, 1:] == s[:, :-1]).any():
+    pad = -torch.arange(1, ids.shape[2] + 1, device=ids.device).expand_as(ids)
+    s = torch.where(mask, ids, pad).sort(2).values
+    if (s[..., 1:] == s[..., :-1]).any():
         raise ValueError("concept_ids repeats an id within a row (p(C) would count it twice)")
     return ids, mask
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lookhere.data.collate import CONCEPT_SCOPES
+
 KLAL_QUERIES = ("last_answer", "answer_start", "all_answer")
 
 
@@ -53,6 +55,7 @@ class KLALConfig:
 
 LLL_TOKEN_RULES = ("first", "sum")
 LLL_ATTRIBUTES = ("shape", "colour")
+LLL_SCOPES = CONCEPT_SCOPES  # defined with the collator that builds the concepts
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ class LLLConfig:
         "help": "Object attributes that name the concept, in order of preference: the first one "
                 "that all the sample's target objects share gives the concept word (Shapes: "
                 f"{', '.join(LLL_ATTRIBUTES)})."})
+    scope: str = field(default="target", metadata={
+        "help": "Which concepts a sample trains: 'target' = the one word its question's objects "
+                "share (above); 'image' = every word of the `concept` attributes among the "
+                "image's objects, each with its own region, the loss averaged over them."})
     token_rule: str = field(default="first", metadata={
         "help": "Concept token ids of a word (the rules of lookhere.lens; whitespace-only tokens "
                 "skipped): 'first' = its first token mid-sentence; 'sum' = the distinct first "
@@ -106,6 +113,8 @@ class LLLConfig:
             raise ValueError(f"LLLConfig.concept must be distinct attributes from "
                              f"{LLL_ATTRIBUTES}, got {self.concept!r}")
         object.__setattr__(self, "concept", concept)
+        if self.scope not in LLL_SCOPES:
+            raise ValueError(f"LLLConfig.scope must be one of {LLL_SCOPES}, got {self.scope!r}")
         if self.token_rule not in LLL_TOKEN_RULES:
             raise ValueError(f"LLLConfig.token_rule must be one of {LLL_TOKEN_RULES}, "
                              f"got {self.token_rule!r}")

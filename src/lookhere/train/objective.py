@@ -71,8 +71,8 @@ def lll_term(capture: HiddenCapture, aux: Mapping[str, Any], config: LLLConfig) 
         raise KeyError("LLL needs lookhere_lll_region in the batch: use "
                        "GroundingCollator(..., lll=LLLConfig(...))")
     device = capture.mask.device
-    region = aux["lll_region"].to(device)
-    if region.shape != capture.mask.shape:
+    region = aux["lll_region"].to(device)  # (B, C, K), or (B, K) for one concept
+    if (region.shape[0], region.shape[-1]) != tuple(capture.mask.shape):
         raise ValueError(
             f"lookhere_lll_region is {tuple(region.shape)} but the batch has "
             f"{tuple(capture.mask.shape)} visual tokens: build it from this batch's layout")
