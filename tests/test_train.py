@@ -571,7 +571,7 @@ def reference_lll(model, batch, beta=1.0):
 def test_collator_lll_entries():
     model, processor = tiny("llava")
     ss = shapes_samples(6)
-    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig())(ss)
+    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig(scope="target"))(ss)
     region, valid = batch["lookhere_lll_region"], batch["lookhere_lll_valid"]
     assert region.shape == (6, 1, 16)  # scope "target": one concept per sample
     assert valid.shape == batch["lookhere_target"].shape == (6, 16)
@@ -659,14 +659,14 @@ def test_collator_lll_concept_rules():
     assert sample_concept(TASK.sample(0)) is None
     assert sample_concept(dataclasses.replace(s, structured={})) is None
     model, processor = tiny("llava")
-    batch = GroundingCollator(processor, get_adapter(model), lll=LLLConfig(concept=("shape",)))(
-        [two, samples(1)[0], rec])
+    target = LLLConfig(concept=("shape",), scope="target")
+    batch = GroundingCollator(processor, get_adapter(model), lll=target)([two, samples(1)[0], rec])
     assert batch["lookhere_has_concept"].tolist() == [False, False, True]
     assert not batch["lookhere_lll_concepts_mask"][:2].any()
     assert batch["lookhere_lll_region"].shape[1] == 1
     assert (batch["lookhere_lll_region"][:2] == 0).all()
-    summed = GroundingCollator(processor, get_adapter(model), lll=LLLConfig(token_rule="sum"))(
-        [rec])
+    summed = GroundingCollator(processor, get_adapter(model),
+                               lll=LLLConfig(token_rule="sum", scope="target"))([rec])
     ids = summed["lookhere_lll_concepts"][0, 0][summed["lookhere_lll_concepts_mask"][0, 0]].tolist()
     assert ids == concept_ids(processor.tokenizer, objs[0]["shape"], "sum")
     assert len(ids) > 1

@@ -124,7 +124,7 @@ def sample_concept(sample: Sample, attributes: Sequence[str] = ("shape", "colour
 
 
 def sample_concepts(sample: Sample, attributes: Sequence[str] = ("shape", "colour"),
-                    scope: str = "target") -> list[tuple[str, Geometry]]:
+                    scope: str = "image") -> list[tuple[str, Geometry]]:
     """The (concept word, region) pairs LLL trains on for one sample.
 
     ``scope="target"``: the `sample_concept` of the question's objects, if any. ``"image"``

@@ -78,13 +78,16 @@ class LLLConfig:
                 "cover (soft; binary regions give the plain formula). A number t in (0, 1]: "
                 "tokens with coverage >= t are inside, all others outside."})
     concept: tuple[str, ...] = field(default=LLL_ATTRIBUTES, metadata={
-        "help": "Object attributes that name the concept, in order of preference: the first one "
-                "that all the sample's target objects share gives the concept word (Shapes: "
+        "help": "Object attributes whose words are concepts; with scope 'target', in order of "
+                "preference: the first one that all the sample's target objects share gives the "
+                "concept word (Shapes: "
                 f"{', '.join(LLL_ATTRIBUTES)})."})
-    scope: str = field(default="target", metadata={
-        "help": "Which concepts a sample trains: 'target' = the one word its question's objects "
-                "share (above); 'image' = every word of the `concept` attributes among the "
-                "image's objects, each with its own region, the loss averaged over them."})
+    scope: str = field(default="image", metadata={
+        "help": "Which concepts a sample trains: 'image' = every word of the `concept` "
+                "attributes among the image's objects, each with its own region, the loss "
+                "averaged over them; 'target' = the one word its question's objects share "
+                "(the `concept` order above). Samples without objects use their "
+                "meta['concept'] either way."})
     token_rule: str = field(default="first", metadata={
         "help": "Concept token ids of a word (the rules of lookhere.lens; whitespace-only tokens "
                 "skipped): 'first' = its first token mid-sentence; 'sum' = the distinct first "
