@@ -9,6 +9,7 @@ from lookhere.cli import main
 from lookhere.experiment.demo import run_demo
 from lookhere.experiment.heads import HeadsExperimentConfig
 from lookhere.experiment.klal import KLALExperimentConfig, held_out_split, train_split
+from lookhere.experiment.lens import LensExperimentConfig
 from lookhere.models import tiny
 
 TINY = dict(size="test96", image_size=112, steps=2, batch_size=2, test_samples=4,
@@ -40,9 +41,11 @@ def test_demo_writes_report(tmp_path, monkeypatch):
                                                           image_size=112))
     heads_config = HeadsExperimentConfig(size="test4", steps=2, batch_size=2, search_samples=4,
                                          search_repeats=2, test_samples=3, vqa_samples=2,
-                                         eval_batch_size=4, n_maps=2)
+                                         eval_batch_size=4, n_maps=2, save_models=True)
+    lens_config = LensExperimentConfig(size="test4", steps=2, batch_size=2, test_samples=3,
+                                       vqa_samples=2, eval_batch_size=4, n_maps=2)
     report = run_demo(out, KLALExperimentConfig(**TINY), progress=False, command="test",
-                      heads_config=heads_config)
+                      heads_config=heads_config, lens_config=lens_config)
     assert report == out / "report.html"
     results = json.loads((out / "results.json").read_text())
     assert set(results["tasks"]) == {"grid_patch", "line_intersection", "line_tracing"}
@@ -55,8 +58,20 @@ def test_demo_writes_report(tmp_path, monkeypatch):
     html = report.read_text()
     assert set(results["heads"]["conditions"]) == {"untrained", "ntp", "klal"}
     assert "Localization heads" in html and "localization heads" in html
+    # the lens part: NTP is the heads part's model (its training record), NTP+LLL trained here
+    lres = results["lens"]
+    assert set(lres["conditions"]) == {"ntp", "lll"}
+    ntp, lll = (lres["conditions"][c]["train"] for c in ("ntp", "lll"))
+    assert ntp["reused_from"] == "the heads part"
+    assert ntp["log"] == results["heads"]["conditions"]["ntp"]["train"]["log"]
+    # the same model on the same held-out questions (both parts draw them alike)
+    assert lres["conditions"]["ntp"]["vqa"] == results["heads"]["conditions"]["ntp"]["vqa"]
+    assert "reused_from" not in lll and lll["lll"]["weight"] > 0
+    assert "The logit lens (NTP vs NTP+LLL)" in html and "reused from the heads part" in html
+    assert "shape words, in %" in html and "colour words, in %" in html
+    assert results["settings"]["lens"]["steps"] == 2
     for name in ("attention_maps.png", "attention_ratio.png", "training_curves.png",
-                 "heads_maps.png", "heads_each.png"):
+                 "heads_maps.png", "heads_each.png", "lens_maps.png", "lens_layers.png"):
         assert (out / name).stat().st_size > 0 and name in html
     assert "| task" in (out / "results.md").read_text()
     with pytest.raises(FileExistsError):

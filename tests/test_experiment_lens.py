@@ -7,11 +7,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny as tiny_model
 
 from lookhere.cli import main
 from lookhere.data.synthetic.shapes import object_mask
-from lookhere.experiment import lens
+from lookhere.experiment import heads, lens
+from lookhere.experiment.heads import HeadsExperimentConfig
+from lookhere.experiment.klal import KLALExperimentConfig
 from lookhere.experiment.lens import (
     LensExperimentConfig,
     concept_regions,
@@ -181,6 +184,65 @@ def test_figures(finished):
     for caption, path in figures.items():
         assert caption and path.exists() and path.stat().st_size > 1000
     assert any("L1, L3" in c for c in figures)  # default layers: the middle and the LLL layer
+
+
+def test_figure_columns_put_ntp_first(finished, tmp_path, monkeypatch):
+    """image | NTP | NTP+LLL for each layer, whichever condition ran first."""
+    import lookhere.report
+
+    cfg, res, _, _, _ = finished
+    seen = []
+    monkeypatch.setattr(lookhere.report, "plot_attention_maps",
+                        lambda rows, path, *a, **k: seen.append(rows) or path)
+    maps = res["examples"]["maps"]
+    flipped = {**res, "examples": {**res["examples"], "maps": {"lll": maps["lll"],
+                                                               "ntp": maps["ntp"]}}}
+    lens.lens_figures(tmp_path, cfg, flipped)
+    assert list(seen[0][0]["maps"]) == ["NTP L1", "NTP+LLL L1", "NTP L3", "NTP+LLL L3"]
+    assert seen[0][1]["maps"]["NTP+LLL L3"] == maps["lll"][1]["maps"]["3"]
+
+
+def test_heads_ntp_model_is_the_lens_ntp_model(finished, tmp_path):
+    """The heads experiment's NTP run (KLAL monitored, KLAL targets in the batches) with the same
+    training settings trains the very same model as this experiment's (LLL monitored): equal
+    parameters; given to `run` as ``trained``, it gives the same scores as training here."""
+    cfg, res, _, models, _ = finished
+    hcfg = HeadsExperimentConfig(size="test4", steps=2, batch_size=2, search_samples=4,
+                                 search_repeats=1, test_samples=2, vqa_samples=2)
+    assert lens.ntp_mismatches(cfg, hcfg) == []
+    model, processor, record = heads.prepare_model(hcfg, "ntp", heads.train_split(hcfg),
+                                                   tmp_path, progress=False)
+    assert "klal_loss" in record["log"][0] and "lll_loss" not in record["log"][0]
+    ours = dict(models["ntp"][0].named_parameters())
+    theirs = dict(model.named_parameters())
+    init = dict(tiny.build_tiny("llava", "test4", seed=0)[0].named_parameters())
+    assert set(theirs) == set(ours) == set(init)
+    assert all(torch.equal(theirs[n], ours[n]) for n in ours)
+    assert sum(not torch.equal(ours[n], init[n]) for n in ours) > len(ours) // 2  # it trained
+    given = lens.Trained(model, processor, record, hcfg, source="heads")
+    again = lens.run(replace(cfg, conditions=("ntp",)), tmp_path / "lens", progress=False,
+                     trained={"ntp": given})
+    entry, trained_here = again["conditions"]["ntp"], res["conditions"]["ntp"]
+    assert entry["lens"] == trained_here["lens"] and entry["vqa"] == trained_here["vqa"]
+    assert again["examples"]["maps"]["ntp"] == res["examples"]["maps"]["ntp"]
+    assert entry["train"]["reused_from"] == "heads" and entry["train"]["log"] == record["log"]
+    assert entry["train"]["lll"]["weight"] == 0 and entry["train"]["lll"]["monitor"] is False
+
+
+def test_trained_errors(finished):
+    cfg, _, _, models, _ = finished
+    hcfg = HeadsExperimentConfig(size="test4", steps=2, batch_size=2)
+    given = lens.Trained(*models["ntp"], {"steps": 2}, hcfg)
+    cases = [({"lll": given}, cfg, "only the 'ntp'"),
+             ({"ntp": given}, replace(cfg, conditions=("lll",)), "not in config.conditions"),
+             ({"ntp": replace(given, config=replace(hcfg, data_seed=1))}, cfg, "data_seed: 1"),
+             ({"ntp": replace(given, config=replace(hcfg, shapes_options={"max_objects": 3}))},
+              cfg, "Shapes VQA settings"),
+             ({"ntp": replace(given, config=KLALExperimentConfig(size="test4"))}, cfg,
+              "Shapes VQA settings: '<missing>'")]
+    for trained, config, match in cases:
+        with pytest.raises(ValueError, match=match):
+            lens.run(config, "unused", progress=False, trained=trained)
 
 
 def test_concept_regions_and_reference_by_hand():

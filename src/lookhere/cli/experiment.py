@@ -12,7 +12,8 @@ from typing import Any
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the embedded-model demo: NTP vs NTP+KLAL, HTML report")
+    p = sub.add_parser("demo", help="the embedded-model demo (KLAL, localization heads, the "
+                       "logit lens): HTML report; these options set the KLAL part")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="new or empty folder")
     _add_klal_options(p)
     p.set_defaults(run=_demo)

@@ -3,8 +3,11 @@
 Part 1 (KLAL): NTP vs NTP+KLAL on Grid Patch, Line Intersection and Line Tracing
 (`lookhere.experiment.klal`). Part 2 (localization heads): the heads of tiny models trained on
 Shapes VQA, found training-free and used for REC against baselines
-(`lookhere.experiment.heads`, a shorter run than docs/results.md's). Writes ``results.json``,
-``results.md``, the figures and ``report.html`` to the output folder.
+(`lookhere.experiment.heads`, a shorter run than docs/results.md's). Part 3 (the logit lens):
+NTP vs NTP+LLL on the same Shapes VQA, the lens maps of every shape and colour word segmented
+per layer (`lookhere.experiment.lens`); its NTP model is part 2's, which is the very same
+training (saved under ``heads/models/ntp``), so only NTP+LLL is trained. Writes
+``results.json``, ``results.md``, the figures and ``report.html`` to the output folder.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 
 from lookhere.data.sample import Geometry, Sample
-from lookhere.experiment import heads, klal
+from lookhere.experiment import heads, klal, lens
 from lookhere.models.tiny import resolve_size
 from lookhere.report import (
     plot_attention_maps,
@@ -29,15 +32,22 @@ from lookhere.report import (
 )
 
 # The demo's heads part: the experiment's settings with fewer samples and steps (~4 minutes).
+# Its models are saved, so that the lens part reuses the NTP one.
 DEMO_HEADS = heads.HeadsExperimentConfig(steps=1000, search_samples=500, search_repeats=2,
-                                         test_samples=300, vqa_samples=300)
+                                         test_samples=300, vqa_samples=300, save_models=True)
+# The demo's lens part: the training settings of DEMO_HEADS (so its NTP model is reused).
+DEMO_LENS = lens.LensExperimentConfig(steps=1000, test_samples=300, vqa_samples=300)
 
 
 def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = None,
              progress: bool = True, command: str = "make demo",
-             heads_config: heads.HeadsExperimentConfig | None = DEMO_HEADS) -> Path:
+             heads_config: heads.HeadsExperimentConfig | None = DEMO_HEADS,
+             lens_config: lens.LensExperimentConfig | None = DEMO_LENS) -> Path:
     """Run every part of the demo into ``out_dir`` (must be new or empty); the report's path.
-    ``heads_config=None`` leaves out the localization-heads part."""
+    ``heads_config=None`` / ``lens_config=None`` leave out the localization-heads / lens part.
+    The lens part reuses the heads part's NTP model when that part saves its models
+    (``save_models``) and trains under the same settings (`lens.ntp_mismatches`); otherwise it
+    trains its own."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; remove it or choose another folder")
@@ -46,14 +56,23 @@ def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = Non
     results = klal.run(config, out_dir, progress=progress)
     sections = [{"title": "How to read this", "html": _reading(config)}]
     figures = _figures(out_dir, config, results)
+    hres = None
     if heads_config is not None:
         hres = heads.run(heads_config, out_dir / "heads", progress=progress)
         results["heads"] = hres
         sections.append({"title": "Localization heads (training-free grounding)",
                          "html": heads_section(heads_config, hres)})
         figures.update(heads_figures(out_dir, heads_config, hres))
-    results.update(title="lookhere demo: KLAL and localization heads on the embedded tiny VLM",
-                   command=command, settings=_settings(config, heads_config),
+    if lens_config is not None:
+        trained = reused_ntp(lens_config, heads_config, hres, out_dir / "heads")
+        lres = lens.run(lens_config, out_dir / "lens", progress=progress, trained=trained)
+        results["lens"] = lres
+        sections.append({"title": "The logit lens (NTP vs NTP+LLL)",
+                         "html": lens_section(lens_config, lres)})
+        figures.update(lens.lens_figures(out_dir, lens_config, lres))
+    results.update(title="lookhere demo: KLAL, localization heads and the logit lens on the "
+                         "embedded tiny VLM",
+                   command=command, settings=_settings(config, heads_config, lens_config),
                    elapsed_s=time.perf_counter() - start, sections=sections)
     return write_report(out_dir, results, figures)
 
@@ -126,11 +145,13 @@ def _boxes(s: Sample) -> list[tuple[float, float, float, float]]:
 
 
 def _settings(config: klal.KLALExperimentConfig,
-              heads_config: heads.HeadsExperimentConfig | None = None) -> dict[str, Any]:
+              heads_config: heads.HeadsExperimentConfig | None = None,
+              lens_config: lens.LensExperimentConfig | None = None) -> dict[str, Any]:
     import transformers
 
     return {"klal": config.to_json(),
             "heads": None if heads_config is None else heads_config.to_json(),
+            "lens": None if lens_config is None else lens_config.to_json(),
             "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "threads": torch.get_num_threads(),
@@ -219,3 +240,86 @@ def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: dict
                                 "Each localization head's attention from the prompt's last token "
                                 "(gold box outlined; each map scaled to its own max)"),
     }
+
+
+# --------------------------------------------------------------------------- the lens part
+
+
+def reused_ntp(config: lens.LensExperimentConfig, heads_config: heads.HeadsExperimentConfig | None,
+               hres: dict[str, Any] | None, heads_dir: Path) -> dict[str, lens.Trained]:
+    """``{"ntp": the heads part's saved NTP model}`` for `lens.run`, when it is the lens part's
+    NTP training (both run 'ntp', same training settings, models saved); else ``{}``."""
+    if (heads_config is None or hres is None or not heads_config.save_models
+            or "ntp" not in heads_config.conditions or "ntp" not in config.conditions
+            or lens.ntp_mismatches(config, heads_config)):
+        return {}
+    from lookhere.models.loading import load_model
+
+    model, processor, _ = load_model(str(heads_dir / "models" / "ntp"), dtype=torch.float32)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # where the Trainer trains
+    return {"ntp": lens.Trained(model, processor, hres["conditions"]["ntp"]["train"],
+                                heads_config, source="the heads part")}
+
+
+def lens_section(config: lens.LensExperimentConfig, lres: dict[str, Any]) -> str:
+    """The lens part's HTML: what was run, a table per concept type (mIoU and pointing per layer
+    and model, and the no-model reference), and VQA accuracy."""
+    e = html.escape
+    conds = [c for c in lens.CONDITIONS if c in lres["conditions"]]
+    n_layers = resolve_size(config.size).layers
+    trained_layer = config.layer % n_layers
+    ntp = lres["conditions"].get("ntp", {}).get("train", {})
+    ntp_from = (f"reused from {e(ntp['reused_from'])}: the same initial weights, batches and "
+                "steps, so the very same model" if ntp.get("reused_from") else "trained here")
+    tables = "".join(_lens_table(kind, lres, conds, trained_layer) for kind in lens.KINDS)
+    vqa = "".join(f"<tr><th>{e(lens.LABELS.get(c, c))}</th>"
+                  f"<td>{_pct(lres['conditions'][c]['vqa']['accuracy'])}</td></tr>"
+                  for c in conds)
+    shared = lres.get("concepts", {}).get("shared_ids", [])
+    shared_note = ("" if not shared else " Words that share their first token (so their maps "
+                   "coincide): " + "; ".join(e(" / ".join(ws)) for ws in shared) + ".")
+    rule = ": the cells above the map's mean" if config.threshold == "mean" else ""
+    return (f"<p>Two tiny {e(config.family)} models (preset {e(config.size)}, {n_layers} LLM "
+            f"layers), trained {config.steps} steps from scratch on Shapes VQA from the same "
+            f"initial weights on the same batches: NTP ({ntp_from}), and NTP + LLL (mu "
+            f"{config.mu}, beta {config.beta}, on the output of layer {trained_layer}; "
+            f"{_lll_concept(config)}). On {config.test_samples} held-out images, for every "
+            f"shape word and every colour word of the image's objects, the logit-lens map "
+            f"p(word | visual token) of each layer is segmented (threshold "
+            f"{e(repr(config.threshold))}{rule}) and scored against the union mask of the "
+            f"objects carrying the word.{shared_note}</p>{tables}"
+            f"<table><thead><tr><th>in %</th><th>VQA accuracy ({config.vqa_samples} held-out "
+            f"questions)</th></tr></thead><tbody>{vqa}</tbody></table>"
+            f"<p>mIoU: mean over (image, word) of the IoU of the segmented map with the word's "
+            f"objects; pointing game: the map's peak cell lies on them. The no-model row is the "
+            f"share of the image those objects cover: the mIoU of a whole-image mask and the "
+            f"pointing game of a random peak. What to look for: whether NTP+LLL's maps at the "
+            f"trained layer (L{trained_layer}) point at the word's objects more often than "
+            f"NTP's and than the no-model row, and at which layers the lens of either model "
+            f"says anything about the image.</p>")
+
+
+def _lll_concept(config: lens.LensExperimentConfig) -> str:
+    lll = config.lll_config("lll")
+    if lll.scope == "image":
+        return "every shape and colour word of the image is a concept, its region its objects"
+    return (f"a question's concept is the first of its objects' attributes "
+            f"({', '.join(map(html.escape, lll.concept))}) that they share, the region every "
+            f"object carrying that word")
+
+
+def _lens_table(kind: str, lres: dict[str, Any], conds: list[str], trained_layer: int) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(lens.LABELS.get(c, c))} {m}</th>" for c in conds
+                   for m in ("mIoU", "pointing"))
+    rows = []
+    for layer in lres["layers"]:
+        name = f"L{layer}" + (" (LLL layer)" if layer == trained_layer else "")
+        cells = "".join(f"<td>{_pct(lres['conditions'][c]['lens'][str(layer)][kind].get(m))}</td>"
+                        for c in conds for m in ("mIoU", "pointing"))
+        rows.append(f"<tr><th>{e(name)}</th>{cells}</tr>")
+    share = _pct(lres["reference"][kind]["region_share"])
+    rows.append("<tr><th>no model (whole image / random peak)</th>"
+                + f"<td>{share}</td>" * (2 * len(conds)) + "</tr>")
+    return (f"<table><thead><tr><th>{e(kind)} words, in %</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")

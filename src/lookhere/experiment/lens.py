@@ -24,13 +24,17 @@ objects carrying that word:
 
 VQA accuracy on held-out questions (greedy) checks that LLL does not hurt the answers. A few
 maps per condition are kept for the figure (image | NTP lens map | NTP+LLL lens map).
+
+The ``ntp`` model can come from elsewhere (`run`'s ``trained``, as `Trained`): another experiment
+whose NTP run has the same training settings (`NTP_FIELDS`) trains the very same model, since its
+monitored auxiliary term (weight 0) changes no number. `make demo` reuses the heads part's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,11 @@ from lookhere.train.config import LLL_ATTRIBUTES, KLALConfig, LLLConfig
 CONDITIONS = ("ntp", "lll")
 KINDS = ("shape", "colour")  # concept types: the object attribute that gives the word
 LABELS = {"ntp": "NTP", "lll": "NTP+LLL"}
+# The settings that fix an NTP run (initial weights, batches and their order, optimiser and
+# schedule); with the Shapes VQA settings (`ntp_mismatches`) they decide whether a model
+# trained by another experiment is this experiment's 'ntp' model.
+NTP_FIELDS = ("family", "size", "image_size", "steps", "batch_size", "lr", "warmup_ratio",
+              "seed", "data_seed")
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,12 @@ class LensExperimentConfig:
     token_rule: str = field(default="first", metadata={
         "help": f"concept token ids, in training and evaluation: {RULES}"})
     concept: tuple[str, ...] = field(default=LLL_ATTRIBUTES, metadata={
-        "help": "LLL training concept: the first of these attributes that a question's objects "
-                "share gives the word (shape first: colour words are then trained only by "
+        "help": "object attributes whose words LLL trains (with scope 'target': the first one "
+                "that a question's objects share gives the one word)"})
+    scope: str = field(default="image", metadata={
+        "help": "LLL concepts per training sample: 'image' = every word of the image's objects "
+                "(of the `concept` attributes), each with its objects' region; 'target' = the "
+                "one word the question's objects share (colour words are then trained only by "
                 "colour-count questions)"})
     test_samples: int = field(default=300, metadata={
         "help": "held-out images whose concepts are segmented"})
@@ -135,7 +148,7 @@ class LensExperimentConfig:
     def lll_config(self, condition: str) -> LLLConfig:
         """``lll``: weight mu; ``ntp``: weight 0, still computed and logged."""
         common = dict(layer=self.layer, beta=self.beta, token_rule=self.token_rule,
-                      concept=self.concept)
+                      concept=self.concept, scope=self.scope)
         if condition == "lll":
             return LLLConfig(weight=self.mu, **common)
         return LLLConfig(weight=0.0, monitor=True, **common)
@@ -192,6 +205,49 @@ def held_out_splits(config: LensExperimentConfig) -> tuple[list[Sample], list[Sa
 
 
 # --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model trained elsewhere, given to `run` for the ``ntp`` condition.
+
+    ``config`` is the config it was trained under (e.g. a `HeadsExperimentConfig`: its 'ntp'
+    model is NTP with KLAL only monitored), which `run` checks against its own with
+    `ntp_mismatches`; the caller vouches that the model was trained with NTP alone (auxiliary
+    terms at weight 0). ``record`` is its training record (``steps``, ``seconds``, ``log``);
+    ``source`` names where it comes from, for the results."""
+
+    model: torch.nn.Module
+    processor: Any
+    record: dict[str, Any]
+    config: Any
+    source: str = ""
+
+
+def ntp_mismatches(config: LensExperimentConfig, other: Any) -> list[str]:
+    """The training settings in which ``other`` (any experiment config) differs from
+    ``config``, as ``"name: other's != config's"``; empty when NTP under ``other`` trains the
+    same model on the same batches as this experiment's 'ntp' condition."""
+    out = [f"{name}: {getattr(other, name, '<missing>')!r} != {getattr(config, name)!r}"
+           for name in NTP_FIELDS if getattr(other, name, None) != getattr(config, name)]
+    shapes = getattr(other, "shapes", None)
+    theirs = shapes("vqa") if callable(shapes) else "<missing>"
+    if theirs != config.shapes("vqa"):
+        out.append(f"Shapes VQA settings: {theirs!r} != {config.shapes('vqa')!r}")
+    return out
+
+
+def _check_trained(config: LensExperimentConfig, trained: dict[str, Trained]) -> None:
+    for condition, given in trained.items():
+        if condition not in config.conditions:
+            raise ValueError(f"trained names condition {condition!r}, which is not in "
+                             f"config.conditions {config.conditions}")
+        if condition != "ntp":
+            raise ValueError(f"trained can give only the 'ntp' model, got {condition!r}")
+        bad = ntp_mismatches(config, given.config)
+        if bad:
+            raise ValueError(f"trained['ntp'] was trained under other settings than config: "
+                             f"{'; '.join(bad)}")
 
 
 def train_one(config: LensExperimentConfig, condition: str, train: SampleList, out_dir: Path,
@@ -339,10 +395,18 @@ def reference_scores(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
 
 
 def run(config: LensExperimentConfig, out_dir: str | Path, progress: bool = True,
-        on_result: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Every condition: training, VQA accuracy, lens segmentation and pointing; the results."""
+        on_result: Callable[[str, dict[str, Any]], None] | None = None,
+        trained: Mapping[str, Trained] | None = None) -> dict[str, Any]:
+    """Every condition: training, VQA accuracy, lens segmentation and pointing; the results.
+
+    ``trained={"ntp": Trained(...)}`` uses that model instead of training one (ValueError when
+    its config differs in a training setting, see `ntp_mismatches`); its entry's ``train`` is
+    the given record with ``reused_from`` (the source) and the LLL config (weight 0, not
+    monitored: its log has no ``lll_loss``)."""
     out_dir = Path(out_dir)
-    train = train_split(config)
+    trained = dict(trained or {})
+    _check_trained(config, trained)
+    train = train_split(config) if set(config.conditions) - set(trained) else None
     vqa_test, lens_test = held_out_splits(config)
     results: dict[str, Any] = {
         "config": config.to_json(), "layers": list(config.layers()), "conditions": {},
@@ -352,13 +416,11 @@ def run(config: LensExperimentConfig, out_dir: str | Path, progress: bool = True
     }
     for condition in config.conditions:
         start = time.perf_counter()
-        if progress:
-            print(f"[lens] {condition}: training ({config.steps} steps)", flush=True)
-        model, processor, record = train_one(config, condition, train,
-                                             out_dir / "runs" / condition, progress)
+        model, processor, record = _prepare(config, condition, train, trained, out_dir,
+                                            progress)
         model.eval()
         results.setdefault("concepts", concept_table(config, processor.tokenizer))
-        if config.save_models:
+        if config.save_models and condition not in trained:
             from lookhere.models.tiny import save_tiny
 
             save_tiny(model, processor, out_dir / "models" / condition)
@@ -373,6 +435,23 @@ def run(config: LensExperimentConfig, out_dir: str | Path, progress: bool = True
         if progress:
             print(f"[lens] {condition}: {summary_line(condition, entry)}", flush=True)
     return results
+
+
+def _prepare(config: LensExperimentConfig, condition: str, train: SampleList | None,
+             trained: dict[str, Trained], out_dir: Path, progress: bool
+             ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The condition's model: the given one, or trained here."""
+    if condition in trained:
+        given = trained[condition]
+        if progress:
+            print(f"[lens] {condition}: reusing the model from {given.source or 'the caller'}",
+                  flush=True)
+        lll = dataclasses.replace(config.lll_config(condition), monitor=False)
+        return given.model, given.processor, {**given.record, "lll": dataclasses.asdict(lll),
+                                              "reused_from": given.source}
+    if progress:
+        print(f"[lens] {condition}: training ({config.steps} steps)", flush=True)
+    return train_one(config, condition, train, out_dir / "runs" / condition, progress)
 
 
 def concept_table(config: LensExperimentConfig, tokenizer: Any) -> dict[str, Any]:
@@ -422,12 +501,13 @@ def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dic
     if ex["items"]:
         test = {s.id: s for s in held_out_splits(
             dataclasses.replace(config, test_samples=len(ex["items"]), vqa_samples=1))[1]}
+        conds = [c for c in CONDITIONS if c in ex["maps"]]  # NTP first, whatever ran first
         rows = []
         for j, item in enumerate(ex["items"]):
             s = test[item["id"]]
             maps = {f"{LABELS.get(c, c)} L{layer}": ex["maps"][c][j]["maps"][str(layer)]
-                    for layer in chosen for c in ex["maps"]}
-            extent = next(iter(ex["maps"].values()))[j]["extent"]
+                    for layer in chosen for c in conds}
+            extent = ex["maps"][conds[0]][j]["extent"]
             rows.append({"image": s.image, "title": f"{item['concept']} ({item['kind']} word)",
                          "boxes": item["boxes"], "maps": maps, "extent": extent})
         figures["Logit-lens maps p(word | visual token) on held-out Shapes images, per model "
