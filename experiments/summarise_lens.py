@@ -12,7 +12,9 @@ import numpy as np
 
 LABELS = {"ntp": "NTP", "lll": "NTP+LLL"}
 METRICS = (("mIoU", "mIoU"), ("cIoU", "cIoU"), ("pointing", "pointing"),
-           ("pointing_object", "peak on an object"))
+           ("pointing_cell", "peak cell touches the region"),
+           ("pointing_object", "peak on an object"), ("p_in", "mean p inside"),
+           ("p_out", "mean p outside"))
 
 
 def cell(values: list[float]) -> str:

@@ -124,6 +124,7 @@ def test_scores_match_a_hand_recomputation(finished, condition):
         inter = {k: [] for k in lens.KINDS}
         union = {k: [] for k in lens.KINDS}
         hits = {k: [] for k in lens.KINDS}
+        touches = {k: [] for k in lens.KINDS}
         on_object = {k: [] for k in lens.KINDS}
         for i, s in enumerate(samples):
             objects = sum(object_mask(o, 112) for o in s.meta["objects"]).astype(bool)
@@ -139,6 +140,7 @@ def test_scores_match_a_hand_recomputation(finished, condition):
                     union[kind].append((pred | gold).sum())
                     r, c = np.unravel_index(np.argmax(heat), heat.shape)
                     hits[kind].append(gold[r * 14 + 7, c * 14 + 7])
+                    touches[kind].append(gold[r * 14:(r + 1) * 14, c * 14:(c + 1) * 14].any())
                     on_object[kind].append(objects[r * 14 + 7, c * 14 + 7])
         got = res["conditions"][condition]["lens"][str(layer)]
         for kind in lens.KINDS:
@@ -146,6 +148,7 @@ def test_scores_match_a_hand_recomputation(finished, condition):
             assert got[kind]["mIoU"] == pytest.approx(np.mean(i / u))
             assert got[kind]["cIoU"] == pytest.approx(i.sum() / u.sum())
             assert got[kind]["pointing"] == pytest.approx(np.mean(hits[kind]))
+            assert got[kind]["pointing_cell"] == pytest.approx(np.mean(touches[kind]))
             assert got[kind]["pointing_object"] == pytest.approx(np.mean(on_object[kind]))
     # the example maps are the lens maps of the first images' first object's shape / colour word
     ex = res["examples"]

@@ -9,7 +9,7 @@ from lookhere.eval.metrics import mask_ious
 from lookhere.eval.rec import peak_point as rec_peak_point
 from lookhere.heads.grounding import ground
 from lookhere.models.layout import GridGeometry
-from lookhere.segmentation import parse_threshold, peak_point, pointing, segment
+from lookhere.segmentation import parse_threshold, peak_cell, peak_point, pointing, segment
 
 
 def grid(rows=4, cols=4, cell=14, scale=1.0, offset=(0.0, 0.0), size=(56, 56)):
@@ -107,6 +107,7 @@ def test_pointing_by_hand():
     tie = np.zeros((4, 4))
     tie[2, 1] = tie[0, 3] = 1.0  # the first maximum, row-major: (0, 3)
     assert peak_point(tie, grid()) == (49.0, 7.0)
+    assert peak_cell(tie, grid()) == (0, 3) and peak_cell(HEAT, grid()) == (1, 1)
     # smoothing moves the peak to the 2x2 block's centre of mass side
     lone = np.zeros((8, 8))
     lone[0, 0] = 1.0

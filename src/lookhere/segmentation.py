@@ -77,12 +77,20 @@ def segment(heatmap: np.ndarray, geometry: GridGeometry, threshold: Threshold = 
     return Segmentation(fg, pixel_mask(fg, geometry))
 
 
-def peak_point(heatmap: np.ndarray, geometry: GridGeometry, smooth_sigma: float = 0.0
-               ) -> tuple[float, float]:
-    """Image-pixel centre of the heatmap's peak cell (the first maximum, row-major; the cell
-    clipped to the image), as `lookhere.eval.rec.peak_point` does for a grounding."""
+def peak_cell(heatmap: np.ndarray, geometry: GridGeometry, smooth_sigma: float = 0.0
+              ) -> tuple[int, int]:
+    """``(row, col)`` of the heatmap's peak cell (after smoothing; the first maximum,
+    row-major)."""
     heat = _smoothed(heatmap, geometry, smooth_sigma)
     r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return int(r), int(c)
+
+
+def peak_point(heatmap: np.ndarray, geometry: GridGeometry, smooth_sigma: float = 0.0
+               ) -> tuple[float, float]:
+    """Image-pixel centre of the heatmap's peak cell (`peak_cell`; the cell clipped to the
+    image), as `lookhere.eval.rec.peak_point` does for a grounding."""
+    r, c = peak_cell(heatmap, geometry, smooth_sigma)
     x0, y0, x1, y1 = geometry.cell_boxes()[r, c]
     return float((x0 + x1) / 2), float((y0 + y1) / 2)
 

@@ -16,9 +16,11 @@ objects carrying that word:
 
 - mIoU / cIoU of the pixel masks (`lookhere.eval.rec.ious_from_counts`, which equals
   `lookhere.eval.metrics.mask_ious`), per concept type (shape words, colour words, both);
-- the pointing game: the peak cell's centre lies in that union mask (``pointing``), and, as a
-  control, in any object's mask (``pointing_object``: a map that finds objects but not the
-  word's ones scores here and not above);
+- the pointing game: the peak cell's centre lies in that union mask (``pointing``); the peak
+  cell overlaps it (``pointing_cell``: the patch holds part of the object, which matters for
+  objects of one or two cells); and, as a control, the peak cell's centre lies in any object's
+  mask (``pointing_object``: a map that finds objects but not the word's ones scores here and
+  not above);
 - ``p_in`` / ``p_out``: the mean lens probability inside / outside the region (cell weights =
   the fraction of the cell the region covers), to show how strong the maps are.
 
@@ -51,7 +53,7 @@ from lookhere.experiment.heads import TEST_SEED_OFFSET, shapes_defaults, vqa_acc
 from lookhere.lens import RULES, concept_ids, lens_maps, resolve_layers
 from lookhere.models.adapter import get_adapter
 from lookhere.models.tiny import build_tiny, resolve_size
-from lookhere.segmentation import parse_threshold, pointing, segment
+from lookhere.segmentation import parse_threshold, peak_cell, pointing, segment
 from lookhere.targets import cell_coverage
 from lookhere.train.config import LLL_ATTRIBUTES, KLALConfig, LLLConfig
 
@@ -308,8 +310,8 @@ class _Tally:
         for layer in layers:
             per = {k: self.rows.get((layer, k), {}) for k in KINDS}
             per["all"] = {name: sum((per[k].get(name, []) for k in KINDS), [])
-                          for name in ("inter", "union", "hit", "hit_object", "p_in",
-                                       "p_out")}
+                          for name in ("inter", "union", "hit", "hit_cell", "hit_object",
+                                       "p_in", "p_out")}
             out[str(layer)] = {k: _summarise(v) for k, v in per.items()}
         return out
 
@@ -320,6 +322,7 @@ def _summarise(row: dict[str, list[float]]) -> dict[str, float]:
         return {"n": 0}
     return {**ious_from_counts([int(v) for v in row["inter"]], [int(v) for v in row["union"]]),
             "pointing": float(np.mean(row["hit"])),
+            "pointing_cell": float(np.mean(row["hit_cell"])),
             "pointing_object": float(np.mean(row["hit_object"])),
             "p_in": float(np.mean(row["p_in"])),
             "p_out": float(np.mean(row["p_out"])), "n": n}
@@ -346,8 +349,10 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
                 heat = result.map(i, layer, word).numpy()  # (rows, cols)
                 seg = segment(heat, geo, thr, config.smooth_sigma, config.largest_component)
                 inter, union = mask_counts(seg.pixel_mask, gold)
+                peak = peak_cell(heat, geo, config.smooth_sigma)
                 tally.add(layer, kind, inter=inter, union=union,
                           hit=float(pointing(heat, geo, gold, config.smooth_sigma)),
+                          hit_cell=float(cov[peak] > 0),
                           hit_object=float(pointing(heat, geo, objects, config.smooth_sigma)),
                           p_in=_weighted_mean(heat, cov), p_out=_weighted_mean(heat, 1 - cov))
     examples = []
