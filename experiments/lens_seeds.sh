@@ -4,7 +4,7 @@
 # About 15 minutes per seed on one thread; SEEDS="0" and SEEDS="1" run side by side with
 # OMP_NUM_THREADS=1. Re-running skips seeds already written.
 set -euo pipefail
-OUT=${OUT:-runs/experiments/lens_seeds}
+OUT=${OUT:-runs/experiments/lens_final}
 SEEDS=${SEEDS:-0 1 2}
 # shellcheck disable=SC2086
 .venv/bin/lookhere experiment lens --out "$OUT" --seeds $SEEDS --quiet "$@"
