@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lookhere.data.collate import sample_concepts
 from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
@@ -280,18 +281,9 @@ def train_one(config: LensExperimentConfig, condition: str, train: SampleList, o
 def concept_regions(sample: Sample) -> list[tuple[str, str, np.ndarray]]:
     """``(kind, word, union mask (H, W))`` for every shape word and colour word of the image's
     objects: the mask of all the objects carrying that word (the lens of a second circle
-    rightly says "circle" too)."""
-    objects = sample.meta["objects"]
-    size = sample.image.size  # (w, h)
-    out = []
-    for kind in KINDS:
-        for word in dict.fromkeys(o[kind] for o in objects):
-            mask = np.zeros(size[::-1], dtype=bool)
-            for o in objects:
-                if o[kind] == word:
-                    mask |= object_mask(o, size)
-            out.append((kind, word, mask))
-    return out
+    rightly says "circle" too); the regions that LLL's ``scope="image"`` trains."""
+    return [(kind, word, geometry.mask) for kind in KINDS
+            for word, geometry in sample_concepts(sample, (kind,), scope="image")]
 
 
 class _Tally:
