@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# The papers' claims in miniature on the embedded tiny VLM (about 15 minutes on 2 CPU cores).
+# The papers' claims in miniature on the embedded tiny VLM (about 20 minutes on 2 CPU cores).
 # A finished runs/demo is moved aside to runs/demo.<time>, never overwritten.
 demo: $(STAMP)
 	@if [ -d runs/demo ]; then mv runs/demo runs/demo.$$(date +%Y%m%d-%H%M%S); fi
