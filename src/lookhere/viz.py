@@ -45,6 +45,9 @@ def contact_sheet(samples: Sequence[Sample], cols: int = 4, cell: int = 256,
     for i, s in enumerate(samples):
         r, c = divmod(i, cols)
         img = draw_geometry(s) if overlay else s.image.convert("RGB")
+        k = (cell - 8) // max(img.size)
+        if k > 1:  # small images are enlarged by a whole factor, pixels kept sharp
+            img = img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
         img.thumbnail((cell - 8, cell - 8))
         x, y = c * cell + 4, r * (cell + caption_h) + 4
         sheet.paste(img, (x, y))

@@ -51,6 +51,10 @@ MISSING = ("error", "wrong")
 REC_TASKS = ("refcoco", "refcoco+", "refcocog")
 SHAPES_VOCAB: dict[str, tuple[str, ...]] = {
     "colour": tuple(PALETTE), "shape": SHAPES, "size": ("small", "medium", "large")}
+#: the answer vocabulary of each word-answer skill of Scenes
+SCENES_WORDS: dict[str, tuple[str, ...]] = {
+    **SHAPES_VOCAB, "follow": (*PALETTE, *SHAPES), "position": ("left", "right", "top", "bottom"),
+    "read": tuple("ABCDEFGH12345678")}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                 "ten", "eleven", "twelve")
 
@@ -143,6 +147,32 @@ def _rec(sample: Sample, text: str, style: str) -> Outcome:
     return _box_answer(sample, text, style)
 
 
+def _scenes(sample: Sample, text: str, style: str) -> Outcome:
+    """Scenes (the pretraining mix), by ``structured["skill"]``: boxes by IoU, a point inside
+    the object's mask, counts, yes/no, and words (colour, shape, size, position, glyph)."""
+    skill = sample.structured.get("skill")
+    if skill in ("rec", "find_marker"):
+        return _box_answer(sample, text, style)
+    if skill == "point":
+        points = parse_points(text, sample.image.size, style)
+        if points is None:
+            return _failed()
+        ok = point_in_region(points[0], mask=sample.geometry.mask)
+        return _judged({"points": [[float(x), float(y)] for x, y in points[:1]]}, ok)
+    gold = str(sample.structured.get("answer", ""))
+    if skill == "count":
+        return _count_answer(text, int(gold))
+    if skill == "relation":
+        yes = parse_yes_no(text)
+        return _failed() if yes is None else _judged({"answer": yes}, yes == (gold == "yes"))
+    if skill not in SCENES_WORDS:
+        raise ValueError(f"sample {sample.id!r}: unknown scenes skill {skill!r}")
+    word = parse_word(text, list(SCENES_WORDS[skill]))
+    if word is None:
+        return _failed()
+    return _judged({"answer": word}, word.lower() == gold.lower())
+
+
 def _pixmo_points(sample: Sample, text: str, style: str) -> Outcome:
     if "points" not in sample.structured:  # count mode
         return _count_answer(text, int(sample.structured["count"]))
@@ -161,6 +191,7 @@ def _pixmo_points(sample: Sample, text: str, style: str) -> Outcome:
 _SCORERS: dict[str, Callable[[Sample, str, str], Outcome]] = {
     "grid_patch": _grid_patch, "line_intersection": _line_intersection,
     "line_tracing": _line_tracing, "shapes": _shapes, "pixmo_points": _pixmo_points,
+    "scenes": _scenes,
     **{t: _rec for t in REC_TASKS},
 }
 SUPPORTED_TASKS = tuple(sorted(_SCORERS))
@@ -173,7 +204,8 @@ def _scorer(task: str) -> Callable[[Sample, str, str], Outcome]:
 
 
 def _is_box_task(sample: Sample) -> bool:
-    return sample.task in REC_TASKS or (sample.task == "shapes" and "box" in sample.structured)
+    return sample.task in REC_TASKS or (sample.task in ("shapes", "scenes")
+                                        and "box" in sample.structured)
 
 
 def _box_answer(sample: Sample, text: str, style: str) -> Outcome:

@@ -31,6 +31,7 @@ from scipy.interpolate import BSpline
 
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic.base import SyntheticTask, register_task
+from lookhere.data.synthetic.glyphs import glyph as glyph_mask
 
 MAX_CURVES = 8
 LETTERS = "ABCDEFGH"
@@ -54,26 +55,6 @@ _AIM = 0.5  # free layouts: share of them with a control point next to an alread
 _MAX_TURN = math.radians(120)  # sharpest bend of a control polygon (no hairpins)
 _MAX_CROSS_TURN = math.radians(30)  # most a curve may turn while passing through a crossing
 
-# 5x7 bitmap glyphs, drawn ourselves so images never depend on the installed font renderer.
-_GLYPH_ROWS = {
-    "A": ("00100", "01010", "10001", "10001", "11111", "10001", "10001"),
-    "B": ("11110", "10001", "10001", "11110", "10001", "10001", "11110"),
-    "C": ("01110", "10001", "10000", "10000", "10000", "10001", "01110"),
-    "D": ("11110", "10001", "10001", "10001", "10001", "10001", "11110"),
-    "E": ("11111", "10000", "10000", "11110", "10000", "10000", "11111"),
-    "F": ("11111", "10000", "10000", "11110", "10000", "10000", "10000"),
-    "G": ("01110", "10001", "10000", "10111", "10001", "10001", "01111"),
-    "H": ("10001", "10001", "10001", "11111", "10001", "10001", "10001"),
-    "1": ("00100", "01100", "00100", "00100", "00100", "00100", "01110"),
-    "2": ("01110", "10001", "00001", "00010", "00100", "01000", "11111"),
-    "3": ("11110", "00001", "00001", "01110", "00001", "00001", "11110"),
-    "4": ("00010", "00110", "01010", "10010", "11111", "00010", "00010"),
-    "5": ("11111", "10000", "11110", "00001", "00001", "10001", "01110"),
-    "6": ("00110", "01000", "10000", "11110", "10001", "10001", "01110"),
-    "7": ("11111", "00001", "00010", "00100", "01000", "01000", "01000"),
-    "8": ("01110", "10001", "10001", "01110", "10001", "10001", "01110"),
-}
-_GLYPH_CACHE: dict[tuple[str, int], Image.Image] = {}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -782,20 +763,12 @@ def _marker(image: Image.Image, draw: ImageDraw.ImageDraw, cfg: LineTracingConfi
     box = [round(cx - r), round(cy - r), round(cx + r) - 1, round(cy + r) - 1]
     ring = max(1, cfg.glyph_scale)
     draw.ellipse(box, fill=color if filled else BACKGROUND, outline=color, width=ring)
-    mask = _glyph(glyph, cfg.glyph_scale)
+    mask = glyph_mask(glyph, cfg.glyph_scale)
     x0 = round(cx - mask.width / 2)
     y0 = round(cy - mask.height / 2)
     image.paste(BACKGROUND if filled else color, (x0, y0), mask)
 
 
-def _glyph(char: str, scale: int) -> Image.Image:
-    """A cached "L" mask of a 5x7 glyph, upscaled by an integer factor (crisp at any size)."""
-    key = (char, scale)
-    if key not in _GLYPH_CACHE:
-        bits = np.array([[c == "1" for c in row] for row in _GLYPH_ROWS[char]], dtype=np.uint8)
-        big = np.kron(bits, np.ones((scale, scale), dtype=np.uint8)) * 255
-        _GLYPH_CACHE[key] = Image.fromarray(big, mode="L")
-    return _GLYPH_CACHE[key]
 
 
 # ----------------------------------------------------------------------------- sample

@@ -361,14 +361,14 @@ class ShapesTask(SyntheticTask):
         cfg: ShapesConfig = self.config
         rng = self.rng(index)
         for _ in range(_MAX_SCENE_TRIES):
-            scene = self._scene(rng)
+            scene = self.scene(rng)
             if scene is not None:
                 break
         else:  # only reachable with degenerate vocabularies (e.g. one shape, one colour)
             raise RuntimeError(f"shapes: no usable scene for index {index} in "
                                f"{_MAX_SCENE_TRIES} tries; widen shapes/colours/num_sizes")
         objs, masks, exprs, pairs = scene
-        image = self._render(rng, objs, masks)
+        image = self.render(rng, objs, masks)
         if cfg.mode == "rec":
             q, a, structured, geometry, diff = self._rec(rng, objs, masks, exprs)
         else:
@@ -421,7 +421,7 @@ class ShapesTask(SyntheticTask):
             o.update(cx=cx, cy=cy, radius=r)
         return True
 
-    def _scene(self, rng: np.random.Generator):
+    def scene(self, rng: np.random.Generator):
         cfg = self.config
         n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
         objs = self._attributes(rng, n)
@@ -443,7 +443,7 @@ class ShapesTask(SyntheticTask):
             return None
         return objs, masks, exprs, pairs
 
-    def _render(self, rng: np.random.Generator, objs: list[dict[str, Any]],
+    def render(self, rng: np.random.Generator, objs: list[dict[str, Any]],
                 masks: list[np.ndarray]) -> Image.Image:
         s = self.config.image_size
         arr = _background(rng, s, s, self.config.texture_contrast)
