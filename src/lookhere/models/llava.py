@@ -53,7 +53,7 @@ class LlavaAdapter(Adapter):
 
         from lookhere.models.tiny import llama_text_config, train_tokenizer
 
-        tok = train_tokenizer(["<image>"], size.vocab_size)
+        tok = train_tokenizer(["<image>"], size.vocab_size, extra_words=size.extra_words)
         vision = CLIPVisionConfig(
             hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
             num_hidden_layers=size.vision_layers, num_attention_heads=size.vision_heads,

@@ -42,6 +42,7 @@ class TinySize:
     image_size: int = 56  # vision input side, pixels
     patch_size: int = 14
     vocab_size: int = 512  # an upper bound: the BPE stops merging when the corpus runs out
+    extra_words: tuple[str, ...] = ()  # words added to the tokenizer's corpus (whole tokens)
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads or self.heads % self.kv_heads:
@@ -64,6 +65,17 @@ TINY_SIZES: dict[str, TinySize] = {
     "heads": TinySize(
         hidden=128, layers=4, heads=4, kv_heads=4, intermediate=512, vision_hidden=128,
         vision_layers=2, vision_heads=4, image_size=112, patch_size=14, vocab_size=1024,
+    ),
+    # ~3.7M parameters: the pretrained miniature (`lookhere pretrain`, shipped in the package).
+    # 96 px images in 8 px patches: a 12x12 grid, so the Scenes objects (19-31 px) span 2-4
+    # cells and a cell-level box can reach IoU 0.5 (docs/methods.md, "Grid fineness").
+    "mini": TinySize(
+        hidden=192, layers=6, heads=6, kv_heads=6, intermediate=512, vision_hidden=128,
+        vision_layers=4, vision_heads=4, image_size=96, patch_size=8, vocab_size=1024,
+        extra_words=tuple(
+            "describe written marker markers curve leads end from object objects nearest "
+            "medium size colour shape point to is at of the Where What Is How Point Describe"
+            .split()),
     ),
     # ~13M parameters: the first demo size; bench/probe.py's "tiny" shapes. About 5x slower.
     "small": TinySize(
@@ -104,11 +116,13 @@ def build_tiny(family: str, size: str | TinySize | dict[str, Any] = "test", seed
 
 
 def train_tokenizer(special_tokens: list[str], vocab_size: int, *, pad: str = "<pad>",
-                    eos: str = "</s>", bos: str | None = "<s>", unk: str = "<unk>") -> Any:
+                    eos: str = "</s>", bos: str | None = "<s>", unk: str = "<unk>",
+                    extra_words: tuple[str, ...] = ()) -> Any:
     """A byte-level BPE tokenizer trained offline, wrapped as a transformers fast tokenizer.
 
     ``special_tokens`` are added as single, never-split tokens (image placeholders, chat markers).
     Byte-level BPE encodes any text, so an unseen word costs more tokens but never fails.
+    ``extra_words`` join the built-in corpus (none: the tokenizer of every earlier preset).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -121,7 +135,7 @@ def train_tokenizer(special_tokens: list[str], vocab_size: int, *, pad: str = "<
         vocab_size=vocab_size, special_tokens=base + list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    corpus = _corpus()
+    corpus = _corpus(extra_words)
     tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=pad, eos_token=eos, bos_token=bos, unk_token=unk,
@@ -143,8 +157,8 @@ def llama_text_config(size: TinySize, tok: Any) -> Any:
     )
 
 
-def _corpus() -> list[str]:
-    words = list(_CORPUS_WORDS)
+def _corpus(extra_words: tuple[str, ...] = ()) -> list[str]:
+    words = list(_CORPUS_WORDS) + [w for w in extra_words if w not in _CORPUS_WORDS]
     numbers = [str(i) for i in range(0, 101)]
     letters = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
     lines = [" ".join(words), " ".join(numbers), " ".join(letters)]
