@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lookhere.cli import data, eval, experiment, heads, models
+from lookhere.cli import data, eval, experiment, heads, models, pretrain
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,5 +16,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     eval.add_commands(sub)
     heads.add_commands(sub)
     experiment.add_commands(sub)
+    pretrain.add_commands(sub)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -1,0 +1,158 @@
+"""``lookhere pretrain train|eval|card``: make, evaluate and package a pretrained miniature VLM.
+
+- ``train --out DIR``: LLaVA-1.5's stages in miniature (`lookhere.pretrain.recipe`); rerun the
+  same command to resume (each stage continues from its last Trainer checkpoint). Runs under
+  ``torchrun`` / ``accelerate launch`` unchanged.
+- ``eval --model M --out FILE``: the checkpoint's evaluation (`lookhere.experiment.pretrained`);
+  ``--model lookhere:llava-mini`` is the shipped checkpoint.
+- ``card --run DIR --eval FILE --out FOLDER``: the final model, its processor and a model card
+  (recipe, command, steps, wall time, evaluation, sha256) in one new folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+PROG = "lookhere pretrain"
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from lookhere.experiment.pretrained import PretrainedEvalConfig
+    from lookhere.pretrain.recipe import STAGES, PretrainConfig, StageConfig
+
+    cmds = sub.add_parser("pretrain", help="pretrain a miniature VLM (LLaVA-1.5's recipe), "
+                          "evaluate it, package it").add_subparsers(dest="pretrain", required=True)
+    p = cmds.add_parser("train", help="run (or resume) the vision, align and instruct stages")
+    p.add_argument("--out", type=Path, required=True, help="run folder (rerun to resume)")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                   help="stages to run, in order (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    _add_fields(p, PretrainConfig, skip=STAGES)
+    defaults = PretrainConfig()
+    for stage in STAGES:
+        _add_fields(p, StageConfig, prefix=stage, defaults=getattr(defaults, stage))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_train)
+    p = cmds.add_parser("eval", help="VQA per type, skills, REC as text and localization heads "
+                        "on held-out data")
+    p.add_argument("--model", required=True, help="model folder, or lookhere:llava-mini")
+    p.add_argument("--out", type=Path, required=True, help="new JSON file for the results")
+    _add_fields(p, PretrainedEvalConfig)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_eval)
+    p = cmds.add_parser("card", help="package a finished run with its model card")
+    p.add_argument("--run", dest="run_dir", type=Path, required=True,
+                   help="the `pretrain train` run folder")
+    p.add_argument("--eval", type=Path, required=True, help="`pretrain eval` JSON of its model")
+    p.add_argument("--out", type=Path, required=True, help="new folder for model and card")
+    p.add_argument("--command", default=None, help="the training command, for the card")
+    p.add_argument("--machine", default=None, help="where it ran, for the card")
+    p.set_defaults(run=_card)
+
+
+def _add_fields(p: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple = (),
+                defaults: Any = None) -> None:
+    """One option per scalar field (None: not given, the default holds)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = getattr(defaults, f.name) if defaults is not None else f.default
+        flag = "--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-")
+        dest = f"{prefix}_{f.name}" if prefix else f.name
+        help_ = f.metadata.get("help", "")
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                           help=help_)
+        else:
+            p.add_argument(flag, dest=dest, type=type(default), default=None,
+                           help=f"{help_} (default: {default})")
+
+
+def _given(args: argparse.Namespace, cls: type, prefix: str = "", skip: tuple = ()
+           ) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        dest = f"{prefix}_{f.name}" if prefix else f.name
+        if f.name not in skip and getattr(args, dest, None) is not None:
+            out[f.name] = getattr(args, dest)
+    return out
+
+
+def fail(message: str) -> SystemExit:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise fail(f"--threads must be >= 1, got {n}")
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lookhere.pretrain.recipe import STAGES, PretrainConfig, StageConfig, run
+
+    _threads(args.threads)
+    defaults = PretrainConfig()
+    try:
+        stages = {s: dataclasses.replace(getattr(defaults, s), **_given(args, StageConfig, s))
+                  for s in STAGES}
+        config = PretrainConfig(**_given(args, PretrainConfig, skip=STAGES), **stages)
+    except (TypeError, ValueError) as err:
+        raise fail(str(err)) from None
+    try:
+        records = run(config, args.out, stages=args.stages, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as err:
+        raise fail(str(err)) from None
+    for r in records:
+        last = r.log[-1]["loss"] if r.log else float("nan")
+        print(f"[pretrain] {r.stage}: {r.steps} steps in {r.seconds:.0f} s, last loss {last:.3f}")
+    print(f"[pretrain] model: {args.out / STAGES[-1] / 'final'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from lookhere.experiment.pretrained import (
+        PretrainedEvalConfig,
+        evaluate_pretrained,
+        summary_table,
+    )
+    from lookhere.io import write_json
+
+    _threads(args.threads)
+    if args.out.exists():
+        raise fail(f"--out {args.out} exists; choose a new file (nothing is overwritten)")
+    try:
+        config = PretrainedEvalConfig(**_given(args, PretrainedEvalConfig))
+    except ValueError as err:
+        raise fail(str(err)) from None
+    from lookhere.cli.eval import load_model_for_cli
+
+    model, processor, _ = load_model_for_cli(args.model, None, PROG + " eval")
+    result = evaluate_pretrained(model, processor, config, model_id=args.model,
+                                 progress=not args.quiet)
+    write_json(result, args.out)
+    print(summary_table(result))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from lookhere.experiment.model_card import write_card
+
+    try:
+        path = write_card(args.run_dir, json.loads(args.eval.read_text()), args.out,
+                          command=args.command, machine=args.machine)
+    except (OSError, ValueError, KeyError) as err:
+        raise fail(str(err)) from None
+    print(f"wrote {path}")
+    return 0

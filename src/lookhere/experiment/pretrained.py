@@ -1,0 +1,143 @@
+"""Evaluation of a pretrained miniature (`lookhere pretrain eval`): what the model can see.
+
+On held-out data only, none of it drawn from the pretraining stream:
+
+- **VQA on Shapes** (the experiments' scenes: 2-4 objects at the model's input size, seed
+  ``seed + TEST_SEED_OFFSET``, the heads experiment's test seed): colour, shape, size and count
+  questions about named objects, accuracy per type with 95% bootstrap intervals;
+- **the other skills on held-out Scenes** (seed ``seed + TEST_SEED_OFFSET``, never a
+  pretraining seed): position, relation, reading and locating markers, following a curve, and
+  pointing (the point must fall inside the object's mask);
+- **REC** on held-out Shapes expressions: the box written as text (Acc@0.5), and the
+  training-free localization heads of the frozen model (`find_heads` on the search seed's
+  expressions, then `evaluate_rec`) against every baseline: all heads, random heads, the centre
+  box; Acc@0.5, pointing and mask mIoU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from lookhere.data.dataset import TaskDataset
+from lookhere.data.sample import Sample
+from lookhere.data.synthetic import make_task
+from lookhere.eval.rec import BASELINES, evaluate_rec
+from lookhere.eval.runner import generate_answers
+from lookhere.eval.scoring import score_predictions
+from lookhere.experiment.heads import SEARCH_SEED_OFFSET, TEST_SEED_OFFSET, shapes_defaults
+from lookhere.heads.search import find_heads
+from lookhere.models.adapter import get_adapter
+
+SHAPES_TYPES = ("colour", "shape", "size", "count")
+SCENES_SKILLS = ("position", "relation", "read", "find_marker", "follow", "point")
+#: generation budget per answer kind: a word, or a box / point written digit by digit
+WORD_TOKENS, BOX_TOKENS = 6, 32
+
+
+@dataclass(frozen=True)
+class PretrainedEvalConfig:
+    seed: int = field(default=0, metadata={"help": "Data seed; held-out splits add offsets."})
+    vqa_samples: int = field(default=200, metadata={"help": "Shapes questions per type."})
+    skill_samples: int = field(default=200, metadata={"help": "Scenes questions per skill."})
+    rec_samples: int = field(default=500, metadata={"help": "Held-out REC expressions."})
+    search_samples: int = field(default=1000, metadata={"help": "REC prompts of the search."})
+    top_k: int = field(default=3, metadata={"help": "Localization heads kept (the paper: 3)."})
+    per_sample: int = field(default=3, metadata={
+        "help": "Heads counted per sample by the search's entropy criterion (3 of the mini "
+                "model's 24 candidates, about the share of the heads experiment's 2 of 8)."})
+    batch_size: int = field(default=32, metadata={"help": "Batch size of every forward."})
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or v < (0 if f.name == "seed" else 1):
+                raise ValueError(f"{f.name} must be an int >= {0 if f.name == 'seed' else 1}, "
+                                 f"got {v!r}")
+
+
+def shapes_split(mode: str, image_size: int, seed: int, n: int, **extra: Any) -> list[Sample]:
+    task = make_task("shapes", seed=seed, mode=mode, **shapes_defaults(image_size), **extra)
+    return list(TaskDataset(task, n).materialise().samples)
+
+
+def scenes_split(skill: str, image_size: int, patch_size: int, seed: int, n: int
+                 ) -> list[Sample]:
+    task = make_task("scenes", seed=seed, mode="instruct", image_size=image_size,
+                     patch_size=patch_size, max_objects=4, skills=(skill,))
+    return list(TaskDataset(task, n).materialise().samples)
+
+
+def question_accuracy(model: nn.Module, processor: Any, samples: list[Sample], key: str,
+                      max_new_tokens: int, batch_size: int, progress: bool
+                      ) -> dict[str, Any]:
+    """Accuracy (95% CI), parse failures and IoU of generated answers, grouped by
+    ``structured[key]`` (the question type or skill)."""
+    preds = generate_answers(model, processor, get_adapter(model), samples, batch_size,
+                             max_new_tokens, progress)
+    out = {}
+    for group in dict.fromkeys(s.structured[key] for s in samples):
+        part = [s for s in samples if s.structured[key] == group]
+        scores = score_predictions(part, {s.id: preds[s.id] for s in part})
+        (agg,) = scores.tasks.values()
+        out[group] = {k: agg[k] for k in ("n", "accuracy", "ci95", "parse_failure_rate")
+                      if k in agg} | ({"mean_iou": agg["mean_iou"]} if "mean_iou" in agg else {})
+        out[group]["examples"] = {s.id: [s.question, s.answer, preds[s.id]] for s in part[:3]}
+    return out
+
+
+def evaluate_pretrained(model: nn.Module, processor: Any, config: PretrainedEvalConfig,
+                        model_id: str = "", progress: bool = True) -> dict[str, Any]:
+    """The whole evaluation, as a JSON-able dict (module doc)."""
+    vision = model.config.vision_config
+    size, patch = vision.image_size, vision.patch_size
+    test_seed = config.seed + TEST_SEED_OFFSET
+    model.eval()
+    vqa = [s for t in SHAPES_TYPES
+           for s in shapes_split("vqa", size, test_seed, config.vqa_samples, vqa_types=(t,))]
+    vqa_res = question_accuracy(model, processor, vqa, "type", WORD_TOKENS, config.batch_size,
+                                progress)
+    skills: dict[str, Any] = {}
+    for skill in SCENES_SKILLS:
+        samples = scenes_split(skill, size, patch, test_seed, config.skill_samples)
+        budget = BOX_TOKENS if skill in ("find_marker", "point") else WORD_TOKENS
+        skills.update(question_accuracy(model, processor, samples, "skill", budget,
+                                        config.batch_size, progress))
+    adapter = get_adapter(model)
+    search = shapes_split("rec", size, config.seed + SEARCH_SEED_OFFSET, config.search_samples)
+    spec = find_heads(model, processor, adapter, search, model_id=model_id, top_k=config.top_k,
+                      per_sample=config.per_sample, batch_size=config.batch_size,
+                      progress=progress)
+    rec_test = shapes_split("rec", size, test_seed, config.rec_samples)
+    rec = evaluate_rec(model, processor, adapter, rec_test, spec, BASELINES, seed=config.seed,
+                       batch_size=config.batch_size, progress=progress,
+                       max_new_tokens=BOX_TOKENS)
+    methods = {name: {k: v for k, v in m.items() if k not in ("ious", "boxes", "answers")}
+               for name, m in rec["methods"].items()}
+    return {"config": asdict(config), "model": model_id, "vqa": vqa_res, "skills": skills,
+            "heads": {"heads": [list(h) for h in spec.heads], "settings": spec.settings},
+            "rec": {"n": rec["n"], "methods": methods}}
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """Markdown tables of a result: questions, then REC."""
+    lines = ["| questions | n | accuracy | 95% CI | parse failures |", "|---|---|---|---|---|"]
+    for group, res in [*result["vqa"].items(), *result["skills"].items()]:
+        lo, hi = res["ci95"]
+        lines.append(f"| {group} | {res['n']} | {100 * res['accuracy']:.1f} | "
+                     f"{100 * lo:.1f}-{100 * hi:.1f} | {100 * res['parse_failure_rate']:.1f} |")
+    lines += ["", f"Localization heads (layer, head): {result['heads']['heads']}", "",
+              "| REC method | Acc@0.5 | pointing | mIoU | mean IoU |", "|---|---|---|---|---|"]
+    for name, m in result["rec"]["methods"].items():
+        miou = m.get("mIoU")
+        lines.append(f"| {name} | {100 * m['acc@0.5']:.1f} | {_pct(m.get('pointing'))} | "
+                     f"{_pct(miou)} | {100 * m['mean_iou']:.1f} |")
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"

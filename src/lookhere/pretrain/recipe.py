@@ -1,0 +1,266 @@
+"""LLaVA-1.5's recipe in miniature: vision, alignment and instruction stages on Scenes.
+
+LLaVA-1.5 starts from a contrastively pretrained CLIP tower and a pretrained Vicuna, trains the
+projector alone on captions (stage 1), then the projector and the language model on an
+instruction mix (stage 2), the tower frozen throughout. lookhere has neither pretrained part, so
+the miniature has three stages (docs/methods.md, "Pretraining"):
+
+1. ``vision``: the CLIP tower alone, dense per-patch labels (`DensePatchObjective`);
+2. ``align``: captions naming every object with its box; the tower frozen, the projector *and*
+   the language model trained (a from-scratch language model must learn the language too);
+3. ``instruct``: the Scenes skill mix; the tower frozen, projector and language model trained.
+
+Stages 2-3 use the plain ``transformers.Trainer`` with next-token prediction only: no KLAL and
+no LLL term (the papers' base models never saw them). Every stage draws fresh samples from a
+disjoint index range of the Scenes generator, resumes from its last Trainer checkpoint, and
+saves its model with ``save_pretrained``; a finished stage is skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lookhere.data.collate import GroundingCollator, split_aux
+from lookhere.data.dataset import TaskDataset
+from lookhere.data.sample import Sample
+from lookhere.data.synthetic import make_task
+from lookhere.io import write_json
+from lookhere.models.adapter import get_adapter
+from lookhere.models.tiny import build_tiny, resolve_size, save_tiny
+from lookhere.pretrain.vision import DensePatchCollator, DensePatchObjective
+
+STAGES = ("vision", "align", "instruct")
+STAGE_MODES = {"vision": "vision", "align": "caption", "instruct": "instruct"}
+#: first sample index of each stage in the Scenes stream, so no two stages share a sample
+STAGE_START = {"vision": 0, "align": 10_000_000, "instruct": 20_000_000}
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage's optimisation (AdamW, cosine schedule with warm-up)."""
+
+    steps: int = field(metadata={"help": "Optimiser steps."})
+    lr: float = field(metadata={"help": "Peak learning rate."})
+    batch_size: int = field(default=16, metadata={"help": "Samples per step and process."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Warm-up, fraction of steps."})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if not (0 < self.lr < 1):
+            raise ValueError(f"lr must be in (0, 1), got {self.lr!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The whole recipe. The defaults are the shipped checkpoint's (its model card)."""
+
+    family: str = field(default="llava", metadata={"help": "Model family (LLaVA-1.5's class)."})
+    size: str = field(default="mini", metadata={"help": "Tiny size preset."})
+    seed: int = field(default=0, metadata={"help": "Seed of the initial weights and the Trainer."})
+    data_seed: int = field(default=0, metadata={"help": "Seed of the Scenes generator."})
+    vision: StageConfig = field(default_factory=lambda: StageConfig(1500, 2e-3, 32))
+    align: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3, 16))
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(7000, 6e-4, 16))
+    save_steps: int = field(default=250, metadata={"help": "Checkpoint every this many steps."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
+    workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+    def __post_init__(self) -> None:
+        for name in STAGES:
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, StageConfig(**value))
+        resolve_size(self.size)
+        if self.save_steps < 1 or self.workers < 0:
+            raise ValueError("save_steps must be >= 1 and workers >= 0")
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {name!r}")
+        return getattr(self, name)
+
+    def scenes(self, stage: str) -> dict[str, Any]:
+        """The Scenes settings of a stage, at the model's input size and patch."""
+        size = resolve_size(self.size)
+        return {"mode": STAGE_MODES[stage], "image_size": size.image_size,
+                "patch_size": size.patch_size}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class StageRecord:
+    """What a stage did: steps, seconds of training and the logged losses."""
+
+    stage: str
+    steps: int
+    seconds: float
+    log: list[dict[str, float]]
+    resumed_from: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stage_dataset(config: PretrainConfig, stage: str, world_size: int = 1) -> TaskDataset:
+    """The stage's samples: ``steps * batch * processes`` fresh Scenes from its own range."""
+    sc = config.stage(stage)
+    task = make_task("scenes", seed=config.data_seed, **config.scenes(stage))
+    return TaskDataset(task, sc.steps * sc.batch_size * world_size, start=STAGE_START[stage])
+
+
+@dataclass
+class NTPCollator:
+    """`GroundingCollator` without targets, with its ``lookhere_`` entries dropped: plain model
+    inputs and labels for the stock Trainer (no auxiliary term can be computed from them)."""
+
+    collator: GroundingCollator
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        inputs, _ = split_aux(self.collator(samples))
+        return inputs
+
+
+def training_args(config: PretrainConfig, stage: str, out_dir: Path, progress: bool) -> Any:
+    from transformers import TrainingArguments
+
+    sc = config.stage(stage)
+    return TrainingArguments(
+        output_dir=str(out_dir), max_steps=sc.steps, per_device_train_batch_size=sc.batch_size,
+        learning_rate=sc.lr, warmup_steps=round(sc.warmup_ratio * sc.steps),
+        lr_scheduler_type="cosine", weight_decay=0.0, logging_steps=max(1, sc.steps // 50),
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=1,
+        report_to=[], seed=config.seed, data_seed=config.data_seed,
+        remove_unused_columns=False, disable_tqdm=not progress,
+        dataloader_num_workers=config.workers, bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+
+
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool = True
+              ) -> StageRecord:
+    """Train one stage from the previous stage's model (or fresh weights); save ``final/``."""
+    from transformers import LlavaForConditionalGeneration, Trainer
+
+    stage_dir = out_dir / stage
+    if stage == "vision":
+        model, processor = build_tiny(config.family, config.size, seed=config.seed)
+    else:
+        prev = out_dir / STAGES[STAGES.index(stage) - 1] / "final"
+        if not (prev / "config.json").is_file():
+            raise FileNotFoundError(f"stage {stage!r} starts from {prev}, which does not exist: "
+                                    "run the earlier stages first")
+        model, processor = load_stage_model(prev)
+    if config.family != "llava" or not isinstance(model, LlavaForConditionalGeneration):
+        raise ValueError("the pretraining recipe builds LLaVA-1.5's class (family 'llava')")
+    dataset = stage_dataset(config, stage, _world_size())
+    args = training_args(config, stage, stage_dir, progress)
+    if stage == "vision":
+        tower = model.model.vision_tower
+        trained = DensePatchObjective(tower, tower.config.hidden_size)
+        side = tower.config.image_size // tower.config.patch_size
+        collate = DensePatchCollator(processor.image_processor, side * side)
+    else:
+        model.model.vision_tower.requires_grad_(False)  # frozen, as in LLaVA-1.5
+        trained = model
+        collate = NTPCollator(GroundingCollator(processor, get_adapter(model), targets=False))
+    trained.train()
+    trainer = Trainer(model=trained, args=args, train_dataset=dataset, data_collator=collate)
+    resume = last_checkpoint(stage_dir)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    record = StageRecord(stage, config.stage(stage).steps, seconds,
+                         [r for r in trainer.state.log_history if "loss" in r], resume)
+    if trainer.is_world_process_zero():
+        model.eval()
+        save_tiny(model, processor, stage_dir / "final")
+        _write_json(stage_dir / "record.json", record.to_json())
+    trainer.accelerator.wait_for_everyone()
+    return record
+
+
+def load_stage_model(path: str | Path) -> tuple[Any, Any]:
+    """(model, processor) saved by a stage, with SDPA attention."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), attn_implementation="sdpa")
+    return model, AutoProcessor.from_pretrained(str(path))
+
+
+def run(config: PretrainConfig, out_dir: str | Path, stages: Sequence[str] = STAGES,
+        progress: bool = True) -> list[StageRecord]:
+    """Every requested stage in order; finished stages (``<stage>/final``) are skipped.
+
+    ``out_dir/config.json`` pins the recipe: a rerun with other settings is refused, so a
+    resumed run never mixes two recipes.
+    """
+    out_dir = Path(out_dir)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"stages must be among {STAGES}, got {unknown}")
+    _pin_config(config, out_dir)
+    records = []
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if (out_dir / stage / "final" / "config.json").is_file():
+            if progress:
+                print(f"[pretrain] {stage}: done already ({out_dir / stage / 'final'})")
+            continue
+        if progress:
+            print(f"[pretrain] {stage}: {config.stage(stage).steps} steps", flush=True)
+        records.append(run_stage(config, stage, out_dir, progress))
+    return records
+
+
+def _pin_config(config: PretrainConfig, out_dir: Path) -> None:
+    path = out_dir / "config.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(config.to_json())):
+            raise ValueError(f"{out_dir} holds a run with other settings ({path}); resume it with "
+                             "those settings or choose another --out")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(path, config.to_json())
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_json(data, path)
+

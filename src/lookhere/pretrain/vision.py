@@ -1,0 +1,70 @@
+"""The vision stage's objective: dense per-patch classification of the vision tower's features.
+
+Every patch token of the CLIP tower's last layer (the features LLaVA reads with
+``vision_feature_layer=-1``) predicts, through one linear head per label map, the colour, shape,
+size and glyph class of its cell (`scenes.patch_labels`). The heads are discarded after the
+stage; only the tower is kept. Why dense labels rather than CLIP's contrastive captions:
+docs/methods.md, "Pretraining".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lookhere.data.sample import Sample
+from lookhere.data.synthetic.scenes import (
+    COLOUR_CLASSES,
+    GLYPH_CLASSES,
+    SHAPE_CLASSES,
+    SIZE_CLASSES,
+)
+
+LABEL_CLASSES = {"colour": len(COLOUR_CLASSES), "shape": len(SHAPE_CLASSES),
+                 "size": len(SIZE_CLASSES), "glyph": len(GLYPH_CLASSES)}
+
+
+class DensePatchObjective(nn.Module):
+    """The vision tower with linear per-patch heads; ``forward`` returns the summed mean
+    cross-entropy over label maps (and per-map losses and accuracies, detached)."""
+
+    def __init__(self, vision_tower: nn.Module, hidden: int) -> None:
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.heads = nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in LABEL_CLASSES.items()})
+
+    def forward(self, pixel_values: torch.Tensor, **labels: torch.Tensor) -> dict[str, Any]:
+        out = self.vision_tower(pixel_values, output_hidden_states=True)
+        feats = out.hidden_states[-1][:, 1:]  # (B, K, D): patch tokens, CLS dropped as in LLaVA
+        loss = feats.new_zeros(())
+        logs = {}
+        for name, head in self.heads.items():
+            logits = head(feats)  # (B, K, classes)
+            target = labels[f"labels_{name}"]  # (B, K)
+            ce = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+            loss = loss + ce
+            logs[name] = ce.detach()
+        return {"loss": loss, **{f"{k}_loss": v for k, v in logs.items()}}
+
+
+@dataclass
+class DensePatchCollator:
+    """``list[Sample]`` (Scenes in ``"vision"`` mode) -> pixel values and per-patch labels."""
+
+    image_processor: Any
+    num_patches: int
+
+    def __call__(self, samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+        pixels = self.image_processor([s.image for s in samples], return_tensors="pt")
+        batch = {"pixel_values": pixels["pixel_values"]}
+        for name in LABEL_CLASSES:
+            rows = [s.meta["patch_labels"][name] for s in samples]
+            if any(len(r) != self.num_patches for r in rows):
+                raise ValueError(f"patch labels must have {self.num_patches} cells: the scenes' "
+                                 "image_size / patch_size must match the vision tower's")
+            batch[f"labels_{name}"] = torch.tensor(rows, dtype=torch.long)
+        return batch

@@ -1,0 +1,185 @@
+"""The pretraining recipe on the "test" size: stages, what each trains, resume, the config pin,
+next-token prediction only, the CLI's errors and the model card."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import lookhere.train.objective as objective
+from lookhere.cli import main
+from lookhere.data.collate import AUX_PREFIX, GroundingCollator
+from lookhere.models import build_tiny, get_adapter
+from lookhere.pretrain.recipe import (
+    STAGES,
+    NTPCollator,
+    PretrainConfig,
+    StageConfig,
+    load_stage_model,
+    run,
+    stage_dataset,
+)
+
+CFG = PretrainConfig(size="test", vision=StageConfig(3, 1e-3, 2), align=StageConfig(3, 1e-3, 2),
+                     instruct=StageConfig(3, 1e-3, 2), save_steps=2)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    records = run(CFG, out, progress=False)
+    return out, records
+
+
+def _params(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_stages_train_what_they_should(finished):
+    out, records = finished
+    assert [r.stage for r in records] == list(STAGES)
+    init, _ = build_tiny("llava", "test", seed=0)
+    models = {s: load_stage_model(out / s / "final")[0] for s in STAGES}
+    tower = {s: _params(m.model.vision_tower) for s, m in models.items()}
+    proj = {s: _params(m.model.multi_modal_projector) for s, m in models.items()}
+    lm = {s: _params(m.model.language_model) for s, m in models.items()}
+    init_tower = _params(init.model.vision_tower)
+    # vision: the tower moves, nothing else does
+    assert any(not torch.equal(tower["vision"][k], init_tower[k]) for k in init_tower)
+    assert all(torch.equal(proj["vision"][k], v)
+               for k, v in _params(init.model.multi_modal_projector).items())
+    # align and instruct: the tower stays frozen; projector and language model move
+    for prev, stage in (("vision", "align"), ("align", "instruct")):
+        assert all(torch.equal(tower[stage][k], tower["vision"][k]) for k in init_tower)
+        assert any(not torch.equal(proj[stage][k], proj[prev][k]) for k in proj[prev])
+        assert any(not torch.equal(lm[stage][k], lm[prev][k]) for k in lm[prev])
+
+
+def test_rerun_skips_finished_stages_and_pins_settings(finished):
+    out, _ = finished
+    assert run(CFG, out, progress=False) == []
+    with pytest.raises(ValueError, match="other settings"):
+        run(dataclasses.replace(CFG, seed=1), out, progress=False)
+
+
+def test_resumes_from_last_checkpoint(finished, tmp_path, monkeypatch):
+    """Killed after checkpoint-2, the rerun trains only step 3 and logs what an uninterrupted
+    run logs (the data are a function of the index; the Trainer restores its RNG states)."""
+    import transformers
+
+    calls = {"n": 0}
+    step = transformers.Trainer.training_step
+
+    def dies_at_step_3(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed after checkpoint-2 was written
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(CFG, tmp_path, stages=["vision"], progress=False)
+    assert not (tmp_path / "vision" / "final").exists()
+    monkeypatch.setattr(transformers.Trainer, "training_step", step)
+    (record,) = run(CFG, tmp_path, stages=["vision"], progress=False)
+    assert record.resumed_from is not None and record.resumed_from.endswith("checkpoint-2")
+    assert [r["step"] for r in record.log] == [1, 2, 3]  # the history survives the kill
+    uninterrupted = finished[1][0].log
+    assert record.log[-1]["loss"] == pytest.approx(uninterrupted[-1]["loss"], rel=1e-5)
+    assert (tmp_path / "vision" / "final" / "model.safetensors").is_file()
+
+
+def test_later_stage_needs_the_earlier_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the earlier stages first"):
+        run(CFG, tmp_path, stages=["align"], progress=False)
+
+
+def test_next_token_prediction_only(tmp_path, monkeypatch):
+    """No KLAL or LLL term can enter pretraining: their entry points fail if called, and the
+    batches carry no lookhere_ entries (targets, regions) to compute them from."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an auxiliary loss was computed in pretraining")
+
+    for name in ("klal_term", "lll_term", "klal_probe", "lll_capture"):
+        monkeypatch.setattr(objective, name, forbidden)
+    run(dataclasses.replace(CFG, instruct=StageConfig(1, 1e-3, 2)), tmp_path, progress=False)
+    model, processor = build_tiny("llava", "test")
+    collate = NTPCollator(GroundingCollator(processor, get_adapter(model), targets=False))
+    data = stage_dataset(CFG, "instruct")
+    batch = collate([data[0], data[1]])
+    assert not [k for k in batch if k.startswith(AUX_PREFIX)]
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values", "labels"}
+
+
+def test_stage_data_are_disjoint_and_on_the_fly():
+    ids = {s: {stage_dataset(CFG, s)[i].id for i in range(5)} for s in STAGES}
+    assert not (ids["vision"] & ids["align"]) and not (ids["align"] & ids["instruct"])
+    assert len(stage_dataset(CFG, "instruct")) == 3 * 2
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="steps"):
+        StageConfig(0, 1e-3)
+    with pytest.raises(ValueError, match="lr"):
+        StageConfig(10, float("nan"))
+    with pytest.raises(ValueError, match="size"):
+        PretrainConfig(size="huge")
+    with pytest.raises(ValueError, match="unknown PretrainConfig fields"):
+        PretrainConfig.from_json({"sizes": "mini"})
+    assert PretrainConfig.from_json(json.loads(json.dumps(CFG.to_json()))) == CFG
+
+
+def test_cli_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "train", "--out", str(tmp_path / "r"), "--size", "test",
+              "--vision-steps", "0"])
+    assert e.value.code == 2 and "steps must be an int >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "train", "--out", str(tmp_path / "r"), "--stages", "instruct",
+              "--size", "test"])
+    assert e.value.code == 2 and "earlier stages" in capsys.readouterr().err
+    existing = tmp_path / "e.json"
+    existing.write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "eval", "--model", "x", "--out", str(existing)])
+    assert e.value.code == 2 and "exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "card", "--run", str(tmp_path), "--eval", str(existing), "--out",
+              str(tmp_path / "card")])
+    assert e.value.code == 2 and "has not finished" in capsys.readouterr().err
+
+
+def test_model_card(finished, tmp_path):
+    from lookhere.experiment.model_card import sha256, write_card
+
+    out, _ = finished
+    evaluation = {"config": {}, "vqa": {"colour": {"n": 4, "accuracy": 0.5, "ci95": [0.1, 0.9],
+                                                   "parse_failure_rate": 0.0}},
+                  "skills": {}, "heads": {"heads": [[2, 1]]},
+                  "rec": {"methods": {"heads": {"acc@0.5": 0.25, "mean_iou": 0.3,
+                                                "pointing": 0.5, "mIoU": 0.2}}}}
+    card = write_card(out, evaluation, tmp_path / "card", command="CMD", machine="M")
+    text = (card / "README.md").read_text()
+    digest = sha256(card / "model.safetensors")
+    assert digest == sha256(out / "instruct" / "final" / "model.safetensors")
+    assert digest in text and "CMD" in text and "| colour | 4 | 50.0 |" in text
+    assert "| heads | 25.0 | 50.0 | 20.0 | 30.0 |" in text
+    with pytest.raises(ValueError, match="not empty"):
+        write_card(out, evaluation, tmp_path / "card")
+
+
+def test_torchrun_two_processes(tmp_path):
+    """The same command under torchrun (2 CPU processes, gloo, DDP): every stage finishes and
+    each process drew its own samples (the dataset is sized for the world)."""
+    from conftest import torchrun
+
+    out = tmp_path / "run"
+    torchrun(["-m", "lookhere.cli", "pretrain", "train", "--out", out, "--size", "test",
+              "--vision-steps", "2", "--align-steps", "2", "--instruct-steps", "2",
+              "--vision-batch-size", "2", "--align-batch-size", "2",
+              "--instruct-batch-size", "2", "--quiet"])
+    for stage in STAGES:
+        assert (out / stage / "final" / "model.safetensors").is_file()
+        record = json.loads((out / stage / "record.json").read_text())
+        assert [r["step"] for r in record["log"]] == [1, 2]
