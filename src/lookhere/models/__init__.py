@@ -19,10 +19,11 @@ from lookhere.models.adapter import (
     register_adapter,
 )
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
+from lookhere.models.pretrained import load_pretrained
 from lookhere.models.tiny import TINY_SIZES, TinySize, build_tiny
 
 __all__ = [
     "Adapter", "Grid", "GridGeometry", "ImageLayout", "SampleLayout", "TINY_SIZES", "TinySize",
     "UnsupportedModelError", "VisualLayout", "adapter_class", "build_tiny", "families",
-    "get_adapter", "register_adapter",
+    "get_adapter", "load_pretrained", "register_adapter",
 ]

@@ -19,9 +19,14 @@ def load_model(
     """``(model, processor, adapter)`` for a supported VLM, with the language model on SDPA.
 
     Checks the family first (from the config alone), so an unsupported model fails before any
-    weights are read. Extra ``kwargs`` go to ``from_pretrained`` of the model.
+    weights are read. ``lookhere:llava-mini`` names the checkpoint shipped in the package
+    (`lookhere.models.pretrained`). Extra ``kwargs`` go to ``from_pretrained`` of the model.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from lookhere.models.pretrained import resolve
+
+    name_or_path = resolve(name_or_path)
 
     config = AutoConfig.from_pretrained(name_or_path)
     adapter = get_adapter(config)
