@@ -176,3 +176,12 @@ def test_pretraining_never_sees_test_splits():
         shapes_split("rec", 96, TEST_SEED_OFFSET, 150) + \
         scenes_split("read", 96, 8, TEST_SEED_OFFSET, 150)
     assert seen.isdisjoint({_digest(s) for s in held})
+
+
+@pytest.mark.parametrize("skill", sorted(SKILLS))
+def test_a_single_skill_poses_only_that_skill(skill):
+    task = make_task("scenes", seed=10_000, skills=(skill,), max_objects=4)
+    for i in range(30):
+        s = task.sample(i)
+        assert s.structured["skill"] == skill
+        assert score_answer(s, s.answer).correct

@@ -12,7 +12,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="synthetic datasets").add_subparsers(dest="data_command",
                                                                            required=True)
     p = data.add_parser("make", help="write a datasets-loadable folder of a synthetic task")
-    p.add_argument("task", help="task name (grid_patch, line_intersection, line_tracing, shapes)")
+    p.add_argument("task", help="task name (grid_patch, line_intersection, line_tracing, "
+                   "shapes, scenes)")
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends on (seed, i) only")
     p.add_argument("--out", type=Path, required=True, help="new folder to write")

@@ -11,7 +11,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_families)
     p = sub.add_parser("tiny", help="build a tiny random-weight model + processor and save it")
     p.add_argument("--family", required=True, help="a family from `lookhere families`")
-    p.add_argument("--size", default="test", help="tiny size preset: test or demo")
+    p.add_argument("--size", default="test",
+                   help="tiny size preset: test, demo, heads, mini or small (random weights; "
+                   "the pretrained mini model is --model lookhere:llava-mini)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     p.add_argument("--out", required=True, type=Path, help="folder to save_pretrained into")
     p.set_defaults(run=_tiny)

@@ -133,10 +133,16 @@ class ScenesTask(SyntheticTask):
             if markers is None:
                 continue
             curves = self._curves(rng, objs, markers)
+            image, labels = self._render(rng, objs, masks, markers, curves)
+            posed = None
+            if cfg.mode == "instruct":
+                posed = self._question(rng, objs, masks, exprs, pairs, markers, curves)
+                if posed is None:  # no allowed skill fits this scene: draw another
+                    continue
             break
         else:
-            raise RuntimeError(f"scenes: no usable scene for index {index}")
-        image, labels = self._render(rng, objs, masks, markers, curves)
+            raise RuntimeError(f"scenes: no scene for index {index} in {_MAX_TRIES} tries "
+                               f"poses one of the skills {cfg.skills}")
         meta = {"image_size": cfg.image_size, "mode": cfg.mode, "objects": objs,
                 "markers": markers, "curves": curves, "vqa": pairs,
                 "expressions": [{"object": o["index"], **e}
@@ -147,8 +153,7 @@ class ScenesTask(SyntheticTask):
         elif cfg.mode == "caption":
             q, a, structured, geo = self._caption(objs, masks, markers)
         else:
-            q, a, structured, geo = self._question(rng, objs, masks, exprs, pairs, markers,
-                                                   curves)
+            q, a, structured, geo = posed
         return Sample(image=image, question=q, answer=a, structured=structured, geometry=geo,
                       task=self.name, id=self.sample_id(index), meta=meta)
 
@@ -259,8 +264,11 @@ class ScenesTask(SyntheticTask):
             if posed is not None:
                 q, a, structured, geo = posed
                 return q, a, {"skill": k, **structured}, geo
-        # every scene has a count question
-        return _SKILL_FNS["count"](rng, cfg, objs, masks, exprs, pairs, markers, curves)
+        if "count" in skills:  # every scene has a count question
+            q, a, structured, geo = _SKILL_FNS["count"](rng, cfg, objs, masks, exprs, pairs,
+                                                        markers, curves)
+            return q, a, {"skill": "count", **structured}, geo
+        return None
 
 
 # --------------------------------------------------------------------------- geometry helpers
