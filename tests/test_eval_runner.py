@@ -100,3 +100,6 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate_answers(model, processor, adapter, samples(1), max_new_tokens=0,
                          progress=False)
+    twice = samples(1) * 2  # the same id twice: one answer would silently replace the other
+    with pytest.raises(ValueError, match="ids must be unique"):
+        generate_answers(model, processor, adapter, twice, progress=False)

@@ -55,6 +55,8 @@ def generate_answers(model: nn.Module, processor: Any, adapter: Adapter,
                      progress: bool = True) -> dict[str, str]:
     """Greedy answers, id -> text (special tokens and surrounding space stripped)."""
     _check_args(samples, batch_size, max_new_tokens)
+    if len({s.id for s in samples}) != len(samples):  # answers are keyed by id
+        raise ValueError("sample ids must be unique: answers are returned by id")
     tok = processor.tokenizer
     device = next(model.parameters()).device
     out: dict[str, str] = {}

@@ -97,10 +97,11 @@ def evaluate_pretrained(model: nn.Module, processor: Any, config: PretrainedEval
     size, patch = vision.image_size, vision.patch_size
     test_seed = config.seed + TEST_SEED_OFFSET
     model.eval()
-    vqa = [s for t in SHAPES_TYPES
-           for s in shapes_split("vqa", size, test_seed, config.vqa_samples, vqa_types=(t,))]
-    vqa_res = question_accuracy(model, processor, vqa, "type", WORD_TOKENS, config.batch_size,
-                                progress)
+    vqa_res: dict[str, Any] = {}
+    for kind in SHAPES_TYPES:  # one split per type: their ids repeat across types
+        vqa = shapes_split("vqa", size, test_seed, config.vqa_samples, vqa_types=(kind,))
+        vqa_res.update(question_accuracy(model, processor, vqa, "type", WORD_TOKENS,
+                                         config.batch_size, progress))
     skills: dict[str, Any] = {}
     for skill in SCENES_SKILLS:
         samples = scenes_split(skill, size, patch, test_seed, config.skill_samples)
