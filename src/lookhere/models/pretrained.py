@@ -1,7 +1,9 @@
 """Checkpoints shipped inside the package, loaded offline by name (``lookhere:<name>``).
 
-``llava-mini`` is the pretrained miniature LLaVA-1.5 made by `lookhere.pretrain` (its model card,
-``weights/llava-mini/README.md``, gives the recipe, the command, the data and its evaluation).
+``llava-mini`` is the name of the pretrained miniature LLaVA-1.5 made by `lookhere.pretrain`;
+``lookhere pretrain card`` writes it, with its model card, into ``weights/llava-mini``. No
+checkpoint is committed yet (docs/results.md section 6): until one is, loading it is a clear
+FileNotFoundError.
 """
 
 from __future__ import annotations
