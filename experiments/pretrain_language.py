@@ -15,35 +15,21 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import Trainer
 
-from lookhere.data.collate import GroundingCollator
 from lookhere.data.dataset import TaskDataset
 from lookhere.data.synthetic import make_task
-from lookhere.data.synthetic.shapes import box_text
-from lookhere.models import get_adapter
+from lookhere.data.synthetic.scenes import caption
 from lookhere.models.tiny import save_tiny
 from lookhere.pretrain.recipe import (
     STAGE_START,
-    NTPCollator,
     PretrainConfig,
     StageConfig,
     load_stage_model,
+    ntp_trainer,
     training_args,
 )
 
 SCENE = {"image_size": 96, "patch_size": 8}
-
-
-def caption(sample) -> str:
-    """The Scenes caption of a sample's own scene (every object and marker with its box)."""
-    side = sample.image.size[0]
-    items = [(o["box"], f"a {o['size']} {o['colour']} {o['shape']} at "
-                        f"{box_text(o['box'], side, side)}") for o in sample.meta["objects"]]
-    items += [(m["box"], f"a marker {m['char']} at {box_text(m['box'], side, side)}")
-              for m in sample.meta["markers"]]
-    items.sort(key=lambda it: (it[0][0] + it[0][2], it[0][1]))
-    return "; ".join(t for _, t in items) + "."
 
 
 def text_batch(tok, captions, questions, answers):
@@ -70,7 +56,8 @@ def language_stage(model, processor, steps: int, lr: float, batch: int = 32) -> 
     for step in range(steps):
         idx = [start + step * batch + i for i in range(batch)]
         q = [ask.sample(i) for i in idx]
-        ids, labels, attn = text_batch(processor.tokenizer, [caption(y) for y in q],
+        captions = [caption(y.meta["objects"], y.meta["markers"], y.image.size[0]) for y in q]
+        ids, labels, attn = text_batch(processor.tokenizer, captions,
                                        [y.question for y in q], [y.answer for y in q])
         emb = lm.embed_tokens(ids)
         out = lm(inputs_embeds=emb, attention_mask=attn)
@@ -88,13 +75,17 @@ def language_stage(model, processor, steps: int, lr: float, batch: int = 32) -> 
 def tune(model, processor, out: Path, mode: str, steps: int, lr: float, **scene) -> None:
     cfg = PretrainConfig(instruct=StageConfig(steps, lr, 16), save_steps=10**6)
     task = make_task("scenes", seed=0, mode=mode, **SCENE, **scene)
-    data = TaskDataset(task, steps * 16, start=STAGE_START["instruct" if mode == "instruct"
-                                                              else "align"])
-    collate = NTPCollator(GroundingCollator(processor, get_adapter(model), targets=False))
-    model.model.vision_tower.requires_grad_(False)
-    model.train()
-    Trainer(model=model, args=training_args(cfg, "instruct", out / mode, False),
-            train_dataset=data, data_collator=collate).train()
+    stage = "instruct" if mode == "instruct" else "align"
+    data = TaskDataset(task, steps * 16, start=STAGE_START[stage])
+    ntp_trainer(model, processor, data, training_args(cfg, "instruct", out / mode, False)).train()
+
+
+def finish(model, processor, out: Path) -> None:
+    """Save the model to ``out/final`` and run `pretrain_binding.py` on it."""
+    model.eval()
+    save_tiny(model, processor, out / "final")
+    subprocess.run([sys.executable, str(Path(__file__).parent / "pretrain_binding.py"),
+                    "--model", str(out / "final")], check=True)
 
 
 def main() -> None:
@@ -111,10 +102,7 @@ def main() -> None:
     tune(model, processor, args.out, "caption", args.align_steps, 1e-3)
     tune(model, processor, args.out, "instruct", args.focus_steps, 1e-3,
          skills=("colour", "shape"))
-    model.eval()
-    save_tiny(model, processor, args.out / "final")
-    subprocess.run([sys.executable, str(Path(__file__).parent / "pretrain_binding.py"),
-                    "--model", str(args.out / "final")], check=True)
+    finish(model, processor, args.out)
 
 
 if __name__ == "__main__":

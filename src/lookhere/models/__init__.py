@@ -19,7 +19,7 @@ from lookhere.models.adapter import (
     register_adapter,
 )
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
-from lookhere.models.pretrained import load_pretrained
+from lookhere.models.loading import load_pretrained
 from lookhere.models.tiny import TINY_SIZES, TinySize, build_tiny
 
 __all__ = [

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lookhere.models.adapter import Adapter, get_adapter
+from lookhere.models.pretrained import pretrained_path, resolve
 
 
 def load_model(
@@ -24,8 +25,6 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from lookhere.models.pretrained import resolve
-
     name_or_path = resolve(name_or_path)
 
     config = AutoConfig.from_pretrained(name_or_path)
@@ -35,3 +34,9 @@ def load_model(
     )
     processor = type(adapter).load_processor(name_or_path)
     return model, processor, get_adapter(model)
+
+
+def load_pretrained(name: str = "llava-mini") -> tuple[nn.Module, Any]:
+    """``(model, processor)`` of a shipped checkpoint, offline, in eval mode, SDPA attention."""
+    model, processor, _ = load_model(str(pretrained_path(name)), dtype="float32")
+    return model.eval(), processor

@@ -9,7 +9,6 @@ FileNotFoundError.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 PREFIX = "lookhere:"
 WEIGHTS = Path(__file__).parent / "weights"
@@ -34,10 +33,3 @@ def resolve(name_or_path: str) -> str:
         return str(pretrained_path(name_or_path))
     return name_or_path
 
-
-def load_pretrained(name: str = "llava-mini") -> tuple[Any, Any]:
-    """``(model, processor)`` of a shipped checkpoint, offline, in eval mode, SDPA attention."""
-    from lookhere.models.loading import load_model
-
-    model, processor, _ = load_model(str(pretrained_path(name)), dtype="float32")
-    return model.eval(), processor

@@ -164,12 +164,15 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
 
 
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    import os
+def ntp_trainer(model: Any, processor: Any, dataset: Any, args: Any) -> Any:
+    """The stock ``Trainer`` on next-token prediction over `Sample`s: the vision tower frozen
+    (as in LLaVA-1.5), projector and language model trained."""
+    from transformers import Trainer
 
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    model.model.vision_tower.requires_grad_(False)
+    model.train()
+    collate = NTPCollator(GroundingCollator(processor, get_adapter(model), targets=False))
+    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
 
 
 def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool = True
@@ -188,19 +191,17 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
         model, processor = load_stage_model(prev)
     if config.family != "llava" or not isinstance(model, LlavaForConditionalGeneration):
         raise ValueError("the pretraining recipe builds LLaVA-1.5's class (family 'llava')")
-    dataset = stage_dataset(config, stage, _world_size())
     args = training_args(config, stage, stage_dir, progress)
+    dataset = stage_dataset(config, stage, args.world_size)
     if stage == "vision":
         tower = model.model.vision_tower
-        trained = DensePatchObjective(tower, tower.config.hidden_size)
+        trained = DensePatchObjective(tower, tower.config.hidden_size).train()
         side = tower.config.image_size // tower.config.patch_size
-        collate = DensePatchCollator(processor.image_processor, side * side)
+        trainer = Trainer(model=trained, args=args, train_dataset=dataset,
+                          data_collator=DensePatchCollator(processor.image_processor,
+                                                           side * side))
     else:
-        model.model.vision_tower.requires_grad_(False)  # frozen, as in LLaVA-1.5
-        trained = model
-        collate = NTPCollator(GroundingCollator(processor, get_adapter(model), targets=False))
-    trained.train()
-    trainer = Trainer(model=trained, args=args, train_dataset=dataset, data_collator=collate)
+        trainer = ntp_trainer(model, processor, dataset, args)
     resume = last_checkpoint(stage_dir)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
@@ -210,7 +211,7 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
     if trainer.is_world_process_zero():
         model.eval()
         save_tiny(model, processor, stage_dir / "final")
-        _write_json(stage_dir / "record.json", record.to_json())
+        write_json(record.to_json(), stage_dir / "record.json")
     trainer.accelerator.wait_for_everyone()
     return record
 
@@ -258,9 +259,5 @@ def _pin_config(config: PretrainConfig, out_dir: Path) -> None:
                              "those settings or choose another --out")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(path, config.to_json())
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_json(data, path)
+    write_json(config.to_json(), path)
 

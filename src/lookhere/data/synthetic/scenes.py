@@ -243,13 +243,7 @@ class ScenesTask(SyntheticTask):
     # ---- text
 
     def _caption(self, objs, masks, markers):
-        s = self.config.image_size
-        items = [(o["box"], f"a {o['size']} {o['colour']} {o['shape']} at "
-                            f"{box_text(o['box'], s, s)}") for o in objs]
-        items += [(m["box"], f"a marker {m['char']} at {box_text(m['box'], s, s)}")
-                  for m in markers]
-        items.sort(key=lambda it: (it[0][0] + it[0][2], it[0][1]))
-        text = "; ".join(t for _, t in items) + "."
+        text = caption(objs, markers, self.config.image_size)
         geo = Geometry(boxes=[tuple(float(v) for v in o["box"]) for o in objs],
                        mask=np.logical_or.reduce(masks))
         return "Describe the image.", text, {"objects": len(objs), "markers": len(markers)}, geo
@@ -269,6 +263,16 @@ class ScenesTask(SyntheticTask):
                                                         markers, curves)
             return q, a, {"skill": "count", **structured}, geo
         return None
+
+
+def caption(objs: list[dict[str, Any]], markers: list[dict[str, Any]], side: int) -> str:
+    """Every object and marker of a scene with its box, left to right ("caption" mode's answer)."""
+    items = [(o["box"], f"a {o['size']} {o['colour']} {o['shape']} at "
+                        f"{box_text(o['box'], side, side)}") for o in objs]
+    items += [(m["box"], f"a marker {m['char']} at {box_text(m['box'], side, side)}")
+              for m in markers]
+    items.sort(key=lambda it: (it[0][0] + it[0][2], it[0][1]))
+    return "; ".join(t for _, t in items) + "."
 
 
 # --------------------------------------------------------------------------- geometry helpers
