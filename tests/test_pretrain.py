@@ -11,9 +11,9 @@ import lookhere.train.objective as objective
 from lookhere.cli import main
 from lookhere.data.collate import AUX_PREFIX, GroundingCollator
 from lookhere.models import build_tiny, get_adapter
+from lookhere.pretrain.conversation import ConversationCollator
 from lookhere.pretrain.recipe import (
     STAGES,
-    NTPCollator,
     PretrainConfig,
     StageConfig,
     load_stage_model,
@@ -105,11 +105,53 @@ def test_next_token_prediction_only(tmp_path, monkeypatch):
         monkeypatch.setattr(objective, name, forbidden)
     run(dataclasses.replace(CFG, instruct=StageConfig(1, 1e-3, 2)), tmp_path, progress=False)
     model, processor = build_tiny("llava", "test")
-    collate = NTPCollator(GroundingCollator(processor, get_adapter(model), targets=False))
-    data = stage_dataset(CFG, "instruct")
+    collate = ConversationCollator(processor, get_adapter(model))
+    data = stage_dataset(dataclasses.replace(CFG, turns=3), "instruct")
     batch = collate([data[0], data[1]])
     assert not [k for k in batch if k.startswith(AUX_PREFIX)]
     assert set(batch) == {"input_ids", "attention_mask", "pixel_values", "labels"}
+
+
+def test_single_turns_collate_as_the_grounding_collator():
+    """A one-question sample becomes exactly `GroundingCollator`'s inputs and labels (the
+    collator every fine-tune uses), so pretraining and fine-tuning see one prompt format."""
+    model, processor = build_tiny("llava", "test")
+    adapter = get_adapter(model)
+    data = stage_dataset(CFG, "instruct")
+    samples = [data[i] for i in range(4)]
+    ours = ConversationCollator(processor, adapter)(samples)
+    ref = GroundingCollator(processor, adapter, targets=False)(samples)
+    for key in ("input_ids", "attention_mask", "labels", "pixel_values"):
+        assert torch.equal(ours[key], ref[key]), key
+
+
+def test_every_turn_is_labelled_and_only_the_answers():
+    """Multi-turn conversations: the labelled tokens decode to exactly the answers and their
+    ends, turn by turn; the questions and the image are never labelled."""
+    model, processor = build_tiny("llava", "test")
+    tok = processor.tokenizer
+    data = stage_dataset(dataclasses.replace(CFG, turns=4), "instruct")
+    samples = [data[i] for i in range(6)]
+    assert any(len(s.meta["turns"]) > 1 for s in samples)
+    batch = ConversationCollator(processor, get_adapter(model))(samples)
+    for b, s in enumerate(samples):
+        labels = batch["labels"][b]
+        runs, cur = [], []
+        for t, lab in zip(batch["input_ids"][b].tolist(), labels.tolist(), strict=True):
+            if lab == -100:
+                if cur:
+                    runs.append(cur)
+                cur = []
+            else:
+                assert lab == t
+                cur.append(t)
+        runs += [cur] if cur else []
+        want = [f" {t['answer']}</s>" for t in s.meta["turns"]]
+        assert [tok.decode(r) for r in runs] == want
+        text = tok.decode(batch["input_ids"][b][batch["attention_mask"][b].bool()])
+        for t in s.meta["turns"]:
+            assert f"USER: \n{t['question']} ASSISTANT: {t['answer']}</s>" in text \
+                or f"{t['question']} ASSISTANT: {t['answer']}</s>" in text
 
 
 def test_stage_data_are_disjoint_and_on_the_fly():

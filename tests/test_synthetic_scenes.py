@@ -139,11 +139,21 @@ def test_vision_labels_match_pixels():
         assert GLYPH_CLASSES[labels["glyph"][12 * cy + cx]] in (m["char"], "none")
 
 
-def test_caption_names_every_object():
-    s = make_task("scenes", seed=0, mode="caption").sample(2)
-    for o in s.meta["objects"]:
-        assert f"a {o['size']} {o['colour']} {o['shape']} at" in s.answer
-    assert s.answer.count(" at [") == len(s.meta["objects"]) + len(s.meta["markers"])
+def test_caption_names_every_object_in_both_orders():
+    """Every object once, with its box, named colour-then-shape or shape-then-colour; over a
+    few scenes both orders occur (the colour and the shape lookups are both trained)."""
+    orders = set()
+    for i in range(12):
+        s = make_task("scenes", seed=0, mode="caption").sample(i)
+        side = s.image.size[0]
+        for o in s.meta["objects"]:
+            box = "[" + ", ".join(f"{v / side:.2f}" for v in o["box"]) + "]"
+            first = f"a {o['size']} {o['colour']} {o['shape']} at {box}"
+            second = f"a {o['size']} {o['shape']}, {o['colour']}, at {box}"
+            assert (first in s.answer) != (second in s.answer)
+            orders.add(first in s.answer)
+        assert s.answer.count(" at [") == len(s.meta["objects"]) + len(s.meta["markers"])
+    assert orders == {True, False}
 
 
 def test_config_errors():
@@ -185,3 +195,31 @@ def test_a_single_skill_poses_only_that_skill(skill):
         s = task.sample(i)
         assert s.structured["skill"] == skill
         assert score_answer(s, s.answer).correct
+
+
+def test_conversations_keep_the_first_question_and_pose_distinct_ones():
+    """``turns``: the sample's own question is the one turns=1 poses for the same index; the
+    further questions are distinct and their colour/shape answers follow from the objects."""
+    one, four = make_task("scenes", seed=3), make_task("scenes", seed=3, turns=4)
+    lengths = []
+    for i in range(60):
+        a, b = one.sample(i), four.sample(i)
+        assert (a.question, a.answer) == (b.question, b.answer)
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        turns = b.meta["turns"]
+        assert turns[0] == {"question": b.question, "answer": b.answer,
+                            "skill": b.structured["skill"]}
+        assert len({t["question"] for t in turns}) == len(turns) <= 4
+        lengths.append(len(turns))
+        for t in turns:
+            m = re.fullmatch(r"What (colour|shape) is the (\w+)( object)?\?", t["question"])
+            if m:
+                kind, word = m.group(1), m.group(2)
+                named = [o for o in b.meta["objects"]
+                         if word in (o["colour"], o["shape"], o["size"])]
+                assert [o[kind] for o in named] == [t["answer"]]
+    assert max(lengths) == 4 and a.meta["turns"] == [{"question": a.question,
+                                                     "answer": a.answer,
+                                                     "skill": a.structured["skill"]}]
+    with pytest.raises(ValueError, match="turns"):
+        make_task("scenes", turns=0)

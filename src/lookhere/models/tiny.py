@@ -74,7 +74,8 @@ TINY_SIZES: dict[str, TinySize] = {
         vision_layers=4, vision_heads=4, image_size=96, patch_size=8, vocab_size=1024,
         extra_words=tuple(
             "describe written marker markers curve leads end from object objects nearest "
-            "medium size colour shape point to is at of the Where What Is How Point Describe"
+            "medium size colour shape point to is at of the Where What Is How Point Describe "
+            "USER ASSISTANT"
             .split()),
     ),
     # ~13M parameters: the first demo size; bench/probe.py's "tiny" shapes. About 5x slower.

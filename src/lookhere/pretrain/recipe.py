@@ -27,13 +27,12 @@ from typing import Any
 
 import torch
 
-from lookhere.data.collate import GroundingCollator, split_aux
 from lookhere.data.dataset import TaskDataset
-from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
 from lookhere.io import write_json
 from lookhere.models.adapter import get_adapter
 from lookhere.models.tiny import build_tiny, resolve_size, save_tiny
+from lookhere.pretrain.conversation import ConversationCollator
 from lookhere.pretrain.vision import DensePatchCollator, DensePatchObjective
 
 STAGES = ("vision", "align", "instruct")
@@ -72,7 +71,9 @@ class PretrainConfig:
     data_seed: int = field(default=0, metadata={"help": "Seed of the Scenes generator."})
     vision: StageConfig = field(default_factory=lambda: StageConfig(1500, 2e-3, 32))
     align: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3, 16))
-    instruct: StageConfig = field(default_factory=lambda: StageConfig(7000, 6e-4, 16))
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(5000, 1e-3, 16))
+    turns: int = field(default=4, metadata={
+        "help": "Most questions per instruction sample, one conversation about one image."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every this many steps."})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPU)."})
     workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
@@ -83,8 +84,8 @@ class PretrainConfig:
             if isinstance(value, dict):
                 object.__setattr__(self, name, StageConfig(**value))
         resolve_size(self.size)
-        if self.save_steps < 1 or self.workers < 0:
-            raise ValueError("save_steps must be >= 1 and workers >= 0")
+        if self.save_steps < 1 or self.workers < 0 or self.turns < 1:
+            raise ValueError("save_steps and turns must be >= 1 and workers >= 0")
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
@@ -94,8 +95,9 @@ class PretrainConfig:
     def scenes(self, stage: str) -> dict[str, Any]:
         """The Scenes settings of a stage, at the model's input size and patch."""
         size = resolve_size(self.size)
+        extra = {"turns": self.turns} if stage == "instruct" else {}
         return {"mode": STAGE_MODES[stage], "image_size": size.image_size,
-                "patch_size": size.patch_size}
+                "patch_size": size.patch_size, **extra}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,18 +132,6 @@ def stage_dataset(config: PretrainConfig, stage: str, world_size: int = 1) -> Ta
     return TaskDataset(task, sc.steps * sc.batch_size * world_size, start=STAGE_START[stage])
 
 
-@dataclass
-class NTPCollator:
-    """`GroundingCollator` without targets, with its ``lookhere_`` entries dropped: plain model
-    inputs and labels for the stock Trainer (no auxiliary term can be computed from them)."""
-
-    collator: GroundingCollator
-
-    def __call__(self, samples: Sequence[Sample]) -> dict[str, Any]:
-        inputs, _ = split_aux(self.collator(samples))
-        return inputs
-
-
 def training_args(config: PretrainConfig, stage: str, out_dir: Path, progress: bool) -> Any:
     from transformers import TrainingArguments
 
@@ -165,13 +155,14 @@ def last_checkpoint(out_dir: Path) -> str | None:
 
 
 def ntp_trainer(model: Any, processor: Any, dataset: Any, args: Any) -> Any:
-    """The stock ``Trainer`` on next-token prediction over `Sample`s: the vision tower frozen
-    (as in LLaVA-1.5), projector and language model trained."""
+    """The stock ``Trainer`` on next-token prediction over `Sample`s (their conversations, every
+    answer in the loss): the vision tower frozen (as in LLaVA-1.5), projector and language model
+    trained. The batches hold plain model inputs only: no KLAL or LLL term can be computed."""
     from transformers import Trainer
 
     model.model.vision_tower.requires_grad_(False)
     model.train()
-    collate = NTPCollator(GroundingCollator(processor, get_adapter(model), targets=False))
+    collate = ConversationCollator(processor, get_adapter(model))
     return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
 
 

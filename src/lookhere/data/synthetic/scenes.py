@@ -78,6 +78,9 @@ class ScenesConfig:
         "help": "Chance, per marker, of a curve from it to an object."})
     skills: tuple[str, ...] = field(default=tuple(SKILLS), metadata={
         "help": f"Skills drawn in 'instruct' mode, a subset of {', '.join(SKILLS)}."})
+    turns: int = field(default=1, metadata={
+        "help": "Most questions per 'instruct' sample, all on its one image (LLaVA's "
+                "multi-turn conversations): meta['turns'], the first being the sample's own."})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skills", tuple(self.skills))
@@ -93,6 +96,8 @@ class ScenesConfig:
         for name in ("marker_prob", "curve_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not isinstance(self.turns, int) or self.turns < 1:
+            raise ValueError(f"turns must be an int >= 1, got {self.turns!r}")
         self.shapes_config()  # validates the object settings
 
     def shapes_config(self) -> ShapesConfig:
@@ -151,9 +156,11 @@ class ScenesTask(SyntheticTask):
             meta["patch_labels"] = patch_labels(labels, cfg.patch_size)
             q, a, structured, geo = "Describe the image.", "", {}, Geometry()
         elif cfg.mode == "caption":
-            q, a, structured, geo = self._caption(objs, masks, markers)
+            q, a, structured, geo = self._caption(rng, objs, masks, markers)
         else:
             q, a, structured, geo = posed
+            meta["turns"] = self._more_turns(rng, (q, a, structured["skill"]), objs, masks,
+                                             exprs, pairs, markers, curves)
         return Sample(image=image, question=q, answer=a, structured=structured, geometry=geo,
                       task=self.name, id=self.sample_id(index), meta=meta)
 
@@ -242,11 +249,27 @@ class ScenesTask(SyntheticTask):
 
     # ---- text
 
-    def _caption(self, objs, masks, markers):
-        text = caption(objs, markers, self.config.image_size)
+    def _caption(self, rng, objs, masks, markers):
+        text = caption(objs, markers, self.config.image_size, rng)
         geo = Geometry(boxes=[tuple(float(v) for v in o["box"]) for o in objs],
                        mask=np.logical_or.reduce(masks))
         return "Describe the image.", text, {"objects": len(objs), "markers": len(markers)}, geo
+
+    def _more_turns(self, rng, first, *scene) -> list[dict[str, str]]:
+        """The conversation: the first question, then up to ``turns - 1`` other questions on the
+        same scene (a repeated question is drawn again, a few times at most). Drawn after the
+        first question, so ``turns`` never changes a sample's own question."""
+        turns = [dict(zip(("question", "answer", "skill"), first, strict=True))]
+        asked = {first[0]}
+        for _ in range(3 * (self.config.turns - 1)):
+            if len(turns) == self.config.turns:
+                break
+            posed = self._question(rng, *scene)
+            if posed is not None and posed[0] not in asked:
+                asked.add(posed[0])
+                turns.append({"question": posed[0], "answer": posed[1],
+                              "skill": posed[2]["skill"]})
+        return turns
 
     def _question(self, rng, objs, masks, exprs, pairs, markers, curves):
         cfg: ScenesConfig = self.config
@@ -265,17 +288,25 @@ class ScenesTask(SyntheticTask):
         return None
 
 
-def caption(objs: list[dict[str, Any]], markers: list[dict[str, Any]], side: int) -> str:
-    """Every object and marker of a scene with its box, left to right ("caption" mode's answer)."""
-    items = [(o["box"], f"a {o['size']} {o['colour']} {o['shape']} at "
-                        f"{box_text(o['box'], side, side)}") for o in objs]
+def caption(objs: list[dict[str, Any]], markers: list[dict[str, Any]], side: int,
+            rng: np.random.Generator | None = None) -> str:
+    """Every object and marker of a scene with its box, left to right ("caption" mode's answer).
+
+    With ``rng``, each object is named in one of two word orders, "a small red square" or "a
+    small square, red": a caption then asks for the shape after its colour *and* for the colour
+    after its shape, the two lookups of the colour and shape questions (with one fixed order the
+    language model only ever learns the first; docs/methods.md, "Pretraining").
+    """
+    def name(o: dict[str, Any]) -> str:
+        if rng is not None and rng.random() < 0.5:
+            return f"a {o['size']} {o['shape']}, {o['colour']},"
+        return f"a {o['size']} {o['colour']} {o['shape']}"
+
+    items = [(o["box"], f"{name(o)} at {box_text(o['box'], side, side)}") for o in objs]
     items += [(m["box"], f"a marker {m['char']} at {box_text(m['box'], side, side)}")
               for m in markers]
     items.sort(key=lambda it: (it[0][0] + it[0][2], it[0][1]))
     return "; ".join(t for _, t in items) + "."
-
-
-# --------------------------------------------------------------------------- geometry helpers
 
 
 def _bezier(rng: np.random.Generator, start: tuple[float, float], obj: dict[str, Any],
