@@ -12,17 +12,22 @@ Box and point styles:
   (``frame``: the processor's resized size; default the original size).
 - ``"plain"``: normalised ``[x0, y0, x1, y1]`` of the original image, 2 decimals (lookhere's
   neutral format for tiny models).
+- ``"pixels"``: ``[x0, y0, x1, y1]`` in whole original-image pixels (RefCOCO's ``rec_pixels``).
+
+`render_box` is the one place a box becomes text: the answer formats, the synthetic tasks'
+answers and captions, and the RefCOCO loader all call it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 Box = tuple[float, float, float, float]
-STYLES = ("llava", "qwen", "plain")
+STYLES = ("llava", "qwen", "plain", "pixels")
 _NUM = r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?"
 
 
@@ -54,19 +59,30 @@ def _frame(style: str, image_size: tuple[int, int], square: bool, frame: tuple[i
         return (side - w) / 2, (side - h) / 2, side, side
     if style == "qwen" and frame is not None:
         return 0.0, 0.0, float(frame[0]), float(frame[1])
+    if style == "pixels":
+        return 0.0, 0.0, 1.0, 1.0
     return 0.0, 0.0, float(w), float(h)
 
 
-def render_box(box: Box, image_size: tuple[int, int], style: str = "plain", label: str = "",
-               square: bool = True, frame: tuple[int, int] | None = None) -> str:
-    """A pixel xyxy box of the original image as answer text in ``style``."""
+def render_box(box: Box | Sequence[float], image_size: tuple[int, int], style: str = "plain",
+               label: str = "", square: bool = True, frame: tuple[int, int] | None = None,
+               clip: bool = False) -> str:
+    """A pixel xyxy box of the original image as answer text in ``style``; ``clip`` (the
+    normalised styles) clamps each number to [0, 1], so a box that overhangs the frame reads
+    0.00 or 1.00."""
     ox, oy, fw, fh = _frame(style, image_size, square, frame)
+    if clip and style not in ("plain", "llava"):
+        raise ValueError(f"clip applies to the normalised styles plain and llava, not {style!r}")
     x0, y0, x1, y1 = box
+    if style == "pixels":
+        return "[" + ", ".join(str(int(round(float(v)))) for v in (x0, y0, x1, y1)) + "]"
     if style == "qwen":
         sx, sy = fw / image_size[0], fh / image_size[1]
         coords = [round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)]
         return json.dumps({"bbox_2d": coords, "label": label} if label else {"bbox_2d": coords})
     vals = [(x0 + ox) / fw, (y0 + oy) / fh, (x1 + ox) / fw, (y1 + oy) / fh]
+    if clip:
+        vals = [min(max(v, 0.0), 1.0) for v in vals]
     return "[" + ", ".join(f"{v:.2f}" for v in vals) + "]"
 
 
@@ -96,6 +112,8 @@ def render_point(point: tuple[float, float], image_size: tuple[int, int], style:
     if style == "qwen":
         xy = [round(x * fw / image_size[0]), round(y * fh / image_size[1])]
         return json.dumps({"point_2d": xy, "label": label} if label else {"point_2d": xy})
+    if style == "pixels":
+        return f"[{int(round(float(x)))}, {int(round(float(y)))}]"
     return f"[{(x + ox) / fw:.2f}, {(y + oy) / fh:.2f}]"
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from lookhere.data import safe_pickle
+from lookhere.data.formats import render_box
 from lookhere.data.sample import Box, Geometry, Sample, rle_to_mask
 from lookhere.io import atomic_path
 
@@ -455,16 +456,14 @@ class RefCoco:
 
 
 def format_box(box: Box, size: tuple[int, int], mode: str = "rec") -> tuple[str, list[float]]:
-    """The answer string and its numbers: normalised to [0, 1] with 2 decimals ("rec") or
-    whole original-image pixels ("rec_pixels")."""
-    if mode == "rec":
-        w, h = size
-        vals = [round(min(max(v / s, 0.0), 1.0), 2) for v, s in zip(box, (w, h, w, h), strict=True)]
-        return "[" + ", ".join(f"{v:.2f}" for v in vals) + "]", vals
-    if mode == "rec_pixels":
-        vals = [float(round(v)) for v in box]
-        return "[" + ", ".join(str(int(v)) for v in vals) + "]", vals
-    raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    """The answer string (`lookhere.data.formats.render_box`) and its numbers: clipped to the
+    image and normalised to [0, 1] with 2 decimals ("rec") or whole original-image pixels
+    ("rec_pixels")."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    text = (render_box(box, size, "plain", clip=True) if mode == "rec"
+            else render_box(box, size, "pixels"))
+    return text, [float(v) for v in json.loads(text)]
 
 
 def to_sample(expr: RefExpression, mode: str = "rec", with_mask: bool = True) -> Sample:

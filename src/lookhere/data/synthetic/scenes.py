@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lookhere.data.formats import render_point
+from lookhere.data.formats import render_box, render_point
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic.base import SyntheticTask, register_task
 from lookhere.data.synthetic.glyphs import GLYPH_ROWS, glyph
@@ -38,7 +38,6 @@ from lookhere.data.synthetic.shapes import (
     SHAPES,
     ShapesConfig,
     ShapesTask,
-    box_text,
 )
 
 MODES = ("vision", "caption", "instruct")
@@ -302,8 +301,8 @@ def caption(objs: list[dict[str, Any]], markers: list[dict[str, Any]], side: int
             return f"a {o['size']} {o['shape']}, {o['colour']},"
         return f"a {o['size']} {o['colour']} {o['shape']}"
 
-    items = [(o["box"], f"{name(o)} at {box_text(o['box'], side, side)}") for o in objs]
-    items += [(m["box"], f"a marker {m['char']} at {box_text(m['box'], side, side)}")
+    items = [(o["box"], f"{name(o)} at {render_box(o['box'], (side, side))}") for o in objs]
+    items += [(m["box"], f"a marker {m['char']} at {render_box(m['box'], (side, side))}")
               for m in markers]
     items.sort(key=lambda it: (it[0][0] + it[0][2], it[0][1]))
     return "; ".join(t for _, t in items) + "."
@@ -423,7 +422,7 @@ def _rec(rng, cfg, objs, masks, exprs, pairs, markers, curves):
         return None
     i = usable[int(rng.integers(len(usable)))]
     s, box = cfg.image_size, objs[i]["box"]
-    return (f"Where is {exprs[i]['text']}?", box_text(box, s, s),
+    return (f"Where is {exprs[i]['text']}?", render_box(box, (s, s)),
             {"box": list(box), "object": i, "expression": exprs[i]["text"]},
             _obj_geometry(objs, masks, [i]))
 
@@ -470,7 +469,7 @@ def _find_marker(rng, cfg, objs, masks, exprs, pairs, markers, curves):
         return None
     m = markers[int(rng.integers(len(markers)))]
     s = cfg.image_size
-    return (f"Where is the marker {m['char']}?", box_text(m["box"], s, s),
+    return (f"Where is the marker {m['char']}?", render_box(m["box"], (s, s)),
             {"box": list(m["box"]), "marker": m["char"]}, _marker_geometry(m))
 
 

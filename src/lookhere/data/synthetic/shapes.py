@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lookhere.data.formats import render_box
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic.base import SyntheticTask, register_task
 
@@ -128,12 +129,6 @@ def mask_box(mask: np.ndarray) -> list[int]:
     """Tight xyxy box of a mask (x1, y1 exclusive)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
-
-
-def box_text(box: list[int] | tuple[float, ...], width: int, height: int) -> str:
-    """A box as a neutral normalised string: "[x0, y0, x1, y1]", two decimals."""
-    x0, y0, x1, y1 = box
-    return f"[{x0 / width:.2f}, {y0 / height:.2f}, {x1 / width:.2f}, {y1 / height:.2f}]"
 
 
 @dataclass(frozen=True)
@@ -463,7 +458,7 @@ class ShapesTask(SyntheticTask):
         diff = {"target": t, "expression_kind": e["kind"],
                 "expression_words": len(e["text"].split()),
                 "same_shape_distractors": sum(o["shape"] == objs[t]["shape"] for o in objs) - 1}
-        return f"Where is {e['text']}?", box_text(box, s, s), structured, geometry, diff
+        return f"Where is {e['text']}?", render_box(box, (s, s)), structured, geometry, diff
 
     def _vqa(self, rng, objs, masks, pairs):
         kinds = [k for k in self.config.vqa_types if any(p["type"] == k for p in pairs)]
