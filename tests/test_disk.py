@@ -73,6 +73,25 @@ def test_cli(tmp_path, capsys):
               "--set", "oops"])
 
 
+def test_task_sheet_mix_and_docs_cli(tmp_path, monkeypatch):
+    from lookhere.data.synthetic import make_task
+    from lookhere.viz import DOC_SHEETS, contact_sheet, task_sheet
+
+    # the mix shares the sheet in order: the Shapes docs sheet is REC, then VQA on next indices
+    rec, vqa = (make_task("shapes", image_size=112, mode=m) for m in ("rec", "vqa"))
+    want = contact_sheet([rec.sample(0), rec.sample(1), vqa.sample(2), vqa.sample(3)], cell=64)
+    got = task_sheet("shapes", n=4, cell=64, overrides={"image_size": 112},
+                     mix=DOC_SHEETS["shapes"]["mix"])
+    assert got.tobytes() == want.tobytes()
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "sheet", "shapes", "--docs", "--n", "4", "--set", "image_size=112"]) == 0
+    assert Image.open(tmp_path / "docs" / "sheet_shapes.png").size == (4 * 336, 336 + 56)
+    with pytest.raises(SystemExit, match="--out is required"):
+        main(["data", "sheet", "shapes"])
+    with pytest.raises(SystemExit, match="no docs sheet"):
+        main(["data", "sheet", "_test_dot", "--docs"])
+
+
 def test_cli_convert_refs(tmp_path):
     import shutil
     from pathlib import Path

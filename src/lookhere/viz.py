@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from lookhere.data.sample import Sample
+from lookhere.data.synthetic import make_task
 from lookhere.io import atomic_path
 
 _OVERLAY = (255, 0, 255)  # magenta: rarely a task colour
@@ -56,6 +58,32 @@ def contact_sheet(samples: Sequence[Sample], cols: int = 4, cell: int = 256,
         lines = q + textwrap.wrap(f"A: {s.answer}", 40)[:1]  # the answer always shows
         draw.multiline_text((x, y + cell - 4), "\n".join(lines), fill="black", spacing=1)
     return sheet
+
+
+#: How each of the docs' contact sheets (docs/sheet_<task>.png, 16 samples of seed 0) is drawn:
+#: `task_sheet` keywords. Grid Patch leaves out the grid preamble so the caption shows the
+#: answer; Shapes shows 8 REC then 8 VQA samples (both modes draw, nearly always, the same
+#: scene for an index, so the VQA ones come from the next indices: other images).
+DOC_SHEETS: dict[str, dict[str, Any]] = {
+    "grid_patch": {"overrides": {"describe_grid": False}},
+    "line_intersection": {},
+    "line_tracing": {"cell": 336},
+    "shapes": {"cell": 336, "mix": ({"mode": "rec"}, {"mode": "vqa"})},
+    "scenes": {},
+}
+
+
+def task_sheet(task: str, n: int = 16, seed: int = 0, cols: int = 4, cell: int = 256,
+               overrides: Mapping[str, Any] | None = None,
+               mix: Sequence[Mapping[str, Any]] = ({},)) -> Image.Image:
+    """A contact sheet of a synthetic task's samples 0 to n-1 (`contact_sheet`), made with
+    ``make_task(task, seed, **overrides)``. ``mix``: config overrides (on top of ``overrides``)
+    that share the sheet in order, sample i drawn with ``mix[i * len(mix) // n]``."""
+    if n < 1 or not mix:
+        raise ValueError(f"a sheet needs n >= 1 and at least one mix entry, got n={n}, mix={mix}")
+    tasks = [make_task(task, seed=seed, **{**(overrides or {}), **m}) for m in mix]
+    samples = [tasks[i * len(mix) // n].sample(i) for i in range(n)]
+    return contact_sheet(samples, cols=cols, cell=cell)
 
 
 def save_image(img: Image.Image, path: str | Path) -> Path:

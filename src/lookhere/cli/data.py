@@ -27,9 +27,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_convert_refs)
     p = data.add_parser("sheet", help="save a contact sheet (PNG) of a task's first samples")
     p.add_argument("task")
-    p.add_argument("--n", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="PNG path")
+    p.add_argument("--out", type=Path, default=None,
+                   help="PNG path (required unless --docs: docs/sheet_<task>.png)")
+    p.add_argument("--docs", action="store_true",
+                   help="the docs' sheet of the task (settings in lookhere.viz.DOC_SHEETS; "
+                   "run from the repository root); the options below change it")
+    p.add_argument("--n", type=int, default=None, help="samples (default 16)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
+    p.add_argument("--cols", type=int, default=None, help="samples per row (default 4)")
+    p.add_argument("--cell", type=int, default=None, help="cell side in px (default 256)")
+    p.add_argument("--mix", type=json.loads, action="append", default=None, metavar="JSON",
+                   help="config overrides that share the sheet in order, e.g. --mix "
+                   "'{\"mode\": \"rec\"}' --mix '{\"mode\": \"vqa\"}' (repeatable)")
     _add_set(p)
     p.set_defaults(run=_sheet)
 
@@ -74,13 +83,22 @@ def _convert_refs(args: argparse.Namespace) -> int:
 
 
 def _sheet(args: argparse.Namespace) -> int:
-    from lookhere.data.synthetic import make_task
-    from lookhere.viz import contact_sheet, save_image
+    from lookhere.viz import DOC_SHEETS, save_image, task_sheet
 
+    if args.docs and args.task not in DOC_SHEETS:
+        raise SystemExit(f"lookhere data sheet: no docs sheet for {args.task!r}; "
+                         f"docs sheets: {', '.join(DOC_SHEETS)}")
+    if args.out is None and not args.docs:
+        raise SystemExit("lookhere data sheet: --out is required (or --docs)")
+    kw = dict(DOC_SHEETS[args.task]) if args.docs else {}
+    kw.update({k: v for k in ("n", "seed", "cols", "cell", "mix")
+               if (v := getattr(args, k)) is not None})
+    kw["overrides"] = {**kw.get("overrides", {}), **parse_overrides(args.set)}
+    out = args.out or Path("docs") / f"sheet_{args.task}.png"
     try:
-        task = make_task(args.task, seed=args.seed, **parse_overrides(args.set))
+        sheet = task_sheet(args.task, **kw)
     except (ValueError, TypeError) as err:
         raise SystemExit(f"lookhere data sheet: {err}") from None
-    save_image(contact_sheet([task.sample(i) for i in range(args.n)]), args.out)
-    print(f"wrote {args.out}")
+    save_image(sheet, out)
+    print(f"wrote {out}")
     return 0

@@ -9,7 +9,6 @@ The answer is the target's cell, ``row R, column C`` (1-based); the geometry is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -153,18 +152,3 @@ class GridPatchTask(SyntheticTask):
             return ask
         return (f"The image is divided into a grid of {cfg.grid_rows} rows and {cfg.grid_cols} "
                 "columns, numbered from 1 starting at the top-left. " + ask)
-
-
-def write_contact_sheet(path: str | Path, n: int = 16, seed: int = 0) -> Path:
-    """A contact sheet of ``n`` default-size samples, target cells outlined.
-
-    The grid preamble is left out of the questions so the sheet's 4 caption lines show the answer.
-    """
-    from lookhere.viz import contact_sheet, save_image
-
-    task = GridPatchTask(seed=seed, describe_grid=False)
-    return save_image(contact_sheet([task.sample(i) for i in range(n)]), path)
-
-
-if __name__ == "__main__":
-    print(write_contact_sheet(Path(__file__).parents[4] / "docs" / "sheet_grid_patch.png"))

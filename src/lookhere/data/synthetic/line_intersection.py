@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -285,15 +284,3 @@ def _paint_stroke(arr: np.ndarray, seg: Seg, width: float, rgb: tuple[int, int, 
     t = np.clip((px * dx + py * dy) / (dx * dx + dy * dy), 0.0, 1.0)
     inside = (px - t * dx) ** 2 + (py - t * dy) ** 2 <= r * r
     arr[cy0:cy1, cx0:cx1][inside] = rgb
-
-
-def write_contact_sheet(path: str | Path, n: int = 16, seed: int = 0) -> Path:
-    """A contact sheet of ``n`` default-size samples, the answer's points circled."""
-    from lookhere.viz import contact_sheet, save_image
-
-    task = LineIntersectionTask(seed=seed)
-    return save_image(contact_sheet([task.sample(i) for i in range(n)]), path)
-
-
-if __name__ == "__main__":
-    print(write_contact_sheet(Path(__file__).parents[4] / "docs" / "sheet_line_intersection.png"))

@@ -817,16 +817,3 @@ def _to_sample(task: LineTracingTask, index: int, cfg: LineTracingConfig, scene:
                           line_width=float(cfg.width)),
         task=task.name, id=task.sample_id(index), meta=meta,
     )
-
-
-def write_contact_sheet(path: str = "docs/sheet_line_tracing.png", n: int = 16) -> None:
-    """The docs' contact sheet: n samples at the default size, seed 0.
-
-    No ``__main__`` block on purpose: once the package imports this module, ``python -m`` would
-    run it a second time as ``__main__`` and register the task twice. Use
-    ``python -c "from lookhere.data.synthetic.line_tracing import write_contact_sheet as w; w()"``.
-    """
-    from lookhere.viz import contact_sheet, save_image
-
-    task = LineTracingTask(seed=0)
-    save_image(contact_sheet([task.sample(i) for i in range(n)], cell=336), path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -474,17 +473,3 @@ class ShapesTask(SyntheticTask):
         diff = {"vqa_type": kind, "question_words": len(p["question"].split()),
                 "num_subjects": len(idx)}
         return p["question"], p["answer"], structured, geometry, diff
-
-
-def write_contact_sheet(path: str | Path = "docs/sheet_shapes.png", seed: int = 0) -> Path:
-    """16 samples at the default size (8 REC, then 8 VQA on other images), geometry drawn."""
-    from lookhere.viz import contact_sheet, save_image
-
-    rec, vqa = ShapesTask(seed=seed), ShapesTask(seed=seed, mode="vqa")
-    # Both modes draw (nearly always) the same scene for an index: show other images for VQA.
-    samples = [rec.sample(i) for i in range(8)] + [vqa.sample(i) for i in range(8, 16)]
-    return save_image(contact_sheet(samples, cols=4, cell=336), path)
-
-
-if __name__ == "__main__":
-    print(write_contact_sheet())
