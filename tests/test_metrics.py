@@ -76,3 +76,16 @@ def test_attention_ratio_by_hand():
 def test_bootstrap_ci():
     mean, lo, hi = bootstrap_ci([1.0] * 50 + [0.0] * 50, seed=0)
     assert mean == 0.5 and lo < 0.5 < hi and hi - lo < 0.25
+
+
+def test_tally_keeps_per_sample_scores_and_pools_in_order():
+    from lookhere.eval.metrics import Tally
+
+    a, b = Tally(), Tally()
+    a.add(hit=1.0, inter=3, union=4)
+    a.add(hit=0.0)
+    b.add(hit=1.0)
+    assert a["inter"] == [3] and a["hit"] == [1.0, 0.0] and b["inter"] == []
+    both = sum((a, b), Tally())
+    assert both["hit"] == [1.0, 0.0, 1.0] and both.mean("hit") == pytest.approx(2 / 3)
+    assert a["hit"] == [1.0, 0.0]  # pooling copies

@@ -24,7 +24,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +39,7 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter
 from PIL import Image
 
 from lookhere.io import atomic_path, write_json
+from lookhere.tables import pct, points
 
 LABELS = {"ntp": "NTP", "klal": "NTP+KLAL"}
 DELTA_HEADER = "Δ acc (KLAL − NTP)"
@@ -136,21 +136,6 @@ def _ratio(cond: Mapping, cond_where: str, need_values: bool) -> _Ratio:
 # The table, shared by markdown and HTML.
 
 
-def _round1(x: Decimal) -> Decimal:
-    return x.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
-
-
-def _pct(x: float) -> str:
-    """A share in [0, 1] as a percentage with one decimal, rounded half up: 0.3125 -> '31.3'."""
-    return str(_round1(Decimal(repr(float(x))) * 100))
-
-
-def _points(a: float, b: float) -> str:
-    """a - b in percentage points, signed: '+8.8', '-1.5', '0.0'."""
-    d = _round1((Decimal(repr(float(a))) - Decimal(repr(float(b)))) * 100)
-    return "0.0" if d == 0 else f"{d:+}"
-
-
 @dataclass(frozen=True)
 class _Table:
     groups: list[tuple[str, int]]  # (header group label, span) over the columns, "" for none
@@ -183,9 +168,10 @@ def _table(results: Mapping) -> _Table:
             pfr = _number(_get(cond, "parse_failure_rate", where),
                           f"{where}['parse_failure_rate']", 0, 1)
             ratio = _ratio(cond, where, need_values=False).mean
-            row += [f"{_pct(acc[key])} [{_pct(lo)}, {_pct(hi)}]", f"{ratio:.2f}", _pct(pfr)]
+            row += [f"{pct(acc[key], half_up=True)} [{pct(lo, half_up=True)}, "
+                    f"{pct(hi, half_up=True)}]", f"{ratio:.2f}", pct(pfr, half_up=True)]
         if delta:
-            row.append(_points(acc["klal"], acc["ntp"]) if {"ntp", "klal"} <= acc.keys()
+            row.append(points(acc["klal"], acc["ntp"]) if {"ntp", "klal"} <= acc.keys()
                        else _DASH)
         rows.append(row)
     return _Table(groups, columns, rows)

@@ -127,6 +127,33 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.9
     return float(v.mean()), float(lo), float(hi)
 
 
+class Tally:
+    """Per-sample scores by name, appended as samples are scored (a mask kept only as its
+    intersection and union counts, not the mask) and summarised at the end. ``a + b`` pools two
+    tallies, a's values first."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, **scores: float) -> None:
+        for name, value in scores.items():
+            self.values.setdefault(name, []).append(value)
+
+    def __getitem__(self, name: str) -> list[float]:
+        """The values of ``name`` so far (empty when none was added)."""
+        return self.values.get(name, [])
+
+    def __add__(self, other: Tally) -> Tally:
+        out = Tally()
+        for tally in (self, other):
+            for name, values in tally.values.items():
+                out.values.setdefault(name, []).extend(values)
+        return out
+
+    def mean(self, name: str) -> float:
+        return float(np.mean(self[name]))
+
+
 def _area(b: Box) -> float:
     return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
 

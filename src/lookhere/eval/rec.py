@@ -40,10 +40,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lookhere.data.sample import Box, Sample
-from lookhere.eval.metrics import acc_at_iou, box_iou, mean_box_iou, point_in_region
+from lookhere.eval.metrics import Tally, acc_at_iou, box_iou, mean_box_iou, point_in_region
 from lookhere.eval.scoring import IOU_THRESHOLD, REC_TASKS
 from lookhere.heads.selection import HeadSpec
 from lookhere.models.adapter import Adapter
+from lookhere.tables import pct
 
 ATTENTION_METHODS = ("heads", "all_heads", "random_heads")
 BASELINES = ("all_heads", "random_heads", "centre", "text")
@@ -146,8 +147,8 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
              "all_heads": dataclasses.replace(spec, heads=candidates),
              "random_heads": dataclasses.replace(
                  spec, heads=random_heads(candidates, len(spec.heads), seed))}
-    tallies = {name: _Tally(specs[name].heads if name in specs and name != "all_heads"
-                            else None) for name in methods}
+    tallies = {name: _Predictions(specs[name].heads if name in specs and name != "all_heads"
+                                  else None) for name in methods}
     ids: list[str] = []
     was_training = model.training
     model.eval()
@@ -204,7 +205,7 @@ def _locate(model: nn.Module, processor: Any, adapter: Adapter, samples: list[Sa
                   refiner=refiner)
 
 
-def _add_text(tally: _Tally, model: nn.Module, processor: Any, adapter: Adapter,
+def _add_text(tally: _Predictions, model: nn.Module, processor: Any, adapter: Adapter,
               samples: list[Sample], batch_size: int, max_new_tokens: int, style: str) -> None:
     from lookhere.eval.runner import generate_answers
     from lookhere.eval.scoring import score_answer
@@ -221,17 +222,16 @@ def _add_text(tally: _Tally, model: nn.Module, processor: Any, adapter: Adapter,
 
 
 @dataclass
-class _Tally:
-    """One method's predictions so far: boxes, and the mask intersection and union counts (the
-    masks themselves are dropped after each chunk)."""
+class _Predictions:
+    """One method's predictions so far: boxes, and per sample the pointing game's ``hit`` and,
+    with a gold mask, the masks' ``inter`` and ``union`` counts (the masks themselves are
+    dropped after each chunk)."""
 
     heads: list[tuple[int, int]] | None = None
     boxes: dict[str, Box | None] = field(default_factory=dict)
     golds: list[Box] = field(default_factory=list)
-    inter: list[int] = field(default_factory=list)  # per sample with a gold mask
-    union: list[int] = field(default_factory=list)
+    scores: Tally = field(default_factory=Tally)
     answers: dict[str, str] = field(default_factory=dict)  # the text method's
-    hits: list[bool] = field(default_factory=list)  # pointing game, per sample
 
     def add(self, samples: list[Sample], boxes: Sequence[Box | None],
             masks: Sequence[np.ndarray],
@@ -241,24 +241,24 @@ class _Tally:
         for s, b, m, p in zip(samples, boxes, masks, points, strict=True):
             self.boxes[s.id] = None if b is None else tuple(float(v) for v in b)
             self.golds.append(tuple(float(v) for v in s.geometry.boxes[0]))
-            self.hits.append(point_in_region(p, self.golds[-1]))
+            self.scores.add(hit=point_in_region(p, self.golds[-1]))
             if s.geometry.mask is not None:
                 inter, union = mask_counts(m, s.geometry.mask)
-                self.inter.append(inter)
-                self.union.append(union)
+                self.scores.add(inter=inter, union=union)
 
     def summary(self) -> dict[str, Any]:
         boxes = list(self.boxes.values())
         out: dict[str, Any] = {
             "n": len(boxes), "acc@0.5": acc_at_iou(boxes, self.golds, IOU_THRESHOLD),
             "mean_iou": mean_box_iou(boxes, self.golds),
-            "pointing": float(np.mean(self.hits)),
+            "pointing": self.scores.mean("hit"),
             "ious": {i: 0.0 if b is None else box_iou(b, g)
                      for (i, b), g in zip(self.boxes.items(), self.golds, strict=True)},
             "boxes": {i: None if b is None else list(b) for i, b in self.boxes.items()},
         }
-        if self.inter:
-            out.update(ious_from_counts(self.inter, self.union), n_masks=len(self.inter))
+        inter, union = self.scores["inter"], self.scores["union"]
+        if inter:
+            out.update(ious_from_counts(inter, union), n_masks=len(inter))
         if self.heads is not None:
             out["heads"] = [list(h) for h in self.heads]
         if self.answers:
@@ -298,12 +298,8 @@ def rec_table(result: dict[str, Any]) -> str:
     rows = ["| method | n | Acc@0.5 | mean IoU | pointing | cIoU | mIoU | parse fail |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in result["methods"].items():
-        cells = [name, str(m["n"]), _pct(m["acc@0.5"]), _pct(m["mean_iou"]),
-                 _pct(m.get("pointing")), _pct(m.get("cIoU")), _pct(m.get("mIoU")),
-                 _pct(m.get("parse_failure_rate"))]
+        cells = [name, str(m["n"]), pct(m["acc@0.5"]), pct(m["mean_iou"]),
+                 pct(m.get("pointing")), pct(m.get("cIoU")), pct(m.get("mIoU")),
+                 pct(m.get("parse_failure_rate"))]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"

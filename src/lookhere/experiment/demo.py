@@ -30,6 +30,7 @@ from lookhere.report import (
     plot_training_curves,
     write_report,
 )
+from lookhere.tables import pct
 
 # The demo's heads part: the experiment's settings with fewer samples and steps (~4 minutes).
 # Its models are saved, so that the lens part reuses the NTP one.
@@ -173,10 +174,10 @@ def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> 
     for metric, label in (("acc@0.5", "Acc@0.5"), ("pointing", "pointing game"),
                           ("mean_iou", "mean box IoU"), ("mIoU", "mask mIoU")):
         for m in methods:
-            cells = "".join(f"<td>{_pct(conds[c]['rec']['methods'][m].get(metric))}</td>"
+            cells = "".join(f"<td>{pct(conds[c]['rec']['methods'][m].get(metric))}</td>"
                             for c in conds)
             rows.append(f"<tr><th>{e(label)}: {e(METHOD_LABELS.get(m, m))}</th>{cells}</tr>")
-    extra = [("VQA accuracy (held-out)", lambda c: _pct(c["vqa"]["accuracy"])),
+    extra = [("VQA accuracy (held-out)", lambda c: pct(c["vqa"]["accuracy"])),
              ("heads found (layer, head)", lambda c: e(str([tuple(h) for h in
                                                             c["spec"]["heads"]]))),
              ("tau (S_img knee)", lambda c: f"{c['spec']['tau']:.3f}"),
@@ -202,10 +203,6 @@ def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> 
             f"box; no method reaches IoU 0.5, because the heads light up every object and the "
             f"8 x 8 grid makes the boxes large. docs/results.md has the 3-seed numbers, a "
             f"per-head diagnosis and the discussion.</p>")
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f}"
 
 
 def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: dict[str, Any]
@@ -273,7 +270,7 @@ def lens_section(config: lens.LensExperimentConfig, lres: dict[str, Any]) -> str
                 "steps, so the very same model" if ntp.get("reused_from") else "trained here")
     tables = "".join(_lens_table(kind, lres, conds, trained_layer) for kind in lens.KINDS)
     vqa = "".join(f"<tr><th>{e(lens.LABELS.get(c, c))}</th>"
-                  f"<td>{_pct(lres['conditions'][c]['vqa']['accuracy'])}</td></tr>"
+                  f"<td>{pct(lres['conditions'][c]['vqa']['accuracy'])}</td></tr>"
                   for c in conds)
     shared = lres.get("concepts", {}).get("shared_ids", [])
     shared_note = ("" if not shared else " Words that share their first token (so their maps "
@@ -315,10 +312,10 @@ def _lens_table(kind: str, lres: dict[str, Any], conds: list[str], trained_layer
     rows = []
     for layer in lres["layers"]:
         name = f"L{layer}" + (" (LLL layer)" if layer == trained_layer else "")
-        cells = "".join(f"<td>{_pct(lres['conditions'][c]['lens'][str(layer)][kind].get(m))}</td>"
+        cells = "".join(f"<td>{pct(lres['conditions'][c]['lens'][str(layer)][kind].get(m))}</td>"
                         for c in conds for m in ("mIoU", "pointing"))
         rows.append(f"<tr><th>{e(name)}</th>{cells}</tr>")
-    share = _pct(lres["reference"][kind]["region_share"])
+    share = pct(lres["reference"][kind]["region_share"])
     rows.append("<tr><th>no model (whole image / random peak)</th>"
                 + f"<td>{share}</td>" * (2 * len(conds)) + "</tr>")
     return (f"<table><thead><tr><th>{e(kind)} words, in %</th>{head}</tr></thead>"

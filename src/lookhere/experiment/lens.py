@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
 from lookhere.data.synthetic.shapes import ShapesConfig, object_mask
+from lookhere.eval.metrics import Tally
 from lookhere.eval.rec import ious_from_counts, mask_counts
 from lookhere.experiment.heads import TEST_SEED_OFFSET, shapes_defaults, vqa_accuracy
 from lookhere.lens import RULES, concept_ids, lens_maps, resolve_layers
@@ -286,38 +288,26 @@ def concept_regions(sample: Sample) -> list[tuple[str, str, np.ndarray]]:
             for word, geometry in sample_concepts(sample, (kind,), scope="image")]
 
 
-class _Tally:
-    """Per-(layer, kind) lists of the per-concept scores."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[int, str], dict[str, list[float]]] = {}
-
-    def add(self, layer: int, kind: str, **scores: float) -> None:
-        row = self.rows.setdefault((layer, kind), {})
-        for name, value in scores.items():
-            row.setdefault(name, []).append(value)
-
-    def summary(self, layers: Sequence[int]) -> dict[str, dict[str, dict[str, float]]]:
-        out: dict[str, dict[str, dict[str, float]]] = {}
-        for layer in layers:
-            per = {k: self.rows.get((layer, k), {}) for k in KINDS}
-            per["all"] = {name: sum((per[k].get(name, []) for k in KINDS), [])
-                          for name in ("inter", "union", "hit", "hit_cell", "hit_object",
-                                       "p_in", "p_out")}
-            out[str(layer)] = {k: _summarise(v) for k, v in per.items()}
-        return out
+def _summary(tallies: Mapping[tuple[int, str], Tally], layers: Sequence[int]
+             ) -> dict[str, dict[str, dict[str, float]]]:
+    """Per reported layer, per concept type and over both ("all"): `_summarise`."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for layer in layers:
+        per = {k: tallies.get((layer, k), Tally()) for k in KINDS}
+        per["all"] = sum((per[k] for k in KINDS), Tally())
+        out[str(layer)] = {k: _summarise(v) for k, v in per.items()}
+    return out
 
 
-def _summarise(row: dict[str, list[float]]) -> dict[str, float]:
-    n = len(row.get("hit", []))
+def _summarise(tally: Tally) -> dict[str, float]:
+    n = len(tally["hit"])
     if n == 0:
         return {"n": 0}
-    return {**ious_from_counts([int(v) for v in row["inter"]], [int(v) for v in row["union"]]),
-            "pointing": float(np.mean(row["hit"])),
-            "pointing_cell": float(np.mean(row["hit_cell"])),
-            "pointing_object": float(np.mean(row["hit_object"])),
-            "p_in": float(np.mean(row["p_in"])),
-            "p_out": float(np.mean(row["p_out"])), "n": n}
+    return {**ious_from_counts([int(v) for v in tally["inter"]],
+                               [int(v) for v in tally["union"]]),
+            "pointing": tally.mean("hit"), "pointing_cell": tally.mean("hit_cell"),
+            "pointing_object": tally.mean("hit_object"), "p_in": tally.mean("p_in"),
+            "p_out": tally.mean("p_out"), "n": n}
 
 
 def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor: Any,
@@ -330,7 +320,7 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
     layers = config.layers()
     result = lens_maps(model, processor, get_adapter(model), [s.image for s in samples], words,
                        layers, rule=config.token_rule, batch_size=config.eval_batch_size)
-    tally = _Tally()
+    tallies: dict[tuple[int, str], Tally] = defaultdict(Tally)
     thr = parse_threshold(config.threshold)
     for i, s in enumerate(samples):
         geo = result.geometries[i][0]
@@ -342,11 +332,12 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
                 seg = segment(heat, geo, thr, config.smooth_sigma, config.largest_component)
                 inter, union = mask_counts(seg.pixel_mask, gold)
                 peak = peak_cell(heat, geo, config.smooth_sigma)
-                tally.add(layer, kind, inter=inter, union=union,
-                          hit=float(pointing(heat, geo, gold, config.smooth_sigma)),
-                          hit_cell=float(cov[peak] > 0),
-                          hit_object=float(pointing(heat, geo, objects, config.smooth_sigma)),
-                          p_in=_weighted_mean(heat, cov), p_out=_weighted_mean(heat, 1 - cov))
+                tallies[layer, kind].add(
+                    inter=inter, union=union,
+                    hit=float(pointing(heat, geo, gold, config.smooth_sigma)),
+                    hit_cell=float(cov[peak] > 0),
+                    hit_object=float(pointing(heat, geo, objects, config.smooth_sigma)),
+                    p_in=_weighted_mean(heat, cov), p_out=_weighted_mean(heat, 1 - cov))
     examples = []
     for i, s in enumerate(samples[: config.n_maps]):
         _, word, _ = example_concept(s, i)
@@ -355,7 +346,7 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
         examples.append({"extent": [float(v) for v in extent],
                          "maps": {str(layer): result.map(i, layer, word).tolist()
                                   for layer in layers}})
-    return tally.summary(layers), examples
+    return _summary(tallies, layers), examples
 
 
 def _weighted_mean(heat: np.ndarray, weight: np.ndarray) -> float:

@@ -20,7 +20,6 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from lookhere.data.dataset import TaskDataset
@@ -32,6 +31,7 @@ from lookhere.eval.scoring import score_predictions
 from lookhere.experiment.heads import SEARCH_SEED_OFFSET, TEST_SEED_OFFSET, shapes_defaults
 from lookhere.heads.search import find_heads
 from lookhere.models.adapter import get_adapter
+from lookhere.tables import pct
 
 SHAPES_TYPES = ("colour", "shape", "size", "count")
 SCENES_SKILLS = ("position", "relation", "read", "find_marker", "follow", "point")
@@ -135,10 +135,6 @@ def summary_table(result: dict[str, Any]) -> str:
               "| REC method | Acc@0.5 | pointing | mIoU | mean IoU |", "|---|---|---|---|---|"]
     for name, m in result["rec"]["methods"].items():
         miou = m.get("mIoU")
-        lines.append(f"| {name} | {100 * m['acc@0.5']:.1f} | {_pct(m.get('pointing'))} | "
-                     f"{_pct(miou)} | {100 * m['mean_iou']:.1f} |")
+        lines.append(f"| {name} | {100 * m['acc@0.5']:.1f} | {pct(m.get('pointing'))} | "
+                     f"{pct(miou)} | {100 * m['mean_iou']:.1f} |")
     return "\n".join(lines)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
