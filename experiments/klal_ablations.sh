@@ -11,11 +11,11 @@ OUT=${OUT:-runs/experiments/klal_ablations}
 LH=".venv/bin/lookhere experiment klal --seeds 0 --quiet"
 if [[ "${STREAM:-ab}" == *a* ]]; then
   for q in answer_start all_answer; do
-    $LH --out "$OUT/query_$q" --conditions klal --query "$q" \
+    $LH --out "$OUT/query_$q" --conditions klal --klal-query "$q" \
         --tasks grid_patch line_intersection "$@"
   done
   for w in 0.1 10; do
-    $LH --out "$OUT/lambda_$w" --conditions klal --weight "$w" --tasks grid_patch "$@"
+    $LH --out "$OUT/lambda_$w" --conditions klal --klal-weight "$w" --tasks grid_patch "$@"
   done
 fi
 if [[ "${STREAM:-ab}" == *b* ]]; then

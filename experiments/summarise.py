@@ -13,6 +13,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from lookhere.experiment.klal import KLALExperimentConfig
+
 
 def load(folder: Path) -> dict[int, dict]:
     runs = {}
@@ -33,12 +35,13 @@ def table(folder: Path) -> str:
     runs = load(folder)
     seeds = sorted(runs)
     first = runs[seeds[0]]
-    settings = first.get("settings", {}).get("klal", {})
+    config = KLALExperimentConfig.from_json(first["settings"]["klal"])
+    train, klal = config.train, config.klal
     lines = [f"### {folder.name}", "",
-             f"Settings: family `{settings.get('family')}`, size `{settings.get('size')}`, "
-             f"{settings.get('steps')} steps × batch {settings.get('batch_size')}, lr "
-             f"{settings.get('lr')}, λ {settings.get('weight')}, query "
-             f"`{settings.get('query')}`, {settings.get('test_samples')} test samples per task; "
+             f"Settings: family `{train.family}`, size `{train.size}`, "
+             f"{train.steps} steps × batch {train.batch_size}, lr "
+             f"{train.lr}, λ {klal.weight}, query "
+             f"`{klal.query}`, {config.test_samples} test samples per task; "
              f"seeds {', '.join(map(str, seeds))}.", "",
              "| task | condition | accuracy % (mean ± sd) | per seed: accuracy [95% CI] | "
              "attention ratio (mean over seeds) | parse failures % |",

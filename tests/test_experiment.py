@@ -10,10 +10,17 @@ from lookhere.experiment.demo import run_demo
 from lookhere.experiment.heads import HeadsExperimentConfig
 from lookhere.experiment.klal import KLALExperimentConfig, held_out_split, train_split
 from lookhere.experiment.lens import LensExperimentConfig
+from lookhere.experiment.training import TrainSpec
 from lookhere.models import tiny
+from lookhere.targets import TargetConfig
+from lookhere.train import KLALConfig, LLLConfig
 
-TINY = dict(size="test96", image_size=112, steps=2, batch_size=2, test_samples=4,
-            eval_batch_size=4, max_new_tokens=3, n_maps=1)
+TRAIN = dict(size="test96", image_size=112, steps=2, batch_size=2)
+TINY = dict(test_samples=4, eval_batch_size=4, max_new_tokens=3, n_maps=1)
+
+
+def tiny_config(**kw) -> KLALExperimentConfig:
+    return KLALExperimentConfig(**{"train": TrainSpec(**TRAIN), **TINY, **kw})
 
 
 @pytest.fixture(autouse=True)
@@ -24,11 +31,12 @@ def test96(monkeypatch):
 
 
 def test_splits_are_disjoint_and_deterministic():
-    cfg = KLALExperimentConfig(**TINY)
+    cfg = tiny_config()
     for task in cfg.tasks:
         train = train_split(cfg, task).samples
         test = held_out_split(cfg, task)
-        assert len(train) == cfg.steps * cfg.batch_size and len(test) == cfg.test_samples
+        assert len(train) == cfg.train.steps * cfg.train.batch_size == cfg.train.samples
+        assert len(test) == cfg.test_samples
         assert not {s.id for s in train} & {s.id for s in test}
         again = held_out_split(cfg, task)
         assert [s.image.tobytes() for s in again] == [s.image.tobytes() for s in test]
@@ -39,12 +47,13 @@ def test_demo_writes_report(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     monkeypatch.setitem(tiny.TINY_SIZES, "test4", replace(tiny.TINY_SIZES["test"], layers=4,
                                                           image_size=112))
-    heads_config = HeadsExperimentConfig(size="test4", steps=2, batch_size=2, search_samples=4,
+    train = dict(size="test4", steps=2, batch_size=2)
+    heads_config = HeadsExperimentConfig(train=TrainSpec(**train), search_samples=4,
                                          search_repeats=2, test_samples=3, vqa_samples=2,
                                          eval_batch_size=4, n_maps=2, save_models=True)
-    lens_config = LensExperimentConfig(size="test4", steps=2, batch_size=2, test_samples=3,
+    lens_config = LensExperimentConfig(train=TrainSpec(**train), test_samples=3,
                                        vqa_samples=2, eval_batch_size=4, n_maps=2)
-    report = run_demo(out, KLALExperimentConfig(**TINY), progress=False, command="test",
+    report = run_demo(out, tiny_config(), progress=False, command="test",
                       heads_config=heads_config, lens_config=lens_config)
     assert report == out / "report.html"
     results = json.loads((out / "results.json").read_text())
@@ -69,13 +78,13 @@ def test_demo_writes_report(tmp_path, monkeypatch):
     assert "reused_from" not in lll and lll["lll"]["weight"] > 0
     assert "The logit lens (NTP vs NTP+LLL)" in html and "reused from the heads part" in html
     assert "shape words, in %" in html and "colour words, in %" in html
-    assert results["settings"]["lens"]["steps"] == 2
+    assert results["settings"]["lens"]["train"]["steps"] == 2
     for name in ("attention_maps.png", "attention_ratio.png", "training_curves.png",
                  "heads_maps.png", "heads_each.png", "lens_maps.png", "lens_layers.png"):
         assert (out / name).stat().st_size > 0 and name in html
     assert "| task" in (out / "results.md").read_text()
     with pytest.raises(FileExistsError):
-        run_demo(out, KLALExperimentConfig(**TINY), progress=False)
+        run_demo(out, tiny_config(), progress=False)
 
 
 def test_config_errors():
@@ -84,11 +93,34 @@ def test_config_errors():
     with pytest.raises(ValueError, match="conditions"):
         KLALExperimentConfig(conditions=())
     with pytest.raises(ValueError, match="steps"):
-        KLALExperimentConfig(steps=0)
+        KLALExperimentConfig(train=TrainSpec(steps=0))
     with pytest.raises(ValueError, match="query"):
-        KLALExperimentConfig(query="first")
+        KLALExperimentConfig(klal=KLALConfig(query="first"))
     with pytest.raises(ValueError, match="image_size"):
-        KLALExperimentConfig(size="test", image_size=112)
+        KLALExperimentConfig(train=TrainSpec(size="test", image_size=112))
+
+
+def test_configs_compose_and_read_their_json():
+    """The experiments nest one `TrainSpec` and the loss and target configs; ``from_json`` reads
+    the nested JSON, and the flat layout of results files written before the nesting."""
+    cfg = KLALExperimentConfig(train=TrainSpec(steps=7, seed=3), tasks=("grid_patch",),
+                               klal=KLALConfig(weight=0.5, layers=(1,)),
+                               target=TargetConfig(1.0, 0.3, 0.02))
+    assert cfg.klal_config("klal") == cfg.klal
+    assert cfg.klal_config("ntp") == KLALConfig(weight=0.0, layers=(1,), monitor=True)
+    assert KLALExperimentConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    flat = {"family": "llava", "size": "demo", "tasks": ["grid_patch"], "image_size": 112,
+            "steps": 7, "batch_size": 8, "lr": 0.001, "warmup_ratio": 0.05, "weight": 0.5,
+            "query": "last_answer", "target": {"target": 1.0, "neighbour": 0.3, "floor": 0.02},
+            "seed": 3, "data_seed": 0, "save_models": False}
+    assert KLALExperimentConfig.from_json(flat) == replace(cfg, klal=KLALConfig(weight=0.5))
+    lcfg = LensExperimentConfig.from_json({"size": "heads", "steps": 3, "mu": 0.5, "layer": -2,
+                                           "concept": ["colour"], "conditions": ["lll"]})
+    assert lcfg == LensExperimentConfig(train=replace(LensExperimentConfig().train, steps=3),
+                                        lll=LLLConfig(weight=0.5, layer=-2, concept=("colour",)),
+                                        conditions=("lll",))
+    with pytest.raises(ValueError, match="unknown key 'nope'"):
+        KLALExperimentConfig.from_json({"nope": 1})
 
 
 def test_cli_experiment(tmp_path, capsys):
@@ -102,4 +134,4 @@ def test_cli_experiment(tmp_path, capsys):
     assert main(args) == 0  # an existing seed file is skipped, not overwritten
     assert "skipped" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="weight"):
-        main(["demo", "--out", str(tmp_path / "d"), "--weight", "-1"])
+        main(["demo", "--out", str(tmp_path / "d"), "--klal-weight", "-1"])

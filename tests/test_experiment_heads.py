@@ -13,10 +13,16 @@ from lookhere.experiment.heads import (
     search_split,
     stability,
 )
+from lookhere.experiment.training import TrainSpec
 from lookhere.models import tiny
 
-TINY = dict(size="test4", steps=2, batch_size=2, search_samples=6, search_repeats=2,
-            test_samples=4, vqa_samples=4, eval_batch_size=4, n_maps=2)
+TINY = dict(search_samples=6, search_repeats=2, test_samples=4, vqa_samples=4, eval_batch_size=4,
+            n_maps=2)
+
+
+def tiny_config(**kw) -> HeadsExperimentConfig:
+    return HeadsExperimentConfig(**{"train": TrainSpec(size="test4", steps=2, batch_size=2),
+                                    **TINY, **kw})
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +35,7 @@ def test4(monkeypatch):
 
 
 def test_splits_are_disjoint():
-    cfg = HeadsExperimentConfig(**TINY)
+    cfg = tiny_config()
     vqa, rec = held_out_splits(cfg)
     searches = [search_split(cfg, r) for r in range(3)]
     assert all(s.structured["type"] for s in vqa) and all("box" in s.structured for s in rec)
@@ -53,7 +59,7 @@ def test_stability_by_hand():
 
 
 def test_run_records_every_condition(tmp_path):
-    cfg = HeadsExperimentConfig(**TINY)
+    cfg = tiny_config()
     seen = []
     res = heads.run(cfg, tmp_path, progress=False, on_result=lambda c, e: seen.append(c))
     assert seen == list(heads.CONDITIONS) == list(res["conditions"])
@@ -77,15 +83,15 @@ def test_run_records_every_condition(tmp_path):
 
 def test_config_errors():
     with pytest.raises(ValueError, match="conditions"):
-        HeadsExperimentConfig(**{**TINY, "conditions": ("nope",)})
+        tiny_config(conditions=("nope",))
     with pytest.raises(ValueError, match="at least 3"):
-        HeadsExperimentConfig(size="demo")
+        HeadsExperimentConfig(train=TrainSpec(size="demo"))
     with pytest.raises(ValueError, match="baselines"):
-        HeadsExperimentConfig(**{**TINY, "baselines": ("oracle",)})
+        tiny_config(baselines=("oracle",))
     with pytest.raises(ValueError, match="search_repeats"):
-        HeadsExperimentConfig(**{**TINY, "search_repeats": 0})
+        tiny_config(search_repeats=0)
     with pytest.raises(ValueError, match="image_size"):
-        HeadsExperimentConfig(size="heads", image_size=224)
+        TrainSpec(size="heads", image_size=224)
 
 
 def test_cli(tmp_path, capsys):
@@ -93,10 +99,15 @@ def test_cli(tmp_path, capsys):
             "--size", "test4", "--steps", "1", "--batch-size", "2", "--search-samples", "4",
             "--search-repeats", "1", "--test-samples", "2", "--vqa-samples", "2",
             "--conditions", "untrained", "ntp", "--baselines", "centre", "--n-maps", "1",
-            "--shapes-options", '{"max_objects": 3}']
+            "--shapes-options", '{"max_objects": 3}', "--klal-weight", "0.5",
+            "--target-neighbour", "0.4"]
     assert main(args) == 0
     data = json.loads((tmp_path / "seed0.json").read_text())
     assert data["config"]["shapes_options"] == {"max_objects": 3}
+    assert data["config"]["klal"]["weight"] == 0.5 and data["config"]["klal"]["query"] == \
+        "last_answer"  # nested configs: their options are prefixed, the rest keep defaults
+    assert data["config"]["target"] == {"target": 1.0, "neighbour": 0.4, "floor": 0.01}
+    assert data["config"]["train"]["steps"] == 1 and data["config"]["train"]["seed"] == 0
     assert set(data["conditions"]) == {"untrained", "ntp"}
     assert list(data["conditions"]["ntp"]["rec"]["methods"]) == ["centre", "heads"]  # sorted
     assert "Acc@0.5/pointing" in capsys.readouterr().out

@@ -22,12 +22,20 @@ from lookhere.experiment.lens import (
     reference_scores,
     train_split,
 )
+from lookhere.experiment.training import TrainSpec
 from lookhere.lens import lens_maps
 from lookhere.models import get_adapter, tiny
+from lookhere.train import LLLConfig
 
 MU = 2.0
-TINY = dict(size="test4", steps=2, batch_size=2, test_samples=4, vqa_samples=4,
-            eval_batch_size=4, n_maps=2, mu=MU)
+TRAIN = dict(size="test4", steps=2, batch_size=2)
+TINY = dict(test_samples=4, vqa_samples=4, eval_batch_size=4, n_maps=2)
+
+
+def tiny_config(train: dict | None = None, lll: dict | None = None, **kw) -> LensExperimentConfig:
+    """The tiny experiment; ``train`` / ``lll``: changes to its `TrainSpec` / `LLLConfig`."""
+    return LensExperimentConfig(train=TrainSpec(**{**TRAIN, **(train or {})}),
+                                lll=LLLConfig(**{"weight": MU, **(lll or {})}), **{**TINY, **kw})
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,7 +62,7 @@ def finished(tmp_path_factory):
             return out
 
         mp.setattr(lens, "train_one", keep)
-        cfg = LensExperimentConfig(**TINY)
+        cfg = tiny_config()
         seen = []
         out = tmp_path_factory.mktemp("lens")
         res = lens.run(cfg, out, progress=False, on_result=lambda c, e: seen.append(c))
@@ -165,8 +173,8 @@ def test_lens_scores_every_family(family):
     """Any registered family: the scores of an untrained "test" model (56 px, 2 layers) on its
     first grid, one row per (image, word), each in range; the examples' maps cover the image."""
     model, processor = tiny_model(family)
-    cfg = LensExperimentConfig(family=family, size="test", image_size=56, test_samples=3,
-                               n_maps=2, shapes_options={"max_objects": 3})
+    cfg = LensExperimentConfig(train=TrainSpec(family=family, size="test", image_size=56),
+                               test_samples=3, n_maps=2, shapes_options={"max_objects": 3})
     samples = held_out_splits(cfg)[1]
     scores, examples = lens.lens_scores(cfg, model, processor, samples)
     n = {k: sum(r[0] == k for s in samples for r in concept_regions(s)) for k in lens.KINDS}
@@ -210,7 +218,7 @@ def test_heads_ntp_model_is_the_lens_ntp_model(finished, tmp_path):
     training settings trains the very same model as this experiment's (LLL monitored): equal
     parameters; given to `run` as ``trained``, it gives the same scores as training here."""
     cfg, res, _, models, _ = finished
-    hcfg = HeadsExperimentConfig(size="test4", steps=2, batch_size=2, search_samples=4,
+    hcfg = HeadsExperimentConfig(train=TrainSpec(**TRAIN), search_samples=4,
                                  search_repeats=1, test_samples=2, vqa_samples=2)
     assert lens.ntp_mismatches(cfg, hcfg) == []
     model, processor, record = heads.prepare_model(hcfg, "ntp", heads.train_split(hcfg),
@@ -234,22 +242,24 @@ def test_heads_ntp_model_is_the_lens_ntp_model(finished, tmp_path):
 
 def test_trained_errors(finished):
     cfg, _, _, models, _ = finished
-    hcfg = HeadsExperimentConfig(size="test4", steps=2, batch_size=2)
+    hcfg = HeadsExperimentConfig(train=TrainSpec(**TRAIN))
     given = lens.Trained(*models["ntp"], {"steps": 2}, hcfg)
+    other_data = replace(hcfg, train=replace(hcfg.train, data_seed=1))
     cases = [({"lll": given}, cfg, "only the 'ntp'"),
              ({"ntp": given}, replace(cfg, conditions=("lll",)), "not in config.conditions"),
-             ({"ntp": replace(given, config=replace(hcfg, data_seed=1))}, cfg, "data_seed: 1"),
+             ({"ntp": replace(given, config=other_data)}, cfg, "data_seed: 1"),
              ({"ntp": replace(given, config=replace(hcfg, shapes_options={"max_objects": 3}))},
               cfg, "Shapes VQA settings"),
-             ({"ntp": replace(given, config=KLALExperimentConfig(size="test4"))}, cfg,
-              "Shapes VQA settings: '<missing>'")]
+             ({"ntp": replace(given, config=KLALExperimentConfig(train=TrainSpec(**TRAIN)))},
+              cfg, "Shapes VQA settings: '<missing>'"),
+             ({"ntp": replace(given, config=object())}, cfg, "steps: '<missing>'")]
     for trained, config, match in cases:
         with pytest.raises(ValueError, match=match):
             lens.run(config, "unused", progress=False, trained=trained)
 
 
 def test_concept_regions_and_reference_by_hand():
-    s = held_out_splits(LensExperimentConfig(**TINY))[1][0]
+    s = held_out_splits(tiny_config())[1][0]
     objs = s.meta["objects"]
     regions = concept_regions(s)
     assert [r[0] for r in regions] == ["shape"] * len({o["shape"] for o in objs}) + \
@@ -268,7 +278,7 @@ def test_concept_regions_and_reference_by_hand():
 
 
 def test_splits_are_disjoint():
-    cfg = LensExperimentConfig(**{**TINY, "steps": 4})
+    cfg = tiny_config(train={"steps": 4})
     train = {s.image.tobytes() for s in train_split(cfg).samples}
     vqa, images = held_out_splits(cfg)
     assert len(train) == 8 and len(images) == 4
@@ -280,25 +290,25 @@ def test_config_errors():
     cases = [({"conditions": ("klal",)}, "conditions"), ({"conditions": ()}, "conditions"),
              ({"lens_layers": "x"}, "lens_layers"), ({"lens_layers": "0,4"}, "lens_layers"),
              ({"threshold": "median"}, "threshold"), ({"threshold": "1.5"}, "threshold"),
-             ({"layer": 4}, "layer 4"), ({"mu": -1.0}, "weight"), ({"beta": -1.0}, "beta"),
-             ({"token_rule": "all"}, "token_rule"), ({"concept": ("size",)}, "concept"),
-             ({"steps": 0}, "steps"),
+             ({"lll": {"layer": 4}}, "layer 4"), ({"lll": {"weight": -1.0}}, "weight"),
+             ({"lll": {"beta": -1.0}}, "beta"), ({"lll": {"token_rule": "all"}}, "token_rule"),
+             ({"lll": {"concept": ("size",)}}, "concept"), ({"train": {"steps": 0}}, "steps"),
              ({"smooth_sigma": -1.0}, "smooth_sigma"), ({"n_maps": -1}, "n_maps"),
-             ({"image_size": 224}, "image_size"), ({"shapes_options": {"max_objects": 9}},
-                                                   "max_objects")]
+             ({"train": {"image_size": 224}}, "image_size"),
+             ({"shapes_options": {"max_objects": 9}}, "max_objects")]
     for change, match in cases:
         with pytest.raises(ValueError, match=match):
-            LensExperimentConfig(**{**TINY, **change})
-    assert LensExperimentConfig(**{**TINY, "lens_layers": "-1,1"}).layers() == (3, 1)
+            tiny_config(**change)
+    assert tiny_config(lens_layers="-1,1").layers() == (3, 1)
     assert LensExperimentConfig().layers() == (0, 1, 2, 3)  # the "heads" size: 4 layers
 
 
 def test_cli(tmp_path, capsys):
     args = ["experiment", "lens", "--out", str(tmp_path), "--seeds", "0", "--quiet",
             "--size", "test4", "--steps", "1", "--batch-size", "2", "--test-samples", "2",
-            "--vqa-samples", "2", "--conditions", "lll", "--n-maps", "1", "--mu", "0.5",
+            "--vqa-samples", "2", "--conditions", "lll", "--n-maps", "1", "--lll-weight", "0.5",
             "--lens-layers", "-1", "--threshold", "0.5", "--largest-component",
-            "--save-models", "--shapes-options", '{"max_objects": 3}', "--concept", "colour",
+            "--save-models", "--shapes-options", '{"max_objects": 3}', "--lll-concept", "colour",
             "shape"]
     assert main(args) == 0
     data = json.loads((tmp_path / "seed0.json").read_text())

@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lookhere.cli.options import add_options, build
+
+SEED = ("train.seed",)  # set by --seeds (the demo: 0)
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the embedded-model demo (KLAL, localization heads, the "
@@ -42,62 +46,36 @@ def _add_lens_options(p: argparse.ArgumentParser) -> None:
     from lookhere.experiment.lens import LensExperimentConfig
 
     _add_config_options(p, LensExperimentConfig)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_heads_options(p: argparse.ArgumentParser) -> None:
     from lookhere.experiment.heads import HeadsExperimentConfig
 
     _add_config_options(p, HeadsExperimentConfig)
-    p.add_argument("--target-weights", type=float, nargs=3, metavar=("TARGET", "RING", "FLOOR"),
-                   default=None, help="KLAL target-map weights (default: 1.0 0.5 0.01)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_klal_options(p: argparse.ArgumentParser) -> None:
     from lookhere.experiment.klal import KLALExperimentConfig
 
     _add_config_options(p, KLALExperimentConfig)
-    p.add_argument("--target-weights", type=float, nargs=3, metavar=("TARGET", "RING", "FLOOR"),
-                   default=None, help="target-map weights (default: 1.0 0.5 0.01)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
-    """One option per field of an experiment config (None: not given, the default holds)."""
-    for f in dataclasses.fields(cls):
-        if f.name in ("target", "seed"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if default is dataclasses.MISSING:  # a dict field: given as JSON
-            p.add_argument(flag, type=json.loads, default=None, metavar="JSON",
-                           help=f"{f.metadata['help']} (JSON object)")
-        elif isinstance(default, tuple):
-            p.add_argument(flag, nargs="+", default=None, help=f"{f.metadata['help']} "
-                           f"(default: {' '.join(default)})")
-        elif isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f.metadata["help"])
-        else:
-            p.add_argument(flag, type=type(default), default=None,
-                           help=f"{f.metadata['help']} (default: {default})")
+    """One option per field of an experiment config, nested configs included (`cli.options`);
+    the seed comes from ``--seeds``."""
+    add_options(p, cls, skip=SEED)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _config(args: argparse.Namespace, seed: int = 0, cls: type | None = None):
+    """The config of one seed: ``cls``'s defaults (`KLALExperimentConfig`), the options given,
+    and ``train.seed``."""
     from lookhere.experiment.klal import KLALExperimentConfig
-    from lookhere.targets import TargetConfig
 
     cls = cls or KLALExperimentConfig
-    kw = {}
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f.name, None)
-        if value is not None and f.name != "seed":
-            kw[f.name] = tuple(value) if isinstance(value, list) else value
-    if getattr(args, "target_weights", None) is not None:
-        kw["target"] = TargetConfig(*args.target_weights)
     try:
-        return cls(seed=seed, **kw)
+        config = build(args, cls)
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     except (ValueError, TypeError) as err:
         raise SystemExit(f"lookhere: {err}") from None
 

@@ -12,18 +12,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+
+from lookhere.cli.options import add_options, build
 
 PROG = "lookhere pretrain"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from lookhere.experiment.pretrained import PretrainedEvalConfig
-    from lookhere.pretrain.recipe import STAGES, PretrainConfig, StageConfig
+    from lookhere.pretrain.recipe import STAGES, PretrainConfig
 
     cmds = sub.add_parser("pretrain", help="pretrain a miniature VLM (LLaVA-1.5's recipe), "
                           "evaluate it, package it").add_subparsers(dest="pretrain", required=True)
@@ -32,17 +32,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                    help="stages to run, in order (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    _add_fields(p, PretrainConfig, skip=STAGES)
-    defaults = PretrainConfig()
-    for stage in STAGES:
-        _add_fields(p, StageConfig, prefix=stage, defaults=getattr(defaults, stage))
+    add_options(p, PretrainConfig)  # the stages' fields: --vision-steps, --align-lr, ...
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train)
     p = cmds.add_parser("eval", help="VQA per type, skills, REC as text and localization heads "
                         "on held-out data")
     p.add_argument("--model", required=True, help="model folder, or lookhere:llava-mini")
     p.add_argument("--out", type=Path, required=True, help="new JSON file for the results")
-    _add_fields(p, PretrainedEvalConfig)
+    add_options(p, PretrainedEvalConfig)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_eval)
@@ -54,34 +51,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--command", default=None, help="the training command, for the card")
     p.add_argument("--machine", default=None, help="where it ran, for the card")
     p.set_defaults(run=_card)
-
-
-def _add_fields(p: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple = (),
-                defaults: Any = None) -> None:
-    """One option per scalar field (None: not given, the default holds)."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        default = getattr(defaults, f.name) if defaults is not None else f.default
-        flag = "--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-")
-        dest = f"{prefix}_{f.name}" if prefix else f.name
-        help_ = f.metadata.get("help", "")
-        if isinstance(default, bool):
-            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                           help=help_)
-        else:
-            p.add_argument(flag, dest=dest, type=type(default), default=None,
-                           help=f"{help_} (default: {default})")
-
-
-def _given(args: argparse.Namespace, cls: type, prefix: str = "", skip: tuple = ()
-           ) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        dest = f"{prefix}_{f.name}" if prefix else f.name
-        if f.name not in skip and getattr(args, dest, None) is not None:
-            out[f.name] = getattr(args, dest)
-    return out
 
 
 def fail(message: str) -> SystemExit:
@@ -99,14 +68,11 @@ def _threads(n: int | None) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lookhere.pretrain.recipe import STAGES, PretrainConfig, StageConfig, run
+    from lookhere.pretrain.recipe import STAGES, PretrainConfig, run
 
     _threads(args.threads)
-    defaults = PretrainConfig()
     try:
-        stages = {s: dataclasses.replace(getattr(defaults, s), **_given(args, StageConfig, s))
-                  for s in STAGES}
-        config = PretrainConfig(**_given(args, PretrainConfig, skip=STAGES), **stages)
+        config = build(args, PretrainConfig)
     except (TypeError, ValueError) as err:
         raise fail(str(err)) from None
     try:
@@ -132,7 +98,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise fail(f"--out {args.out} exists; choose a new file (nothing is overwritten)")
     try:
-        config = PretrainedEvalConfig(**_given(args, PretrainedEvalConfig))
+        config = build(args, PretrainedEvalConfig)
     except ValueError as err:
         raise fail(str(err)) from None
     from lookhere.cli.eval import load_model_for_cli

@@ -34,10 +34,11 @@ from lookhere.tables import pct
 
 # The demo's heads part: the experiment's settings with fewer samples and steps (~4 minutes).
 # Its models are saved, so that the lens part reuses the NTP one.
-DEMO_HEADS = heads.HeadsExperimentConfig(steps=1000, search_samples=500, search_repeats=2,
-                                         test_samples=300, vqa_samples=300, save_models=True)
-# The demo's lens part: the training settings of DEMO_HEADS (so its NTP model is reused).
-DEMO_LENS = lens.LensExperimentConfig(steps=1000, test_samples=300, vqa_samples=300)
+DEMO_HEADS = heads.HeadsExperimentConfig(
+    train=dataclasses.replace(heads.TRAIN, steps=1000), search_samples=500, search_repeats=2,
+    test_samples=300, vqa_samples=300, save_models=True)
+# The demo's lens part: the training of DEMO_HEADS (so its NTP model is reused).
+DEMO_LENS = lens.LensExperimentConfig(train=DEMO_HEADS.train, test_samples=300, vqa_samples=300)
 
 
 def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = None,
@@ -79,6 +80,7 @@ def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = Non
 
 
 def _reading(config: klal.KLALExperimentConfig) -> str:
+    train = config.train
     opts = {t: klal.task_config(config, t) for t in config.tasks}
     chance = []
     if "grid_patch" in opts:
@@ -90,10 +92,11 @@ def _reading(config: klal.KLALExperimentConfig) -> str:
     if "line_tracing" in opts:
         chance.append("Line Tracing about 30% (3-4 curves)")
     return (
-        f"<p>Each run trains a fresh tiny {config.family} model (size preset {config.size!r}) "
+        f"<p>Each run trains a fresh tiny {train.family} model (size preset {train.size!r}) "
         f"from scratch for "
-        f"{config.steps} steps of {config.batch_size} samples (seed {config.seed}); NTP and "
-        f"NTP+KLAL (lambda {config.weight}, query {config.query}) see the same batches from the "
+        f"{train.steps} steps of {train.batch_size} samples (seed {train.seed}); NTP and "
+        f"NTP+KLAL (lambda {config.klal.weight}, query {config.klal.query}) see the same batches "
+        f"from the "
         f"same initial weights. The test split ({config.test_samples} samples per task) comes "
         f"from a different data seed and was never used for any choice. Chance accuracy: "
         f"{'; '.join(chance)}.</p><p>The attention ratio is measured at the same query on a "
@@ -188,11 +191,12 @@ def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> 
                                                           for c in conds) + "</tr>")
     table = (f"<table><thead><tr><th>in %</th>{head}</tr></thead><tbody>{''.join(rows)}"
              "</tbody></table>")
-    size = resolve_size(config.size)
-    return (f"<p>Three tiny {e(config.family)} models (preset {e(config.size)}, "
+    train = config.train
+    size = resolve_size(train.size)
+    return (f"<p>Three tiny {e(train.family)} models (preset {e(train.size)}, "
             f"{size.layers} LLM layers of {size.heads} heads): random weights; trained "
-            f"{config.steps} steps from scratch on Shapes VQA with NTP; the same with "
-            f"NTP+KLAL (lambda {config.weight}). Then, "
+            f"{train.steps} steps from scratch on Shapes VQA with NTP; the same with "
+            f"NTP+KLAL (lambda {config.klal.weight}). Then, "
             f"training-free, the top-{config.top_k} localization heads are searched on "
             f"{config.search_samples} Shapes REC prompts (prefill: image, then \"Where is "
             f"&lt;expression&gt;?\"; layers 0-1 skipped), repeated on {config.search_repeats} "
@@ -263,8 +267,9 @@ def lens_section(config: lens.LensExperimentConfig, lres: dict[str, Any]) -> str
     and model, and the no-model reference), and VQA accuracy."""
     e = html.escape
     conds = [c for c in lens.CONDITIONS if c in lres["conditions"]]
-    n_layers = resolve_size(config.size).layers
-    trained_layer = config.layer % n_layers
+    train = config.train
+    n_layers = resolve_size(train.size).layers
+    trained_layer = config.lll.layer % n_layers
     ntp = lres["conditions"].get("ntp", {}).get("train", {})
     ntp_from = (f"reused from {e(ntp['reused_from'])}: the same initial weights, batches and "
                 "steps, so the very same model" if ntp.get("reused_from") else "trained here")
@@ -276,10 +281,11 @@ def lens_section(config: lens.LensExperimentConfig, lres: dict[str, Any]) -> str
     shared_note = ("" if not shared else " Words that share their first token (so their maps "
                    "coincide): " + "; ".join(e(" / ".join(ws)) for ws in shared) + ".")
     rule = ": the cells above the map's mean" if config.threshold == "mean" else ""
-    return (f"<p>Two tiny {e(config.family)} models (preset {e(config.size)}, {n_layers} LLM "
-            f"layers), trained {config.steps} steps from scratch on Shapes VQA from the same "
+    return (f"<p>Two tiny {e(train.family)} models (preset {e(train.size)}, {n_layers} LLM "
+            f"layers), trained {train.steps} steps from scratch on Shapes VQA from the same "
             f"initial weights on the same batches: NTP ({ntp_from}), and NTP + LLL (mu "
-            f"{config.mu}, beta {config.beta}, on the output of layer {trained_layer}; "
+            f"{config.lll.weight}, beta {config.lll.beta}, on the output of layer "
+            f"{trained_layer}; "
             f"{_lll_concept(config)}). On {config.test_samples} held-out images, for every "
             f"shape word and every colour word of the image's objects, the logit-lens map "
             f"p(word | visual token) of each layer is segmented (threshold "

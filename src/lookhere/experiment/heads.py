@@ -35,12 +35,14 @@ from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
 from lookhere.eval.rec import BASELINES, evaluate_rec
 from lookhere.eval.runner import evaluate
+from lookhere.experiment.klal import ntp_klal, train_one
+from lookhere.experiment.training import ExperimentConfig, TrainSpec
 from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
 from lookhere.models.adapter import get_adapter
-from lookhere.models.tiny import build_tiny, resolve_size
+from lookhere.models.tiny import resolve_size
 from lookhere.targets import TargetConfig
-from lookhere.train.config import KLAL_QUERIES, KLALConfig
+from lookhere.train.config import KLALConfig
 
 CONDITIONS = ("untrained", "ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # held-out VQA and REC come from seed data_seed + this
@@ -56,24 +58,22 @@ def shapes_defaults(image_size: int) -> dict[str, Any]:
             "small_radius": 0.10, "large_radius": 0.16}
 
 
+#: The experiment's training: 4 LLM layers (the search skips layers 0-1), 1,500 steps.
+TRAIN = TrainSpec(size="heads", steps=1500)
+
+
 @dataclass(frozen=True)
-class HeadsExperimentConfig:
+class HeadsExperimentConfig(ExperimentConfig):
     """Localization heads of tiny VLMs trained with NTP and NTP+KLAL (defaults: the experiment;
     `make demo` runs a shorter version)."""
 
-    family: str = field(default="llava", metadata={"help": "model family (architecture)"})
-    size: str = field(default="heads", metadata={
-        "help": "tiny size preset; needs > 2 LLM layers since layers 0-1 are never searched"})
-    image_size: int = field(default=112, metadata={
-        "help": "image side in px; must equal the tiny model's input size"})
+    train: TrainSpec = field(default_factory=lambda: TRAIN, metadata={
+        "prefix": "", "help": "the tiny model and its training (its size needs > 2 LLM layers: "
+                              "layers 0-1 are never searched)"})
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
         "help": f"models to search: {CONDITIONS}"})
-    steps: int = field(default=1500, metadata={"help": "optimizer steps per trained model"})
-    batch_size: int = field(default=8, metadata={"help": "samples per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "linear warm-up share"})
-    weight: float = field(default=1.0, metadata={"help": "KLAL lambda of the 'klal' model"})
-    query: str = field(default="last_answer", metadata={"help": f"KLAL query: {KLAL_QUERIES}"})
+    klal: KLALConfig = field(default_factory=KLALConfig, metadata={
+        "help": "the 'klal' model's KLAL term (the others: the same at weight 0, monitored)"})
     target: TargetConfig = field(default_factory=TargetConfig, metadata={
         "help": "KLAL target-map weights"})
     search_samples: int = field(default=1000, metadata={
@@ -90,8 +90,6 @@ class HeadsExperimentConfig:
                 "void the entropy criterion, so 2 (docs/results.md)"})
     baselines: tuple[str, ...] = field(default=BASELINES, metadata={
         "help": f"REC baselines: {BASELINES}"})
-    seed: int = field(default=0, metadata={"help": "model init, training and random-heads seed"})
-    data_seed: int = field(default=0, metadata={"help": "training data seed"})
     eval_batch_size: int = field(default=50, metadata={"help": "search / evaluation batch"})
     n_maps: int = field(default=4, metadata={"help": "held-out examples in the figures"})
     shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
@@ -102,8 +100,8 @@ class HeadsExperimentConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(self.conditions))
         object.__setattr__(self, "baselines", tuple(self.baselines))
-        for name in ("steps", "batch_size", "search_samples", "search_repeats", "test_samples",
-                     "vqa_samples", "top_k", "per_sample", "eval_batch_size"):
+        for name in ("search_samples", "search_repeats", "test_samples", "vqa_samples", "top_k",
+                     "per_sample", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         bad = [c for c in self.conditions if c not in CONDITIONS]
@@ -113,30 +111,16 @@ class HeadsExperimentConfig:
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"baselines must be a subset of {BASELINES}, got {self.baselines}")
-        KLALConfig(weight=self.weight, query=self.query)  # validates both
-        size = resolve_size(self.size)
-        if size.image_size != self.image_size:
-            raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
-                             f"input size {size.image_size}")
-        if size.layers < 3:
-            raise ValueError(f"size {self.size!r} has {size.layers} LLM layers; the search skips "
-                             "layers 0-1, so it needs at least 3")
+        layers = resolve_size(self.train.size).layers
+        if layers < 3:
+            raise ValueError(f"size {self.train.size!r} has {layers} LLM layers; the search "
+                             "skips layers 0-1, so it needs at least 3")
 
     def klal_config(self, condition: str) -> KLALConfig:
-        if condition == "klal":
-            return KLALConfig(weight=self.weight, query=self.query)
-        return KLALConfig(weight=0.0, monitor=True, query=self.query)
+        return self.klal if condition == "klal" else ntp_klal(self.klal)
 
     def shapes(self, mode: str) -> dict[str, Any]:
-        return {**shapes_defaults(self.image_size), **self.shapes_options, "mode": mode}
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> HeadsExperimentConfig:
-        """The config a results file was made with (``results["config"]``)."""
-        return cls(**{**data, "target": TargetConfig(**data["target"])})
+        return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}
 
 
 def _split(config: HeadsExperimentConfig, mode: str, seed: int, n: int, start: int = 0
@@ -146,12 +130,12 @@ def _split(config: HeadsExperimentConfig, mode: str, seed: int, n: int, start: i
 
 
 def train_split(config: HeadsExperimentConfig) -> SampleList:
-    return SampleList(_split(config, "vqa", config.data_seed, config.steps * config.batch_size))
+    return SampleList(_split(config, "vqa", config.train.data_seed, config.train.samples))
 
 
 def held_out_splits(config: HeadsExperimentConfig) -> tuple[list[Sample], list[Sample]]:
     """(held-out VQA, held-out REC), from the test seed."""
-    seed = config.data_seed + TEST_SEED_OFFSET
+    seed = config.train.data_seed + TEST_SEED_OFFSET
     return (_split(config, "vqa", seed, config.vqa_samples),
             _split(config, "rec", seed, config.test_samples))
 
@@ -159,17 +143,15 @@ def held_out_splits(config: HeadsExperimentConfig) -> tuple[list[Sample], list[S
 def search_split(config: HeadsExperimentConfig, repeat: int) -> list[Sample]:
     """The ``repeat``-th disjoint set of REC samples for the head search."""
     n = config.search_samples
-    return _split(config, "rec", config.data_seed + SEARCH_SEED_OFFSET, n, repeat * n)
+    return _split(config, "rec", config.train.data_seed + SEARCH_SEED_OFFSET, n, repeat * n)
 
 
 def prepare_model(config: HeadsExperimentConfig, condition: str, train: SampleList | None,
                   out_dir: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """The condition's model: random weights, or trained from them on ``train``."""
     if condition == "untrained":
-        model, processor = build_tiny(config.family, config.size, seed=config.seed)
+        model, processor = config.train.build_model()
         return model, processor, {"steps": 0}
-    from lookhere.experiment.klal import train_one
-
     return train_one(config, condition, train, out_dir / "runs" / condition, progress)
 
 
@@ -189,11 +171,12 @@ def search_and_ground(config: HeadsExperimentConfig, model: torch.nn.Module, pro
     specs = []
     for r in range(config.search_repeats):
         specs.append(find_heads(model, processor, adapter, search_split(config, r),
-                                model_id=f"tiny-{config.family}-{config.size}",
+                                model_id=f"tiny-{config.train.family}-{config.train.size}",
                                 top_k=config.top_k, per_sample=config.per_sample,
                                 batch_size=config.eval_batch_size, progress=progress))
     rec = evaluate_rec(model, processor, adapter, rec_test, specs[0], config.baselines,
-                       seed=config.seed, batch_size=config.eval_batch_size, progress=progress)
+                       seed=config.train.seed, batch_size=config.eval_batch_size,
+                       progress=progress)
     return {"spec": dataclasses.asdict(specs[0]),
             "stability": stability([s.heads for s in specs]), "rec": rec}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,10 @@ from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
 from lookhere.eval.runner import evaluate
+from lookhere.experiment.training import ExperimentConfig, TrainSpec, fit, training_args
 from lookhere.models.adapter import get_adapter
-from lookhere.models.tiny import build_tiny, resolve_size
 from lookhere.targets import TargetConfig
-from lookhere.train.config import KLAL_QUERIES, KLALConfig
+from lookhere.train.config import KLALConfig
 
 TASKS = ("grid_patch", "line_intersection", "line_tracing")
 CONDITIONS = ("ntp", "klal")
@@ -58,28 +57,19 @@ def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class KLALExperimentConfig:
+class KLALExperimentConfig(ExperimentConfig):
     """One NTP vs NTP+KLAL comparison (defaults: `make demo`)."""
 
-    family: str = field(default="llava", metadata={"help": "model family (architecture)"})
-    size: str = field(default="demo", metadata={"help": "tiny size preset (models.tiny)"})
+    train: TrainSpec = field(default_factory=TrainSpec, metadata={
+        "prefix": "", "help": "the tiny model and its training, the same in every condition"})
     tasks: tuple[str, ...] = field(default=TASKS, metadata={"help": "synthetic tasks to run"})
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
-        "help": "'ntp' (KLAL weight 0, monitored) and/or 'klal' (weight = `weight`)"})
-    image_size: int = field(default=112, metadata={
-        "help": "image side in px; must equal the tiny model's input size"})
-    steps: int = field(default=1000, metadata={"help": "optimizer steps per run"})
-    batch_size: int = field(default=8, metadata={"help": "samples per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "linear warm-up share"})
-    weight: float = field(default=1.0, metadata={"help": "lambda of the 'klal' condition"})
-    query: str = field(default="last_answer", metadata={"help": f"KLAL query: {KLAL_QUERIES}"})
+        "help": "'ntp' (KLAL weight 0, monitored) and/or 'klal' (the `klal` term)"})
+    klal: KLALConfig = field(default_factory=KLALConfig, metadata={
+        "help": "the 'klal' condition's KLAL term ('ntp': the same at weight 0, monitored)"})
     target: TargetConfig = field(default_factory=TargetConfig, metadata={
-        "help": "target-map weights (target, neighbour ring, floor)"})
+        "help": "KLAL target-map weights (target cells, their neighbour ring, the floor)"})
     test_samples: int = field(default=500, metadata={"help": "held-out test samples per task"})
-    seed: int = field(default=0, metadata={"help": "model init and training seed"})
-    data_seed: int = field(default=0, metadata={
-        "help": "training data seed; the test split uses data_seed + 10000"})
     eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch size"})
     max_new_tokens: int = field(default=16, metadata={
         "help": "generation budget per answer (capped by the task's longest answer)"})
@@ -90,7 +80,7 @@ class KLALExperimentConfig:
         "help": "save each trained model under out/models/<task>/<condition>"})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "test_samples", "eval_batch_size", "max_new_tokens"):
+        for name in ("test_samples", "eval_batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         bad = [t for t in self.tasks if t not in TASKS]
@@ -100,76 +90,49 @@ class KLALExperimentConfig:
         if bad or not self.conditions:
             raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
                              f"got {self.conditions}")
-        KLALConfig(weight=self.weight, query=self.query)  # validates both
         for task in self.task_options:
             if task not in TASKS:
                 raise ValueError(f"task_options names unknown task {task!r}; tasks: {TASKS}")
-        side = resolve_size(self.size).image_size
-        if side != self.image_size:
-            raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
-                             f"input size {side}")
 
     def klal_config(self, condition: str) -> KLALConfig:
-        if condition == "ntp":
-            return KLALConfig(weight=0.0, monitor=True, query=self.query)
-        return KLALConfig(weight=self.weight, query=self.query)
+        return ntp_klal(self.klal) if condition == "ntp" else self.klal
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def ntp_klal(klal: KLALConfig) -> KLALConfig:
+    """The NTP condition's KLAL: the same term at weight 0, still computed and logged."""
+    return dataclasses.replace(klal, weight=0.0, monitor=True)
 
 
 def task_config(config: KLALExperimentConfig, task: str) -> dict[str, Any]:
     """The generator settings of ``task``: defaults at the image size, then the overrides."""
-    return {**_task_defaults(config.image_size)[task], **config.task_options.get(task, {})}
+    return {**_task_defaults(config.train.image_size)[task], **config.task_options.get(task, {})}
 
 
 def train_split(config: KLALExperimentConfig, task: str) -> SampleList:
-    t = make_task(task, seed=config.data_seed, **task_config(config, task))
-    return TaskDataset(t, config.steps * config.batch_size).materialise()
+    t = make_task(task, seed=config.train.data_seed, **task_config(config, task))
+    return TaskDataset(t, config.train.samples).materialise()
 
 
 def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
-    t = make_task(task, seed=config.data_seed + TEST_SEED_OFFSET, **task_config(config, task))
+    t = make_task(task, seed=config.train.data_seed + TEST_SEED_OFFSET,
+                  **task_config(config, task))
     return list(TaskDataset(t, config.test_samples).materialise().samples)
 
 
-def train_one(config: KLALExperimentConfig, condition: str, train: SampleList, out_dir: Path,
+def train_one(config: Any, condition: str, train: SampleList, out_dir: Path,
               progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """A fresh tiny model trained under one condition: (model, processor, training record)."""
+    """A fresh tiny model trained under one condition: (model, processor, training record).
+    ``config``: any experiment config with ``train``, ``target`` and ``klal_config``."""
     from lookhere.train.trainer import GroundingTrainer
 
-    model, processor = build_tiny(config.family, config.size, seed=config.seed)
+    model, processor = config.train.build_model()
     adapter = get_adapter(model)
     trainer = GroundingTrainer(
-        model=model, args=training_args(config, out_dir, progress), train_dataset=train,
+        model=model, args=training_args(config.train, out_dir, progress), train_dataset=train,
         data_collator=GroundingCollator(processor, adapter, target_config=config.target),
         klal=config.klal_config(condition),
     )
-    return trainer.model, processor, fit(trainer, config.steps)
-
-
-def training_args(config: Any, out_dir: Path, progress: bool = True) -> Any:
-    """The experiments' `TrainingArguments` (AdamW, cosine with warm-up, no checkpoints) from a
-    config with ``steps``, ``batch_size``, ``lr``, ``warmup_ratio``, ``seed`` and ``data_seed``."""
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(out_dir), max_steps=config.steps,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.lr,
-        warmup_steps=max(0, round(config.warmup_ratio * config.steps)),
-        lr_scheduler_type="cosine", weight_decay=0.0, logging_steps=max(1, config.steps // 30),
-        save_strategy="no", report_to=[], seed=config.seed, data_seed=config.data_seed,
-        remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
-
-
-def fit(trainer: Any, steps: int) -> dict[str, Any]:
-    """Train; the record: steps, seconds, and the logged losses."""
-    start = time.perf_counter()
-    trainer.train()
-    return {"steps": steps, "seconds": time.perf_counter() - start,
-            "log": [r for r in trainer.state.log_history if "loss" in r]}
+    return trainer.model, processor, fit(trainer, config.train.steps)
 
 
 def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True,
@@ -185,7 +148,8 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
         results["examples"][task] = {"ids": examples, "maps": {}}
         for condition in config.conditions:
             if progress:
-                print(f"[klal] {task}: training {condition} ({config.steps} steps)", flush=True)
+                print(f"[klal] {task}: training {condition} ({config.train.steps} steps)",
+                      flush=True)
             model, processor, record = train_one(config, condition, train,
                                                  out_dir / "runs" / task / condition, progress)
             if config.save_models:
@@ -198,7 +162,7 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
             res = evaluate(model, processor, get_adapter(model), test,
                            batch_size=config.eval_batch_size,
                            max_new_tokens=min(config.max_new_tokens, ANSWER_TOKENS[task]),
-                           n_maps=config.n_maps, query=config.query, progress=progress)
+                           n_maps=config.n_maps, query=config.klal.query, progress=progress)
             score = res.scores.to_json()["tasks"][task]
             entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
                      "attention_ratio": res.attention_ratio.get(task, {}), "train": record,

@@ -28,7 +28,7 @@ VQA accuracy on held-out questions (greedy) checks that LLL does not hurt the an
 maps per condition are kept for the figure (image | NTP lens map | NTP+LLL lens map).
 
 The ``ntp`` model can come from elsewhere (`run`'s ``trained``, as `Trained`): another experiment
-whose NTP run has the same training settings (`NTP_FIELDS`) trains the very same model, since its
+whose NTP run has the same training settings (its `TrainSpec`) trains the very same model, since its
 monitored auxiliary term (weight 0) changes no number. `make demo` reuses the heads part's.
 """
 
@@ -53,58 +53,37 @@ from lookhere.data.synthetic.shapes import ShapesConfig, object_mask
 from lookhere.eval.metrics import Tally
 from lookhere.eval.rec import ious_from_counts, mask_counts
 from lookhere.experiment.heads import TEST_SEED_OFFSET, shapes_defaults, vqa_accuracy
-from lookhere.lens import RULES, concept_ids, lens_maps, resolve_layers
+from lookhere.experiment.training import ExperimentConfig, TrainSpec, fit, training_args
+from lookhere.lens import concept_ids, lens_maps, resolve_layers
 from lookhere.models.adapter import get_adapter
-from lookhere.models.tiny import build_tiny, resolve_size
+from lookhere.models.tiny import resolve_size
 from lookhere.segmentation import parse_threshold, peak_cell, pointing, segment
 from lookhere.targets import cell_coverage
-from lookhere.train.config import LLL_ATTRIBUTES, KLALConfig, LLLConfig
+from lookhere.train.config import KLALConfig, LLLConfig
 
 CONDITIONS = ("ntp", "lll")
 KINDS = ("shape", "colour")  # concept types: the object attribute that gives the word
 LABELS = {"ntp": "NTP", "lll": "NTP+LLL"}
-# The settings that fix an NTP run (initial weights, batches and their order, optimiser and
-# schedule); with the Shapes VQA settings (`ntp_mismatches`) they decide whether a model
-# trained by another experiment is this experiment's 'ntp' model.
-NTP_FIELDS = ("family", "size", "image_size", "steps", "batch_size", "lr", "warmup_ratio",
-              "seed", "data_seed")
+#: The experiment's training: the heads experiment's (4 LLM layers, 1,500 steps).
+TRAIN = TrainSpec(size="heads", steps=1500)
 
 
 @dataclass(frozen=True)
-class LensExperimentConfig:
+class LensExperimentConfig(ExperimentConfig):
     """Lens segmentation of tiny VLMs trained with NTP and NTP+LLL (defaults: the experiment)."""
 
-    family: str = field(default="llava", metadata={"help": "model family (architecture)"})
-    size: str = field(default="heads", metadata={
-        "help": "tiny size preset ('heads': 4 LLM layers; 'demo': 2)"})
-    image_size: int = field(default=112, metadata={
-        "help": "image side in px; must equal the tiny model's input size"})
+    RENAMED = {"mu": "lll.weight"}  # results files before the nesting
+
+    train: TrainSpec = field(default_factory=lambda: TRAIN, metadata={
+        "prefix": "", "help": "the tiny model and its training, the same in both conditions"})
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
         "help": f"models to train: {CONDITIONS} ('ntp': LLL weight 0, monitored)"})
-    steps: int = field(default=1500, metadata={"help": "optimizer steps per trained model"})
-    batch_size: int = field(default=8, metadata={"help": "samples per step"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "linear warm-up share"})
-    mu: float = field(default=1.0, metadata={"help": "LLL weight mu of the 'lll' model"})
-    layer: int = field(default=-1, metadata={
-        "help": "decoder layer the LLL trains (output, before the final norm); -1 = last"})
-    beta: float = field(default=1.0, metadata={"help": "LLL weight of the outside term"})
-    token_rule: str = field(default="first", metadata={
-        "help": f"concept token ids, in training and evaluation: {RULES}"})
-    concept: tuple[str, ...] = field(default=LLL_ATTRIBUTES, metadata={
-        "help": "object attributes whose words LLL trains (with scope 'target': the first one "
-                "that a question's objects share gives the one word)"})
-    scope: str = field(default="image", metadata={
-        "help": "LLL concepts per training sample: 'image' = every word of the image's objects "
-                "(of the `concept` attributes), each with its objects' region; 'target' = the "
-                "one word the question's objects share (colour words are then trained only by "
-                "colour-count questions)"})
+    lll: LLLConfig = field(default_factory=LLLConfig, metadata={
+        "help": "the 'lll' model's LLL term ('ntp': the same at weight 0, monitored); its "
+                "token_rule also picks the concept tokens of the evaluation"})
     test_samples: int = field(default=300, metadata={
         "help": "held-out images whose concepts are segmented"})
     vqa_samples: int = field(default=300, metadata={"help": "held-out VQA questions"})
-    seed: int = field(default=0, metadata={"help": "model init and training seed"})
-    data_seed: int = field(default=0, metadata={
-        "help": f"training data seed; held-out images use data_seed + {TEST_SEED_OFFSET}"})
     eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch"})
     n_maps: int = field(default=4, metadata={"help": "held-out images in the figure"})
     shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
@@ -126,8 +105,7 @@ class LensExperimentConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", tuple(self.conditions))
-        object.__setattr__(self, "concept", tuple(self.concept))
-        for name in ("steps", "batch_size", "test_samples", "vqa_samples", "eval_batch_size"):
+        for name in ("test_samples", "vqa_samples", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_maps < 0:
@@ -136,14 +114,10 @@ class LensExperimentConfig:
         if bad or not self.conditions or len(set(self.conditions)) != len(self.conditions):
             raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
                              f"got {self.conditions}")
-        self.lll_config("lll")  # validates mu, layer type, beta, token_rule, concept
-        size = resolve_size(self.size)
-        if size.image_size != self.image_size:
-            raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
-                             f"input size {size.image_size}")
-        if not -size.layers <= self.layer < size.layers:
-            raise ValueError(f"layer {self.layer} is not a layer of the {self.size!r} model's "
-                             f"{size.layers} LLM layers")
+        layers = resolve_size(self.train.size).layers
+        if not -layers <= self.lll.layer < layers:
+            raise ValueError(f"layer {self.lll.layer} is not a layer of the {self.train.size!r} "
+                             f"model's {layers} LLM layers")
         self.layers()  # validates lens_layers
         parse_threshold(self.threshold)
         if not 0 <= self.smooth_sigma < float("inf"):
@@ -151,16 +125,14 @@ class LensExperimentConfig:
         ShapesConfig(**self.shapes("vqa"))  # validates shapes_options
 
     def lll_config(self, condition: str) -> LLLConfig:
-        """``lll``: weight mu; ``ntp``: weight 0, still computed and logged."""
-        common = dict(layer=self.layer, beta=self.beta, token_rule=self.token_rule,
-                      concept=self.concept, scope=self.scope)
+        """``lll``: the `lll` term; ``ntp``: the same at weight 0, still computed and logged."""
         if condition == "lll":
-            return LLLConfig(weight=self.mu, **common)
-        return LLLConfig(weight=0.0, monitor=True, **common)
+            return self.lll
+        return dataclasses.replace(self.lll, weight=0.0, monitor=True)
 
     def layers(self) -> tuple[int, ...]:
         """The reported lens layers, non-negative, in the order given."""
-        n = resolve_size(self.size).layers
+        n = resolve_size(self.train.size).layers
         if self.lens_layers.strip() == "all":
             return tuple(range(n))
         try:
@@ -174,20 +146,12 @@ class LensExperimentConfig:
             raise ValueError(f"lens_layers: {err}") from None
 
     def shapes(self, mode: str) -> dict[str, Any]:
-        return {**shapes_defaults(self.image_size), **self.shapes_options, "mode": mode}
+        return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}
 
     def vocabulary(self) -> dict[str, tuple[str, ...]]:
         """Concept words per type: the generator's shape and colour words."""
         cfg = ShapesConfig(**self.shapes("vqa"))
         return {"shape": tuple(cfg.shapes), "colour": tuple(cfg.colours)}
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LensExperimentConfig:
-        """The config a results file was made with (``results["config"]``)."""
-        return cls(**data)
 
 
 # --------------------------------------------------------------------------- data
@@ -199,13 +163,13 @@ def _split(config: LensExperimentConfig, seed: int, n: int) -> list[Sample]:
 
 
 def train_split(config: LensExperimentConfig) -> SampleList:
-    return SampleList(_split(config, config.data_seed, config.steps * config.batch_size))
+    return SampleList(_split(config, config.train.data_seed, config.train.samples))
 
 
 def held_out_splits(config: LensExperimentConfig) -> tuple[list[Sample], list[Sample]]:
     """(held-out VQA questions, held-out lens images), both from seed data_seed + 10000: the
     same scene stream, so the first images of the two coincide (both are held out)."""
-    seed = config.data_seed + TEST_SEED_OFFSET
+    seed = config.train.data_seed + TEST_SEED_OFFSET
     return _split(config, seed, config.vqa_samples), _split(config, seed, config.test_samples)
 
 
@@ -232,9 +196,12 @@ class Trained:
 def ntp_mismatches(config: LensExperimentConfig, other: Any) -> list[str]:
     """The training settings in which ``other`` (any experiment config) differs from
     ``config``, as ``"name: other's != config's"``; empty when NTP under ``other`` trains the
-    same model on the same batches as this experiment's 'ntp' condition."""
-    out = [f"{name}: {getattr(other, name, '<missing>')!r} != {getattr(config, name)!r}"
-           for name in NTP_FIELDS if getattr(other, name, None) != getattr(config, name)]
+    same model on the same batches as this experiment's 'ntp' condition: the same `TrainSpec`
+    (initial weights, batches and their order, optimiser and schedule) and Shapes VQA settings."""
+    theirs_train = getattr(other, "train", None)
+    out = [f"{f.name}: {getattr(theirs_train, f.name, '<missing>')!r} != "
+           f"{getattr(config.train, f.name)!r}" for f in dataclasses.fields(TrainSpec)
+           if getattr(theirs_train, f.name, None) != getattr(config.train, f.name)]
     shapes = getattr(other, "shapes", None)
     theirs = shapes("vqa") if callable(shapes) else "<missing>"
     if theirs != config.shapes("vqa"):
@@ -262,18 +229,17 @@ def train_one(config: LensExperimentConfig, condition: str, train: SampleList, o
     `lookhere.experiment.klal.train_one`'s recipe with the condition's `LLLConfig` given to both
     the collator and the trainer (KLAL off: weight 0, not monitored)."""
     from lookhere.data.collate import GroundingCollator
-    from lookhere.experiment.klal import fit, training_args
     from lookhere.train.trainer import GroundingTrainer
 
-    model, processor = build_tiny(config.family, config.size, seed=config.seed)
+    model, processor = config.train.build_model()
     adapter = get_adapter(model)
     lll = config.lll_config(condition)
     trainer = GroundingTrainer(
-        model=model, args=training_args(config, out_dir, progress), train_dataset=train,
+        model=model, args=training_args(config.train, out_dir, progress), train_dataset=train,
         data_collator=GroundingCollator(processor, adapter, targets=False, lll=lll),
         klal=KLALConfig(weight=0.0), lll=lll,
     )
-    record = fit(trainer, config.steps)
+    record = fit(trainer, config.train.steps)
     return trainer.model, processor, {**record, "lll": dataclasses.asdict(lll)}
 
 
@@ -319,7 +285,7 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
     words = [w for kind in KINDS for w in vocab[kind]]
     layers = config.layers()
     result = lens_maps(model, processor, get_adapter(model), [s.image for s in samples], words,
-                       layers, rule=config.token_rule, batch_size=config.eval_batch_size)
+                       layers, rule=config.lll.token_rule, batch_size=config.eval_batch_size)
     tallies: dict[tuple[int, str], Tally] = defaultdict(Tally)
     thr = parse_threshold(config.threshold)
     for i, s in enumerate(samples):
@@ -438,7 +404,7 @@ def _prepare(config: LensExperimentConfig, condition: str, train: SampleList | N
         return given.model, given.processor, {**given.record, "lll": dataclasses.asdict(lll),
                                               "reused_from": given.source}
     if progress:
-        print(f"[lens] {condition}: training ({config.steps} steps)", flush=True)
+        print(f"[lens] {condition}: training ({config.train.steps} steps)", flush=True)
     return train_one(config, condition, train, out_dir / "runs" / condition, progress)
 
 
@@ -446,7 +412,7 @@ def concept_table(config: LensExperimentConfig, tokenizer: Any) -> dict[str, Any
     """The vocabulary with each word's token ids, and the words that share an id (their maps
     then overlap or coincide: the lens cannot tell them apart)."""
     vocab = config.vocabulary()
-    ids = {w: concept_ids(tokenizer, w, config.token_rule)
+    ids = {w: concept_ids(tokenizer, w, config.lll.token_rule)
            for kind in KINDS for w in vocab[kind]}
     owners: dict[int, list[str]] = {}
     for w, group in ids.items():
@@ -454,7 +420,7 @@ def concept_table(config: LensExperimentConfig, tokenizer: Any) -> dict[str, Any
             owners.setdefault(t, []).append(w)
     shared = sorted({tuple(ws) for ws in owners.values() if len(ws) > 1})
     return {"words": {k: list(v) for k, v in vocab.items()}, "ids": ids,
-            "rule": config.token_rule, "shared_ids": [list(ws) for ws in shared]}
+            "rule": config.lll.token_rule, "shared_ids": [list(ws) for ws in shared]}
 
 
 def _example_item(sample: Sample, index: int) -> dict[str, Any]:
@@ -500,7 +466,8 @@ def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dic
                          "boxes": item["boxes"], "maps": maps, "extent": extent})
         figures["Logit-lens maps p(word | visual token) on held-out Shapes images, per model "
                 f"and layer (L{', L'.join(map(str, chosen))}; the LLL trains layer "
-                f"{config.layer % resolve_size(config.size).layers}). The objects carrying the "
+                f"{config.lll.layer % resolve_size(config.train.size).layers}). The objects "
+                f"carrying the "
                 "word are outlined; each map is scaled to its own max (in its title)."] = \
             plot_attention_maps(rows, out_dir / "lens_maps.png",
                                 "Logit-lens probability of the concept (its objects outlined; "
@@ -514,14 +481,14 @@ def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dic
 def _figure_layers(config: LensExperimentConfig, results: dict[str, Any],
                    layers: Sequence[int] | None) -> list[int]:
     reported = list(results["layers"])
-    n = resolve_size(config.size).layers
+    n = resolve_size(config.train.size).layers
     if layers is not None:
         chosen = list(resolve_layers(layers, n))
         missing = [x for x in chosen if x not in reported]
         if missing:
             raise ValueError(f"layers {missing} were not reported (reported: {reported})")
         return chosen
-    trained = config.layer % n
+    trained = config.lll.layer % n
     last = trained if trained in reported else reported[-1]
     return list(dict.fromkeys([reported[(len(reported) - 1) // 2], last]))
 
