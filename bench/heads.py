@@ -152,8 +152,8 @@ def build_case(spec: dict, image_size: int, dtype) -> Case:
 
 def process(model, processor, adapter, samples: list) -> tuple[dict, Any]:
     """What `prefill_attention` does besides the forward: prompt, processor, layout, device."""
-    from lookhere.data.collate import to_device
-    from lookhere.data.prompt import prefill_prompt
+    from lookhere.collate import to_device
+    from lookhere.models.prompt import prefill_prompt
 
     images = [[s.image] for s in samples]
     prompts = [prefill_prompt(adapter, processor, s.question) for s in samples]

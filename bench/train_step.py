@@ -115,7 +115,7 @@ MEM_WARMUP = {"tiny": 2, "7b": 1}  # warm-up steps before the measured one, per 
 # -- model, batch, step
 def build_tiny_case(device: str, dtype, preset: str = "demo") -> tuple:
     """(model, inputs, aux, description) of a tiny preset and a grid_patch collator batch."""
-    from lookhere.data.collate import GroundingCollator, split_aux
+    from lookhere.collate import GroundingCollator, split_aux
     from lookhere.data.synthetic.base import make_task
     from lookhere.models import build_tiny
     from lookhere.models.adapter import get_adapter
@@ -245,7 +245,7 @@ class PhaseClock:
 def setup(spec: dict) -> tuple:
     import torch
 
-    from lookhere.train.config import KLALConfig
+    from lookhere.losses.config import KLALConfig
 
     torch.set_num_threads(spec["threads"])
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]

@@ -54,8 +54,8 @@ def main(folder: str, figures: Path | None = None) -> None:
 
 
     if figures is not None:
-        from lookhere.experiment.demo import heads_figures
         from lookhere.experiment.heads import HeadsExperimentConfig
+        from lookhere.report.sections import heads_figures
 
         first = next(iter(runs.values()))
         config = HeadsExperimentConfig.from_json(first["config"])

@@ -50,7 +50,8 @@ def main(folder: Path, figures: Path | None = None) -> None:
         for c in conds:
             print(f"{seed} {LABELS[c]} VQA by type: {r['conditions'][c]['vqa']['by_type']}")
     if figures is not None:
-        from lookhere.experiment.lens import LensExperimentConfig, lens_figures
+        from lookhere.experiment.lens import LensExperimentConfig
+        from lookhere.report.sections import lens_figures
 
         config = LensExperimentConfig.from_json(first["config"])
         for path in lens_figures(figures, config, first).values():

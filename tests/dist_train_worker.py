@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
-from lookhere.data.collate import GroundingCollator  # noqa: E402
+from lookhere.collate import GroundingCollator  # noqa: E402
 from lookhere.data.dataset import TaskDataset  # noqa: E402
 from lookhere.data.synthetic import make_task  # noqa: E402
 from lookhere.io import atomic_path, write_json  # noqa: E402

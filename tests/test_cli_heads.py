@@ -75,6 +75,7 @@ def test_heads_find_equals_the_library(env):
         "top_k": 2, "tau": "per_sample", "threshold": "two_mean", "weight": "mass"}
 
 
+@pytest.mark.distributed
 def test_heads_find_under_torchrun(env, tmp_path):
     root = env[0]
     out = tmp_path / "heads.json"

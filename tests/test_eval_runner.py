@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny
 
-from lookhere.data.collate import GroundingCollator, prompt_batch, split_aux
+from lookhere.collate import GroundingCollator, prompt_batch, split_aux
 from lookhere.data.synthetic import make_task
 from lookhere.eval.metrics import attention_ratio
 from lookhere.eval.runner import answer_attention, evaluate, generate_answers

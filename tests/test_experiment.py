@@ -6,12 +6,12 @@ from dataclasses import replace
 import pytest
 
 from lookhere.cli import main
-from lookhere.experiment.demo import run_demo
 from lookhere.experiment.heads import HeadsExperimentConfig
 from lookhere.experiment.klal import KLALExperimentConfig, held_out_split, train_split
 from lookhere.experiment.lens import LensExperimentConfig
 from lookhere.experiment.training import TrainSpec
 from lookhere.models import tiny
+from lookhere.report.demo import run_demo
 from lookhere.targets import TargetConfig
 from lookhere.train import KLALConfig, LLLConfig
 

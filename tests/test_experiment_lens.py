@@ -25,6 +25,7 @@ from lookhere.experiment.lens import (
 from lookhere.experiment.training import TrainSpec
 from lookhere.lens import lens_maps
 from lookhere.models import get_adapter, tiny
+from lookhere.report.sections import lens_figures
 from lookhere.train import LLLConfig
 
 MU = 2.0
@@ -66,7 +67,7 @@ def finished(tmp_path_factory):
         seen = []
         out = tmp_path_factory.mktemp("lens")
         res = lens.run(cfg, out, progress=False, on_result=lambda c, e: seen.append(c))
-        figures = lens.lens_figures(out, cfg, res)
+        figures = lens_figures(out, cfg, res)
     return cfg, res, seen, models, figures
 
 
@@ -199,16 +200,16 @@ def test_figures(finished):
 
 def test_figure_columns_put_ntp_first(finished, tmp_path, monkeypatch):
     """image | NTP | NTP+LLL for each layer, whichever condition ran first."""
-    import lookhere.report
+    import lookhere.report.sections as sections
 
     cfg, res, _, _, _ = finished
     seen = []
-    monkeypatch.setattr(lookhere.report, "plot_attention_maps",
+    monkeypatch.setattr(sections, "plot_attention_maps",
                         lambda rows, path, *a, **k: seen.append(rows) or path)
     maps = res["examples"]["maps"]
     flipped = {**res, "examples": {**res["examples"], "maps": {"lll": maps["lll"],
                                                                "ntp": maps["ntp"]}}}
-    lens.lens_figures(tmp_path, cfg, flipped)
+    sections.lens_figures(tmp_path, cfg, flipped)
     assert list(seen[0][0]["maps"]) == ["NTP L1", "NTP+LLL L1", "NTP L3", "NTP+LLL L3"]
     assert seen[0][1]["maps"]["NTP+LLL L3"] == maps["lll"][1]["maps"]["3"]
 

@@ -18,7 +18,7 @@ from lookhere.heads.selection import HeadSpec
 
 WORKER = Path(__file__).with_name("heads_dist_worker.py")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.distributed]
 
 
 def test_sharded_search_matches_single_process(tmp_path):

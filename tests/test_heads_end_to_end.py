@@ -12,14 +12,15 @@ import torch
 from conftest import FAMILIES
 from test_heads_refine import tiny_sam
 
-from lookhere.data.prompt import prefill_prompt
 from lookhere.data.synthetic import make_task
-from lookhere.heads.grounding import ground, pixel_mask
+from lookhere.heads.grounding import ground
 from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.refine import SamRefiner
 from lookhere.heads.search import find_heads
 from lookhere.heads.selection import HeadSpec
+from lookhere.maps import pixel_mask
 from lookhere.models import build_tiny, get_adapter
+from lookhere.models.prompt import prefill_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HEADS = [(3, 1), (2, 0), (3, 3)]  # layers 2-3 of a 4-layer model, in no sorted order

@@ -7,7 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lookhere.heads.grounding import convex_hull_mask, ground, pixel_mask, smooth
+from lookhere.heads.grounding import ground
+from lookhere.maps import convex_hull_mask, pixel_mask, smooth
 from lookhere.models.layout import GridGeometry
 
 

@@ -11,13 +11,12 @@ from hypothesis import strategies as st
 
 from lookhere.heads.scoring import (
     HeadScores,
-    binarise,
     chord_knee,
-    components,
     image_attention_sum,
     pooled_entropy,
     spatial_entropy,
 )
+from lookhere.maps import binarise, components
 
 
 def brute_components(mask):

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import tiny
 
-from lookhere.data.prompt import prefill_prompt
 from lookhere.data.synthetic import make_task
 from lookhere.heads import search
 from lookhere.heads.scoring import HeadScores, spatial_entropy
 from lookhere.heads.search import find_heads, score_samples
 from lookhere.models import build_tiny, get_adapter
+from lookhere.models.prompt import prefill_prompt
 
 
 def samples(n=3):

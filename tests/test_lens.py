@@ -8,18 +8,18 @@ import torch
 from conftest import noise_image, tiny
 from PIL import Image
 
+from lookhere.capture import capture_hidden
+from lookhere.data.concepts import concept_ids
 from lookhere.lens import (
     LensResult,
     TokenNorms,
-    capture_hidden,
-    concept_ids,
     lens_log_probs,
     lens_maps,
-    plot_lens_maps,
-    resolve_layers,
     token_norms,
 )
 from lookhere.models import get_adapter
+from lookhere.models.adapter import resolve_layers
+from lookhere.viz import plot_lens_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -423,6 +423,6 @@ def test_plot_lens_maps(tmp_path):
 
 
 def _prompt(adapter, processor):
-    from lookhere.data.prompt import chat_turn
+    from lookhere.models.prompt import chat_turn
 
     return chat_turn(adapter, processor, "Describe the image.").prompt

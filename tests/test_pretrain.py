@@ -9,7 +9,7 @@ import torch
 
 import lookhere.train.objective as objective
 from lookhere.cli import main
-from lookhere.data.collate import AUX_PREFIX, GroundingCollator
+from lookhere.collate import AUX_PREFIX, GroundingCollator
 from lookhere.models import build_tiny, get_adapter
 from lookhere.pretrain.conversation import ConversationCollator
 from lookhere.pretrain.recipe import (
@@ -117,8 +117,9 @@ def test_single_turns_collate_as_the_grounding_collator():
     collator every fine-tune uses), so pretraining and fine-tuning see one prompt format."""
     model, processor = build_tiny("llava", "test")
     adapter = get_adapter(model)
-    data = stage_dataset(CFG, "instruct")
+    data = stage_dataset(dataclasses.replace(CFG, turns=1), "instruct")
     samples = [data[i] for i in range(4)]
+    assert all(len(s.meta["turns"]) == 1 for s in samples)
     ours = ConversationCollator(processor, adapter)(samples)
     ref = GroundingCollator(processor, adapter, targets=False)(samples)
     for key in ("input_ids", "attention_mask", "labels", "pixel_values"):
@@ -211,6 +212,7 @@ def test_model_card(finished, tmp_path):
         write_card(out, evaluation, tmp_path / "card")
 
 
+@pytest.mark.distributed
 def test_torchrun_two_processes(tmp_path):
     """The same command under torchrun (2 CPU processes, gloo, DDP): every stage finishes and
     each process drew its own samples (the dataset is sized for the world)."""

@@ -21,10 +21,10 @@ from lookhere.eval.rec import (
     centre_box,
     evaluate_rec,
     random_heads,
-    rec_table,
 )
 from lookhere.heads.selection import HeadSpec
 from lookhere.models.layout import GridGeometry
+from lookhere.report.tables import rec_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 locate_module = importlib.import_module("lookhere.heads.locate")  # the package exports the function

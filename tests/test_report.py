@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookhere.report import (
+from lookhere.report.page import (
     plot_attention_maps,
     plot_ratio_bars,
     plot_training_curves,

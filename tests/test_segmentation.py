@@ -1,4 +1,4 @@
-"""lookhere.segmentation: heatmap -> mask and the pointing game, against hand-built maps and
+"""lookhere.maps: heatmap -> mask and the pointing game, against hand-built maps and
 grids, and the IoU of its masks against pycocotools."""
 
 import numpy as np
@@ -8,8 +8,8 @@ from pycocotools import mask as mask_utils
 from lookhere.eval.metrics import mask_ious
 from lookhere.eval.rec import peak_point as rec_peak_point
 from lookhere.heads.grounding import ground
+from lookhere.maps import parse_threshold, peak_cell, peak_point, pointing, segment
 from lookhere.models.layout import GridGeometry
-from lookhere.segmentation import parse_threshold, peak_cell, peak_point, pointing, segment
 
 
 def grid(rows=4, cols=4, cell=14, scale=1.0, offset=(0.0, 0.0), size=(56, 56)):
@@ -42,13 +42,13 @@ def test_relative_threshold_and_largest_component_by_hand():
     assert (g == (HEAT >= 0.45)).all() and g.sum() == 3  # 0.9, 0.6, 0.5
     g, _ = segment(HEAT, grid(), threshold="0.4")  # >= 0.36: the corner 0.4 joins, alone
     assert g[3, 3] and g.sum() == 4
-    g, _ = segment(HEAT, grid(), threshold=0.4, largest_component=True)
+    g, _ = segment(HEAT, grid(), threshold=0.4, largest=True)
     assert not g[3, 3] and g.sum() == 3
     # mean threshold: the corner touches the block's cell (2, 2) diagonally: 8-connected, kept
-    g, _ = segment(HEAT, grid(), largest_component=True)
+    g, _ = segment(HEAT, grid(), largest=True)
     assert g.sum() == 5 and g[3, 3]
     diag = np.eye(4)
-    assert segment(diag, grid(), largest_component=True).grid_mask.sum() == 4
+    assert segment(diag, grid(), largest=True).grid_mask.sum() == 4
 
 
 def test_two_mean_threshold():

@@ -20,25 +20,23 @@ import torch
 from conftest import tiny
 from transformers import TrainingArguments
 
-from lookhere.data.collate import (
+from lookhere.collate import (
     GroundingCollator,
     prompt_batch,
-    sample_concept,
-    sample_concepts,
     split_aux,
 )
+from lookhere.data.concepts import concept_ids, sample_concept, sample_concepts
 from lookhere.data.dataset import SampleList, TaskDataset
-from lookhere.data.prompt import chat_turn
 from lookhere.data.sample import Geometry
 from lookhere.data.synthetic import make_task
 from lookhere.data.synthetic.shapes import object_mask
 from lookhere.eval.metrics import attention_ratio
-from lookhere.lens import concept_ids
+from lookhere.losses.config import LLLConfig
 from lookhere.losses.klal import klal_loss
 from lookhere.models import build_tiny, get_adapter
+from lookhere.models.prompt import chat_turn
 from lookhere.probe import IGNORE_INDEX, AttentionProbe, ProbeError
 from lookhere.train import GroundingTrainer, KLALConfig, apply_lora
-from lookhere.train.config import LLLConfig
 from lookhere.train.objective import lll_capture, lll_term
 
 TASK = make_task("grid_patch", seed=0, image_size=56, grid_rows=4, grid_cols=4)

@@ -19,7 +19,7 @@ from lookhere.models import build_tiny
 WORKER = Path(__file__).with_name("dist_train_worker.py")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.distributed]
 
 
 def test_ddp_matches_single_process(tmp_path):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lookhere.models.adapter import Adapter, get_adapter, unwrap_model
+from lookhere.models.adapter import Adapter, get_adapter, resolve_layers, unwrap_model
 from lookhere.models.layout import pad_positions
 
 QueryRole = Literal["last_answer", "answer_start", "all_answer", "last_text"]
@@ -83,7 +83,7 @@ class AttentionProbe:
         self.model = unwrap_model(model)
         self.adapter = adapter or get_adapter(self.model)
         n = self.adapter.num_layers
-        self.layers = _resolve_layers(layers, n)
+        self.layers = frozenset(resolve_layers(layers, n))
         self.queries = _check_spec("queries", queries, QUERY_ROLES)
         self.keys = _check_spec("keys", keys, ("visual", "all"))
         self.end_token_ids = (
@@ -400,19 +400,6 @@ def _check_spec(name: str, spec: Any, roles: Sequence[str]) -> Any:
     if isinstance(spec, torch.Tensor) or isinstance(spec, Sequence):
         return spec
     raise TypeError(f"{name} must be a role name, a (batch, n) tensor or a list of lists")
-
-
-def _resolve_layers(layers: Sequence[int] | None, n: int) -> frozenset[int]:
-    if layers is None:
-        return frozenset(range(n))
-    out = set()
-    for layer in layers:
-        if not -n <= int(layer) < n:
-            raise ValueError(f"layers: {layer} is out of range for a {n}-layer language model")
-        out.add(int(layer) % n)
-    if not out:
-        raise ValueError("layers must name at least one layer")
-    return frozenset(out)
 
 
 def _eos_ids(model: nn.Module) -> set[int]:

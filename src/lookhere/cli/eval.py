@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lookhere.cli.common import (
+    add_device,
+    check_data,
+    fail,
+    load_model_for_cli,
+    load_refiner,
+    load_spec,
+    parse_grid,
+    positive_int,
+    read_data,
+)
 from lookhere.data.formats import STYLES
+from lookhere.report.tables import format_table, rec_table
 
 # Model-branch options: None means "not given", so giving one with --predictions is an error.
 _MODEL_ONLY = ("limit", "batch_size", "max_new_tokens", "predictions_out", "device")
@@ -96,28 +107,6 @@ centred box of half the image's width and height, no label used) and text (the m
 box; --style). Prints a markdown table; --out writes every number and box as JSON."""
 
 
-def add_device(p: argparse.ArgumentParser, prefix: str = "", suffix: str = "") -> None:
-    p.add_argument("--device", metavar="DEV",
-                   help=f"{prefix}torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "
-                        f"available, else cpu){suffix}")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def fail(message: str, prog: str = "lookhere eval") -> SystemExit:
-    """Exit 2 with argparse's message style (bad input, like a usage error)."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return SystemExit(2)
-
-
 def _eval(args: argparse.Namespace) -> int:
     if args.data is None:
         raise fail("the following arguments are required: --data")
@@ -132,56 +121,6 @@ def _eval(args: argparse.Namespace) -> int:
     if args.missing is not None:
         raise fail("--missing only applies with --predictions")
     return _eval_model(args)
-
-
-def check_data(folder: Path, prog: str) -> None:
-    """A dataset folder from `lookhere data make`, or exit 2 saying what is wrong."""
-    from lookhere.data.disk import read_info
-
-    if not folder.is_dir():
-        raise fail(f"--data {folder} is not a folder", prog)
-    try:
-        read_info(folder)
-    except FileNotFoundError as err:
-        raise fail(f"--data: {err}; make one with `lookhere data make`", prog) from None
-
-
-def read_data(folder: Path, limit: int | None, prog: str) -> list[Any]:
-    """The first ``limit`` (all if None) samples of a dataset folder."""
-    from lookhere.data.disk import read_samples
-
-    check_data(folder, prog)
-    samples = list(itertools.islice(read_samples(folder), limit))
-    if not samples:
-        raise fail(f"--data {folder} holds no samples", prog)
-    return samples
-
-
-def resolve_device(device: str | None) -> str:
-    """``device``, or cuda when available, else cpu."""
-    if device is not None:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model_for_cli(path: str, device: str | None, prog: str) -> tuple[Any, Any, Any]:
-    """``(model, processor, adapter)`` on ``device`` (default cuda if available, else cpu), in
-    eval mode; exit 2 when the model cannot be loaded."""
-    import torch
-
-    from lookhere.models.loading import load_model
-
-    try:
-        dev = torch.device(resolve_device(device))
-    except RuntimeError as err:
-        raise fail(f"--device {device}: {err}", prog) from None
-    try:
-        model, processor, adapter = load_model(path)
-    except (OSError, ValueError) as err:  # no such folder, or an unsupported family
-        raise fail(f"--model {path}: {err}", prog) from None
-    return model.to(dev).eval(), processor, adapter
 
 
 def _eval_predictions(args: argparse.Namespace) -> int:
@@ -223,8 +162,7 @@ def _eval_model(args: argparse.Namespace) -> int:
 
 
 def _eval_rec(args: argparse.Namespace) -> int:
-    from lookhere.cli.heads import load_refiner, load_spec, parse_grid
-    from lookhere.eval.rec import BASELINES, check_rec_samples, evaluate_rec, rec_table
+    from lookhere.eval.rec import BASELINES, check_rec_samples, evaluate_rec
 
     prog = "lookhere eval rec"
     baselines = list(BASELINES) if args.baselines is None else args.baselines
@@ -276,18 +214,6 @@ def _rec_samples(args: argparse.Namespace, prog: str) -> tuple[Iterable[Any], st
 
 def _pairs(heads: list[list[int]]) -> str:
     return ", ".join(f"({layer}, {head})" for layer, head in heads)
-
-
-def format_table(tasks: dict[str, dict[str, Any]]) -> str:
-    """One line per task: n, accuracy with its 95% CI, parse failures, mean IoU (box tasks)."""
-    lines = [f"{'task':<18} {'n':>6}  {'accuracy':>8}  {'95% CI':<16}  {'parse fail':>10}  "
-             f"{'mean IoU':>8}"]
-    for task, t in tasks.items():
-        lo, hi = t["ci95"]
-        iou = f"{t['mean_iou']:.3f}" if "mean_iou" in t else "-"
-        lines.append(f"{task:<18} {t['n']:>6}  {t['accuracy']:>8.3f}  "
-                     f"{f'[{lo:.3f}, {hi:.3f}]':<16}  {t['parse_failure_rate']:>10.1%}  {iou:>8}")
-    return "\n".join(lines)
 
 
 def _write(path: Path, obj: dict[str, Any]) -> None:

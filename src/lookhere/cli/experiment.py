@@ -81,7 +81,7 @@ def _config(args: argparse.Namespace, seed: int = 0, cls: type | None = None):
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lookhere.experiment.demo import run_demo
+    from lookhere.report.demo import run_demo
 
     config = _config(args)
     try:

@@ -16,10 +16,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lookhere.cli.eval import (
+from lookhere.cli.common import (
     add_device,
     fail,
     load_model_for_cli,
+    load_refiner,
+    load_spec,
+    parse_grid,
     positive_int,
     read_data,
     resolve_device,
@@ -247,46 +250,3 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared with `lookhere eval rec`
-
-
-def load_spec(path: Path, adapter: Any, prog: str) -> Any:
-    """The HeadSpec at ``path``, checked against the model; exit 2 when it does not fit."""
-    import numpy as np
-
-    from lookhere.heads.selection import HeadSpec
-
-    if not path.is_file():
-        raise fail(f"--heads {path}: no such file (make one with `lookhere heads find`)", prog)
-    try:
-        spec = HeadSpec.load(path)
-    except (ValueError, TypeError, KeyError) as err:  # JSON errors are ValueErrors
-        message = str(err) if str(path) in str(err) else f"{path}: {err}"
-        raise fail(f"--heads {message}", prog) from None
-    size = (adapter.num_layers, adapter.num_heads)
-    found_on = np.shape(spec.counts)
-    if len(found_on) == 2 and found_on != size:
-        raise fail(f"--heads {path}: found on a model of {found_on[0]} layers x {found_on[1]} "
-                   f"heads ({spec.model!r}); --model has {size[0]} x {size[1]}", prog)
-    bad = [h for h in spec.heads if not (0 <= h[0] < size[0] and 0 <= h[1] < size[1])]
-    if not spec.heads or bad:
-        raise fail(f"--heads {path}: heads {bad or '[]'} do not fit --model ({size[0]} layers "
-                   f"x {size[1]} heads)", prog)
-    return spec
-
-
-def load_refiner(path: str | None, device: str | None, prog: str) -> Any:
-    """A `SamRefiner` from ``path`` (None: no refiner)."""
-    if path is None:
-        return None
-    from lookhere.heads.refine import SamRefiner
-
-    try:
-        return SamRefiner.from_pretrained(path, device=resolve_device(device))
-    except (OSError, ValueError) as err:
-        raise fail(f"--sam {path}: {err}", prog) from None
-
-
-def parse_grid(text: str) -> str | int:
-    """``--grid``: a grid's index when digits, else its name (or "primary")."""
-    return int(text) if text.isdigit() else text

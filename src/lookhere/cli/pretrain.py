@@ -101,7 +101,7 @@ def _eval(args: argparse.Namespace) -> int:
         config = build(args, PretrainedEvalConfig)
     except ValueError as err:
         raise fail(str(err)) from None
-    from lookhere.cli.eval import load_model_for_cli
+    from lookhere.cli.common import load_model_for_cli
 
     model, processor, _ = load_model_for_cli(args.model, None, PROG + " eval")
     result = evaluate_pretrained(model, processor, config, model_id=args.model,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from torch.utils.data import Dataset
 
 from lookhere.data.sample import Sample
 from lookhere.data.synthetic.base import SyntheticTask
+
+T = TypeVar("T")
 
 
 class TaskDataset(Dataset):
@@ -48,3 +52,13 @@ class SampleList(Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         return self.samples[i]
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), read lazily: a generator
+    of samples is never held in memory whole."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-Box = tuple[float, float, float, float]
+from lookhere.maps import Box, point_in_region
 
 
 def normalise_answer(text: str) -> str:
@@ -50,19 +50,6 @@ def mean_box_iou(preds: Sequence[Box | None], golds: Sequence[Box]) -> float:
     ious = [0.0 if p is None else box_iou(p, g) for p, g in zip(preds, golds, strict=True)]
     return float(np.mean(ious)) if ious else 0.0
 
-
-def point_in_region(point: tuple[float, float] | None, box: Box | None = None,
-                    mask: np.ndarray | None = None) -> bool:
-    """Whether a point falls inside the mask (preferred) or the box."""
-    if point is None:
-        return False
-    x, y = point
-    if mask is not None:
-        xi, yi = int(np.floor(x)), int(np.floor(y))
-        return 0 <= yi < mask.shape[0] and 0 <= xi < mask.shape[1] and bool(mask[yi, xi])
-    if box is None:
-        raise ValueError("point_in_region needs a box or a mask")
-    return box[0] <= x < box[2] and box[1] <= y < box[3]
 
 
 def pointing_accuracy(points: Sequence[tuple[float, float] | None],

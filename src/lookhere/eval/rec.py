@@ -30,8 +30,7 @@ predict the filled box, pixels whose centre lies inside it (an unparsed answer: 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +38,13 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
+from lookhere.data.dataset import chunks
 from lookhere.data.sample import Box, Sample
-from lookhere.eval.metrics import Tally, acc_at_iou, box_iou, mean_box_iou, point_in_region
+from lookhere.eval.metrics import Tally, acc_at_iou, box_iou, mean_box_iou
 from lookhere.eval.scoring import IOU_THRESHOLD, REC_TASKS
 from lookhere.heads.selection import HeadSpec
+from lookhere.maps import point_in_region
 from lookhere.models.adapter import Adapter
-from lookhere.tables import pct
 
 ATTENTION_METHODS = ("heads", "all_heads", "random_heads")
 BASELINES = ("all_heads", "random_heads", "centre", "text")
@@ -155,7 +155,7 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
     total = len(samples) if isinstance(samples, Sequence) else None
     bar = tqdm(total=total, desc="eval rec", unit="sample", disable=not progress, leave=False)
     try:
-        for chunk in _chunks(samples, chunk_size):
+        for chunk in chunks(samples, chunk_size):
             check_rec_samples(chunk)
             if any(s.id in tallies["heads"].boxes for s in chunk):
                 raise ValueError("sample ids must be unique")
@@ -189,12 +189,6 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
                 "box_only_masks": "the filled predicted box (centre, text)"}
     return {"n": len(ids), "ids": ids, "settings": settings,
             "methods": {name: tallies[name].summary() for name in methods}}
-
-
-def _chunks(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
-    it = iter(samples)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
 
 
 def _locate(model: nn.Module, processor: Any, adapter: Adapter, samples: list[Sample],
@@ -291,15 +285,3 @@ def ious_from_counts(inter: Sequence[int], union: Sequence[int]) -> dict[str, fl
     ious = [i / u if u else 1.0 for i, u in zip(inter, union, strict=True)]
     return {"cIoU": sum(inter) / total if total else 1.0,
             "mIoU": float(np.mean(ious)) if ious else 0.0}
-
-
-def rec_table(result: dict[str, Any]) -> str:
-    """A markdown table of `evaluate_rec`'s result: one row per method, percentages."""
-    rows = ["| method | n | Acc@0.5 | mean IoU | pointing | cIoU | mIoU | parse fail |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, m in result["methods"].items():
-        cells = [name, str(m["n"]), pct(m["acc@0.5"]), pct(m["mean_iou"]),
-                 pct(m.get("pointing")), pct(m.get("cIoU")), pct(m.get("mIoU")),
-                 pct(m.get("parse_failure_rate"))]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)

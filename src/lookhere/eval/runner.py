@@ -16,7 +16,7 @@ separate teacher-forced forward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +25,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lookhere.data.collate import GroundingCollator, prompt_batch, split_aux, to_device
+from lookhere.collate import GroundingCollator, prompt_batch, split_aux, to_device
+from lookhere.data.dataset import chunks
 from lookhere.data.sample import Sample
 from lookhere.eval.metrics import attention_ratio, bootstrap_ci
 from lookhere.eval.scoring import TaskScores, score_predictions
+from lookhere.losses.config import KLALConfig
+from lookhere.losses.klal import head_mean
 from lookhere.models.adapter import Adapter
-from lookhere.train.config import KLALConfig
 from lookhere.train.objective import klal_probe
 
 
@@ -60,7 +62,7 @@ def generate_answers(model: nn.Module, processor: Any, adapter: Adapter,
     tok = processor.tokenizer
     device = next(model.parameters()).device
     out: dict[str, str] = {}
-    for chunk in _chunks(samples, batch_size, progress, "generate"):
+    for chunk in _progress(samples, batch_size, progress, "generate"):
         batch = to_device(prompt_batch(adapter, processor, chunk), device)
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)
@@ -84,7 +86,7 @@ def answer_attention(model: nn.Module, processor: Any, adapter: Adapter,
     device = next(model.parameters()).device
     ratios: list[float] = []
     maps: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(samples, batch_size, progress, "attention"):
+    for chunk in _progress(samples, batch_size, progress, "attention"):
         batch = collate(chunk)
         inputs, aux = split_aux(to_device(batch, device))
         with klal_probe(model, inputs, aux, cfg) as probe:
@@ -124,13 +126,14 @@ def evaluate(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequen
 
 
 def _head_average(probe: Any) -> torch.Tensor:
-    """(B, K): per layer, rows renormalised over visual keys and averaged over the heads that
-    see some visual key (as in KLAL) and over queries; then averaged over layers."""
+    """(B, K): per layer, KLAL's Q (`head_mean`: rows renormalised over the visual keys and
+    averaged over the heads that see one) averaged over the valid queries; then over layers."""
     per_layer = []
     for rows in probe.rows.values():  # (B, H, Q, K) log-probs
-        alpha = torch.softmax(rows, -1).nan_to_num(0.0)  # renormalise over visual keys
-        use = torch.isfinite(rows).any(-1, keepdim=True) & probe.query_mask[:, None, :, None]
-        per_layer.append((alpha * use).sum((1, 2)) / use.sum((1, 2)).clamp(min=1))
+        log_q, ok = head_mean(rows, probe.key_mask)  # (B, Q, K), (B, Q)
+        use = ok & probe.query_mask
+        q = torch.where(use[..., None] & probe.key_mask[:, None, :], log_q.exp(), 0.0)
+        per_layer.append(q.sum(1) / use.sum(1, keepdim=True).clamp(min=1))
     return torch.stack(per_layer).mean(0)
 
 
@@ -156,10 +159,11 @@ def _extent(grid: Any) -> tuple[float, float, float, float]:
             min(float(w), float(boxes[:, 2].max())), min(float(h), float(boxes[:, 3].max())))
 
 
-def _chunks(samples: Sequence[Sample], size: int, progress: bool, desc: str):
-    starts = range(0, len(samples), size)
-    for i in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        yield list(samples[i:i + size])
+def _progress(samples: Sequence[Sample], size: int, progress: bool, desc: str
+              ) -> Iterator[list[Sample]]:
+    """`chunks` of ``size`` samples under a progress bar."""
+    return tqdm(chunks(samples, size), desc=desc, disable=not progress, leave=False,
+                total=-(-len(samples) // size))
 
 
 def _check_args(samples: Sequence[Sample], batch_size: int, max_new_tokens: int) -> None:

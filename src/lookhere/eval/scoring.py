@@ -42,8 +42,9 @@ from lookhere.data.formats import (
 )
 from lookhere.data.sample import Box, Point, Sample
 from lookhere.data.synthetic.shapes import PALETTE, SHAPES
-from lookhere.eval.metrics import bootstrap_ci, box_iou, point_in_region
+from lookhere.eval.metrics import bootstrap_ci, box_iou
 from lookhere.io import atomic_path
+from lookhere.maps import point_in_region
 
 IOU_THRESHOLD = 0.5  # Acc@0.5, the usual REC accuracy
 POINT_RADIUS = 0.05  # a point within this fraction of the image's longer side hits a gold point

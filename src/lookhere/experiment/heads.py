@@ -39,10 +39,10 @@ from lookhere.experiment.klal import ntp_klal, train_one
 from lookhere.experiment.training import ExperimentConfig, TrainSpec
 from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
+from lookhere.losses.config import KLALConfig
 from lookhere.models.adapter import get_adapter
 from lookhere.models.tiny import resolve_size
 from lookhere.targets import TargetConfig
-from lookhere.train.config import KLALConfig
 
 CONDITIONS = ("untrained", "ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # held-out VQA and REC come from seed data_seed + this

@@ -23,15 +23,15 @@ from typing import Any
 
 import torch
 
-from lookhere.data.collate import GroundingCollator
+from lookhere.collate import GroundingCollator
 from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
 from lookhere.eval.runner import evaluate
 from lookhere.experiment.training import ExperimentConfig, TrainSpec, fit, training_args
+from lookhere.losses.config import KLALConfig
 from lookhere.models.adapter import get_adapter
 from lookhere.targets import TargetConfig
-from lookhere.train.config import KLALConfig
 
 TASKS = ("grid_patch", "line_intersection", "line_tracing")
 CONDITIONS = ("ntp", "klal")

@@ -6,12 +6,12 @@ scratch on the same Shapes VQA batches for the same steps:
 - ``ntp``: next-token prediction only; the Logit Lens Loss is computed and logged (weight 0,
   monitored) but not trained on;
 - ``lll``: NTP + mu * LLL at the same layer (methods.md section 2; the concept of a training
-  sample is the word its question's objects share, `lookhere.data.collate.sample_concept`).
+  sample is the word its question's objects share, `lookhere.collate.sample_concept`).
 
 KLAL is off in both. Then on held-out Shapes images (a different data seed; never used for any
 choice), for every concept word in each image (every shape word and every colour word of its
 objects) and every reported layer, the lens heatmap ``p(word | h_s)`` on the image's first grid
-is segmented (`lookhere.segmentation.segment`) and scored against the *union* mask of the
+is segmented (`lookhere.maps.segment`) and scored against the *union* mask of the
 objects carrying that word:
 
 - mIoU / cIoU of the pixel masks (`lookhere.eval.rec.ious_from_counts`, which equals
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lookhere.data.collate import sample_concepts
+from lookhere.data.concepts import concept_ids, sample_concepts
 from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
@@ -54,12 +54,12 @@ from lookhere.eval.metrics import Tally
 from lookhere.eval.rec import ious_from_counts, mask_counts
 from lookhere.experiment.heads import TEST_SEED_OFFSET, shapes_defaults, vqa_accuracy
 from lookhere.experiment.training import ExperimentConfig, TrainSpec, fit, training_args
-from lookhere.lens import concept_ids, lens_maps, resolve_layers
-from lookhere.models.adapter import get_adapter
+from lookhere.lens import lens_maps
+from lookhere.losses.config import KLALConfig, LLLConfig
+from lookhere.maps import parse_threshold, peak_cell, pointing, segment
+from lookhere.models.adapter import get_adapter, resolve_layers
 from lookhere.models.tiny import resolve_size
-from lookhere.segmentation import parse_threshold, peak_cell, pointing, segment
 from lookhere.targets import cell_coverage
-from lookhere.train.config import KLALConfig, LLLConfig
 
 CONDITIONS = ("ntp", "lll")
 KINDS = ("shape", "colour")  # concept types: the object attribute that gives the word
@@ -228,7 +228,7 @@ def train_one(config: LensExperimentConfig, condition: str, train: SampleList, o
 
     `lookhere.experiment.klal.train_one`'s recipe with the condition's `LLLConfig` given to both
     the collator and the trainer (KLAL off: weight 0, not monitored)."""
-    from lookhere.data.collate import GroundingCollator
+    from lookhere.collate import GroundingCollator
     from lookhere.train.trainer import GroundingTrainer
 
     model, processor = config.train.build_model()
@@ -437,89 +437,3 @@ def summary_line(condition: str, entry: dict[str, Any]) -> str:
         parts.append(f"L{layer}: {cells}")
     return (f"VQA {100 * entry['vqa']['accuracy']:.1f}%; lens mIoU/pointing "
             f"{'; '.join(parts)}")
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dict[str, Any],
-                 layers: Sequence[int] | None = None) -> dict[str, Path]:
-    """Caption -> figure path: the example lens maps (image | NTP | NTP+LLL at ``layers``,
-    default the middle reported layer and the LLL layer) and mIoU / pointing by layer."""
-    from lookhere.report import plot_attention_maps
-
-    out_dir = Path(out_dir)
-    figures: dict[str, Path] = {}
-    chosen = _figure_layers(config, results, layers)
-    ex = results["examples"]
-    if ex["items"]:
-        test = {s.id: s for s in held_out_splits(
-            dataclasses.replace(config, test_samples=len(ex["items"]), vqa_samples=1))[1]}
-        conds = [c for c in CONDITIONS if c in ex["maps"]]  # NTP first, whatever ran first
-        rows = []
-        for j, item in enumerate(ex["items"]):
-            s = test[item["id"]]
-            maps = {f"{LABELS.get(c, c)} L{layer}": ex["maps"][c][j]["maps"][str(layer)]
-                    for layer in chosen for c in conds}
-            extent = ex["maps"][conds[0]][j]["extent"]
-            rows.append({"image": s.image, "title": f"{item['concept']} ({item['kind']} word)",
-                         "boxes": item["boxes"], "maps": maps, "extent": extent})
-        figures["Logit-lens maps p(word | visual token) on held-out Shapes images, per model "
-                f"and layer (L{', L'.join(map(str, chosen))}; the LLL trains layer "
-                f"{config.lll.layer % resolve_size(config.train.size).layers}). The objects "
-                f"carrying the "
-                "word are outlined; each map is scaled to its own max (in its title)."] = \
-            plot_attention_maps(rows, out_dir / "lens_maps.png",
-                                "Logit-lens probability of the concept (its objects outlined; "
-                                "each map scaled to its own max)", "lens probability")
-    figures["Lens segmentation mIoU and pointing game by layer, per model and concept type, "
-            f"threshold {config.threshold!r}; dotted: a whole-image mask (mIoU) and a random "
-            "peak (pointing)."] = plot_layer_scores(results, out_dir / "lens_layers.png")
-    return figures
-
-
-def _figure_layers(config: LensExperimentConfig, results: dict[str, Any],
-                   layers: Sequence[int] | None) -> list[int]:
-    reported = list(results["layers"])
-    n = resolve_size(config.train.size).layers
-    if layers is not None:
-        chosen = list(resolve_layers(layers, n))
-        missing = [x for x in chosen if x not in reported]
-        if missing:
-            raise ValueError(f"layers {missing} were not reported (reported: {reported})")
-        return chosen
-    trained = config.lll.layer % n
-    last = trained if trained in reported else reported[-1]
-    return list(dict.fromkeys([reported[(len(reported) - 1) // 2], last]))
-
-
-def plot_layer_scores(results: dict[str, Any], path: str | Path) -> Path:
-    """Two panels (mIoU, pointing) against the layer: one line per (condition, concept type)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from lookhere.io import atomic_path
-
-    layers = [int(x) for x in results["layers"]]
-    fig = Figure(figsize=(9, 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
-    styles = {"shape": "-", "colour": "--"}
-    for ax, metric in zip(axes, ("mIoU", "pointing"), strict=True):
-        for c, entry in results["conditions"].items():
-            colour = "tab:blue" if c == "ntp" else "tab:orange"
-            for kind in KINDS:
-                ys = [100 * entry["lens"][str(x)][kind].get(metric, np.nan) for x in layers]
-                ax.plot(layers, ys, styles[kind], color=colour, marker="o",
-                        label=f"{LABELS.get(c, c)}, {kind} words")
-        ax.axhline(100 * results["reference"]["all"]["region_share"], color="grey",
-                   linestyle=":")
-        ax.set_xticks(layers)
-        ax.set_xlabel("layer")
-        ax.set_ylabel(f"{metric} (%)")
-        ax.set_ylim(0, 100)
-    axes[1].legend(fontsize=7)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:].lower() or "png", dpi=110)
-    return path

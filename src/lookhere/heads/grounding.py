@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
-from lookhere.heads.scoring import components
+from lookhere.maps import convex_hull_mask, largest_component, pixel_mask, smooth
 from lookhere.models.layout import GridGeometry
 
 Component = Literal["largest", "all"]
@@ -48,18 +46,6 @@ class Grounding:
         if self.pixel_mask is not None:
             return self.pixel_mask
         return pixel_mask(self.mask, self.geometry)
-
-
-def smooth(attn_map: np.ndarray, sigma: float = 1.0, kernel: int = 7) -> np.ndarray:
-    """Gaussian smoothing with a ``kernel``-tap window (odd) and mirrored borders."""
-    if kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"kernel must be a positive odd size, got {kernel}")
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
-    a = np.asarray(attn_map, dtype=np.float64)
-    if sigma == 0:
-        return a.copy()
-    return ndimage.gaussian_filter(a, sigma, mode="mirror", radius=kernel // 2)
 
 
 def ground(maps: np.ndarray, geometry: GridGeometry, sigma: float = 1.0, kernel: int = 7,
@@ -91,41 +77,3 @@ def ground(maps: np.ndarray, geometry: GridGeometry, sigma: float = 1.0, kernel:
     grid_box = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
     box = tuple(float(v) for v in geometry.grid_box_to_image(grid_box))
     return Grounding(box, grid_box, mask, heat, m, geometry)
-
-
-def largest_component(foreground: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """The 8-connected component of ``foreground`` with the most cells (ties: most ``heat``)."""
-    labels, n = components(foreground)
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    mass = np.bincount(labels.ravel(), weights=heat.ravel(), minlength=n + 1)[1:]
-    best = max(range(n), key=lambda j: (area[j], mass[j]))
-    return labels == best + 1
-
-
-def convex_hull_mask(component: np.ndarray) -> np.ndarray:
-    """Cells whose centre lies in the convex hull of the component's cells (their corners)."""
-    rows, cols = np.nonzero(component)
-    corners = np.concatenate([np.stack([cols + dx, rows + dy], 1)
-                              for dx in (0, 1) for dy in (0, 1)]).astype(np.float64)
-    try:
-        hull = ConvexHull(corners)
-    except QhullError:  # cannot happen for cell corners (always 2-D), kept for safety
-        return component.copy()
-    cy, cx = np.mgrid[0:component.shape[0], 0:component.shape[1]] + 0.5
-    pts = np.stack([cx.ravel(), cy.ravel()], 1)
-    inside = (hull.equations[:, :2] @ pts.T + hull.equations[:, 2:3] <= 1e-9).all(0)
-    return inside.reshape(component.shape) | component
-
-
-def pixel_mask(mask: np.ndarray, geometry: GridGeometry) -> np.ndarray:
-    """The grid mask upsampled to the original image: ``(height, width)`` bool; each pixel takes
-    the cell its centre falls in (pixels in no cell are False)."""
-    w, h = geometry.image_size
-    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
-    uv = geometry.image_to_canvas(np.stack(np.meshgrid(xs, ys), -1))  # (h, w, 2)
-    c = np.floor(uv[..., 0] / geometry.cell_size[0]).astype(int)
-    r = np.floor(uv[..., 1] / geometry.cell_size[1]).astype(int)
-    ok = (r >= 0) & (r < geometry.rows) & (c >= 0) & (c < geometry.cols)
-    out = np.zeros((h, w), dtype=bool)
-    out[ok] = np.asarray(mask, dtype=bool)[r[ok], c[ok]]
-    return out

@@ -20,11 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lookhere.data.sample import Sample
-from lookhere.heads.grounding import Component, Grounding, ground, pixel_mask
+from lookhere.heads.grounding import Component, Grounding, ground
 from lookhere.heads.refine import Refiner, refine_masks
 from lookhere.heads.search import prefill_attention
 from lookhere.heads.selection import HeadSpec
-from lookhere.models.adapter import Adapter
+from lookhere.maps import pixel_mask
+from lookhere.models.adapter import Adapter, resolve_heads
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout
 
 GridChoice = str | int  # "primary", an index into the image's grids, or a grid's name
@@ -99,15 +100,6 @@ def select_grid(image: ImageLayout, grid: GridChoice = "primary") -> Grid:
 
 
 def check_heads(heads: Sequence[tuple[int, int]], adapter: Adapter) -> list[tuple[int, int]]:
-    """``heads`` as (layer, head) int pairs, checked to exist in the adapter's model."""
-    try:
-        out = [(int(layer), int(head)) for layer, head in heads]
-    except (TypeError, ValueError):
-        raise ValueError(f"heads must be (layer, head) pairs, got {heads!r}") from None
-    if not out:
-        raise ValueError("heads must name at least one (layer, head)")
-    if not all(0 <= layer < adapter.num_layers and 0 <= head < adapter.num_heads
-               for layer, head in out):
-        raise ValueError(f"heads {out} do not fit this model "
-                         f"({adapter.num_layers} layers x {adapter.num_heads} heads)")
-    return out
+    """``heads`` as (layer, head) int pairs, checked to exist in the adapter's model; negative
+    layers count from the end, as everywhere a layer is named."""
+    return resolve_heads(heads, adapter.num_layers, adapter.num_heads)

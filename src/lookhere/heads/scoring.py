@@ -26,14 +26,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from lookhere.io import atomic_path
+from lookhere.maps import MeanRule, binarise, check_map, components
 
-Threshold = Literal["mean", "two_mean"]
 Weight = Literal["area", "mass"]
-_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
-_TWO_MEAN_MARGIN = 1e-3  # the authors' code: A - 2 * mean(A) > 0.001
 
 
 def image_attention_sum(rows: torch.Tensor) -> torch.Tensor:
@@ -70,23 +67,7 @@ def chord_knee(values: np.ndarray | torch.Tensor) -> tuple[int, float]:
     return i, float(v[i])
 
 
-def binarise(attn_map: np.ndarray, threshold: Threshold = "mean") -> np.ndarray:
-    """Foreground cells: ``A > mean(A)`` (the paper) or ``A - 2 mean(A) > 0.001`` (the code)."""
-    a = _check_map(attn_map)
-    if threshold == "mean":
-        return a > a.mean()
-    if threshold == "two_mean":
-        return a - 2.0 * a.mean() > _TWO_MEAN_MARGIN
-    raise ValueError(f"threshold must be 'mean' or 'two_mean', got {threshold!r}")
-
-
-def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of a bool map: (labels, count); label 0 is background."""
-    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=_EIGHT)
-    return labels, int(n)
-
-
-def spatial_entropy(attn_map: np.ndarray, threshold: Threshold = "mean",
+def spatial_entropy(attn_map: np.ndarray, threshold: MeanRule = "mean",
                     weight: Weight = "area") -> float:
     """``H = -sum_n P(C_n) log P(C_n)`` over the foreground's 8-connected components.
 
@@ -94,7 +75,7 @@ def spatial_entropy(attn_map: np.ndarray, threshold: Threshold = "mean",
     of the foreground's attention mass (``"mass"``, the authors' code). Lower is more
     concentrated; one component gives 0; no foreground gives ``inf``.
     """
-    a = _check_map(attn_map)
+    a = check_map(attn_map)
     labels, n = components(binarise(a, threshold))
     if n == 0:
         return float("inf")
@@ -109,15 +90,6 @@ def spatial_entropy(attn_map: np.ndarray, threshold: Threshold = "mean",
         return float("inf")  # mass weighting of a foreground with no mass
     p = share[share > 0] / total
     return float(-(p * np.log(p)).sum())
-
-
-def _check_map(attn_map: np.ndarray) -> np.ndarray:
-    a = np.asarray(attn_map, dtype=np.float64)
-    if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"an attention map must be a non-empty 2-D grid, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError("an attention map must be finite")
-    return a
 
 
 def pooled_entropy(entropies: np.ndarray, masses: np.ndarray) -> np.ndarray:

@@ -36,14 +36,15 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from lookhere.data.collate import to_device
-from lookhere.data.prompt import prefill_prompt
+from lookhere.collate import to_device
 from lookhere.data.sample import Sample
-from lookhere.heads.scoring import HeadScores, Threshold, Weight, pooled_entropy, spatial_entropy
+from lookhere.heads.scoring import HeadScores, Weight, pooled_entropy, spatial_entropy
 from lookhere.heads.selection import HeadSpec, TauMode, check_options, select_heads
 from lookhere.io import write_json
+from lookhere.maps import MeanRule
 from lookhere.models.adapter import Adapter
 from lookhere.models.layout import ImageLayout
+from lookhere.models.prompt import prefill_prompt
 from lookhere.probe import AttentionProbe
 
 Grids = Literal["primary", "all"]
@@ -52,7 +53,7 @@ FINGERPRINT = "search.json"
 
 @torch.no_grad()
 def score_samples(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequence[Sample],
-                  *, batch_size: int = 8, threshold: Threshold = "mean", weight: Weight = "area",
+                  *, batch_size: int = 8, threshold: MeanRule = "mean", weight: Weight = "area",
                   grids: Grids = "primary", scores_dir: str | Path | None = None,
                   model_id: str = "", progress: bool = True) -> HeadScores:
     """`HeadScores` ``(N, L, H)`` for every head on every sample, in sample order.
@@ -79,7 +80,7 @@ def score_samples(model: nn.Module, processor: Any, adapter: Adapter, samples: S
 
 @torch.no_grad()
 def score_batch(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequence[Sample],
-                threshold: Threshold = "mean", weight: Weight = "area",
+                threshold: MeanRule = "mean", weight: Weight = "area",
                 grids: Grids = "primary") -> HeadScores:
     """`HeadScores` of one batch: one probe forward."""
     rows, layout = prefill_attention(model, processor, adapter, samples)
@@ -108,7 +109,7 @@ def prefill_attention(model: nn.Module, processor: Any, adapter: Adapter,
 
 def find_heads(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequence[Sample],
                *, model_id: str = "", top_k: int = 3, per_sample: int = 10,
-               tau: TauMode = "mean_curve", threshold: Threshold = "mean",
+               tau: TauMode = "mean_curve", threshold: MeanRule = "mean",
                weight: Weight = "area", grids: Grids = "primary",
                bottom_row_limit: float | None = None, skip_layers: Sequence[int] = (0, 1),
                batch_size: int = 8, scores_dir: str | Path | None = None,
@@ -132,7 +133,7 @@ def find_heads(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequ
     return HeadSpec.from_selection(model_id, selection, len(samples), settings)
 
 
-def _image_scores(rows: torch.Tensor, image: ImageLayout, threshold: Threshold, weight: Weight,
+def _image_scores(rows: torch.Tensor, image: ImageLayout, threshold: MeanRule, weight: Weight,
                   grids: Grids) -> tuple[np.ndarray, np.ndarray]:
     """``rows`` (L, H, K) -> (entropy, bottom-row max), each (L, H), on one image's grids."""
     chosen = image.grids if grids == "all" else image.grids[:1]
@@ -142,7 +143,7 @@ def _image_scores(rows: torch.Tensor, image: ImageLayout, threshold: Threshold, 
     return pooled_entropy(entropies, masses), maps[0][..., -1, :].max(-1)
 
 
-def _map_entropies(maps: np.ndarray, threshold: Threshold, weight: Weight) -> np.ndarray:
+def _map_entropies(maps: np.ndarray, threshold: MeanRule, weight: Weight) -> np.ndarray:
     """(L, H, rows, cols) -> (L, H) spatial entropies."""
     flat = maps.reshape(-1, *maps.shape[-2:])
     return np.array([spatial_entropy(m, threshold, weight) for m in flat]).reshape(maps.shape[:2])
@@ -170,7 +171,7 @@ def _gather(mine: dict[int, HeadScores], world: int) -> HeadScores:
 
 
 def _fingerprint(adapter: Adapter, samples: Sequence[Sample], batch_size: int,
-                 threshold: Threshold, weight: Weight, grids: Grids, model_id: str
+                 threshold: MeanRule, weight: Weight, grids: Grids, model_id: str
                  ) -> dict[str, Any]:
     """What the saved scores depend on: the model, the scoring settings, the ordered samples and
     the batches (padding changes the numbers in the last bits)."""
@@ -202,7 +203,7 @@ def _open_scores_dir(scores_dir: str | Path, fingerprint: dict[str, Any], write:
 
 
 def _load_or_score(model: nn.Module, processor: Any, adapter: Adapter, batch: Sequence[Sample],
-                   path: Path | None, threshold: Threshold, weight: Weight, grids: Grids
+                   path: Path | None, threshold: MeanRule, weight: Weight, grids: Grids
                    ) -> HeadScores:
     """The batch's scores from ``path`` if saved there, else scored (and saved when a path)."""
     scores = _cached(path, [s.id for s in batch], adapter)

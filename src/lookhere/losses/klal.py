@@ -104,9 +104,16 @@ def klal_per_sample(
     return torch.where(valid, per_sample, 0.0), valid
 
 
-def _layer_kl(log_rows: torch.Tensor, target: torch.Tensor, key_mask: torch.Tensor
+def head_mean(log_rows: torch.Tensor, key_mask: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(P || mean_h alpha_h): rows ``(..., B, H, Q, K)`` -> KL and validity ``(..., B, Q)``."""
+    """``log Q``, the paper's head-averaged attention over the visual keys, in log space.
+
+    Rows ``(..., B, H, Q, K)`` of attention log-probabilities -> ``log Q`` ``(..., B, Q, K)``:
+    each head's row renormalised over the valid keys (``key_mask`` (B, K)), averaged over the
+    heads that see some valid key; a key no head sees gets a floor value. Also the validity
+    ``(..., B, Q)``: some head sees some key. Shared by the loss and the attention ratio
+    (`lookhere.eval.runner`), so both read the same Q.
+    """
     x = log_rows.float().masked_fill(~key_mask[:, None, None, :], float("-inf"))
     head_ok = torch.isfinite(x).any(-1, keepdim=True)  # (..., B, H, Q, 1): some visual key seen
     # Rows with no finite entry go through logsumexp as zeros (its backward would be NaN on an
@@ -120,11 +127,17 @@ def _layer_kl(log_rows: torch.Tensor, target: torch.Tensor, key_mask: torch.Tens
     seen = torch.isfinite(log_alpha).any(-3)  # (..., B, Q, K)
     log_alpha = log_alpha.masked_fill(~seen.unsqueeze(-3), 0.0)
     log_q = torch.logsumexp(log_alpha, -3) - torch.log(n_heads.clamp(min=1))  # (..., B, Q, K)
-    log_q = torch.where(seen, log_q, _LOG_TINY)
+    return torch.where(seen, log_q, _LOG_TINY), n_heads[..., 0] > 0
+
+
+def _layer_kl(log_rows: torch.Tensor, target: torch.Tensor, key_mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(P || mean_h alpha_h): rows ``(..., B, H, Q, K)`` -> KL and validity ``(..., B, Q)``."""
+    log_q, ok = head_mean(log_rows, key_mask)
     p = target[:, None, :].float()  # (B, 1, K)
     log_p = torch.log(p.clamp(min=torch.finfo(torch.float32).tiny))
     kl = torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)  # (..., B, Q)
-    return kl, n_heads[..., 0] > 0
+    return kl, ok
 
 
 def _as_layers(log_attn: LayerRows) -> dict[int, torch.Tensor]:

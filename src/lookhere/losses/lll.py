@@ -146,12 +146,15 @@ def concept_log_probs(
     unembed: Unembed,
     chunk_size: int = 256,
     checkpoint: bool = True,
+    complement: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p(C | h), log(1 - p(C | h)))`` in fp32 for ``(N, D)`` hidden states.
 
     ``concept_ids``/``concept_mask`` are ``(N, M)`` (each token's concept ids; outputs
     ``(N,)``) or ``(N, C, M)`` (C concepts per token; outputs ``(N, C)``), every row with at
-    least one real id. Chunked and optionally checkpointed (see the module doc).
+    least one real id. Chunked and optionally checkpointed (see the module doc). The one chunked
+    unembedding of lookhere: the logit lens (`lookhere.lens.lens_log_probs`) reads it too, with
+    ``complement=False`` (the second output is then empty, ``(N, 0)``, and costs nothing).
     """
     if not bool(concept_mask.any(-1).all()):
         raise ValueError("concept_mask must mark at least one real id in every row")
@@ -168,17 +171,20 @@ def concept_log_probs(
         for start in range(0, hidden.shape[0], chunk_size):
             sl = slice(start, start + chunk_size)
             args = (hidden[sl], concept_ids[sl], concept_mask[sl])
-            fn = _ChunkLogProbs(unembed)
+            fn = _ChunkLogProbs(unembed, complement)
             parts.append(_checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
         out = (torch.cat([o[0] for o in parts]), torch.cat([o[1] for o in parts]))
-    return (out[0][:, 0], out[1][:, 0]) if squeeze else out
+    if squeeze:
+        return out[0][:, 0], (out[1][:, 0] if complement else out[1])
+    return out
 
 
 class _ChunkLogProbs:
     """One chunk: ``(n, D)`` hidden, ``(n, C, M)`` ids -> ``(n, C)`` log p and log(1 - p), fp32."""
 
-    def __init__(self, unembed: Unembed) -> None:
+    def __init__(self, unembed: Unembed, complement: bool = True) -> None:
         self.unembed = unembed
+        self.complement = complement
 
     def __call__(self, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +200,8 @@ class _ChunkLogProbs:
         n, c, m = ids.shape
         picked = logits.gather(1, ids.reshape(n, c * m)).reshape(n, c, m)
         lse_c = picked.masked_fill(~mask, float("-inf")).logsumexp(-1)  # (n, C)
+        if not self.complement:
+            return lse_c - lse[:, None], lse_c.new_zeros(n, 0)
         # one concept at a time: peak memory stays one (n, V) copy whatever C is
         rest = torch.stack([logits.scatter(1, ids[:, j], float("-inf")).logsumexp(-1)
                             for j in range(c)], 1)  # (n, C): the non-concept logits

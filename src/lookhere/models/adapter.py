@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from lookhere.data.prompt import ChatFormat
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
+from lookhere.models.prompt import ChatFormat
 
 ImageSizes = Sequence[Sequence[Any]]  # per sample: PIL images or (width, height) pairs
 
@@ -88,7 +89,7 @@ class Adapter(ABC):
     #: Whether one prompt may hold several images (the probe tests use 2 where allowed).
     multi_image: ClassVar[bool] = True
     #: The chat turn for processors without a chat template (the tiny ones); mirrors the
-    #: family's official template. Real checkpoints use their own template (data.prompt).
+    #: family's official template. Real checkpoints use their own template (models.prompt).
     chat: ClassVar[ChatFormat] = ChatFormat()
 
     def __init__(self, config: Any) -> None:
@@ -289,3 +290,49 @@ def block_layout(
 def _check_input_ids(input_ids: torch.Tensor) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError("input_ids must be a (batch, seq) tensor")
+
+
+def resolve_layers(layers: Sequence[int] | str | None, n: int) -> tuple[int, ...]:
+    """Layer indices in ``[0, n)``, in the given order, without duplicates (negative indices
+    count from the end); ``"all"`` or None: every layer. The one resolver of the probe, the
+    hidden-state capture, the lens and the head checks."""
+    if layers is None:
+        return tuple(range(n))
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers must be a list of layer indices or 'all', got {layers!r}")
+        return tuple(range(n))
+    out: list[int] = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, Integral) or not -n <= layer < n:
+            raise ValueError(f"layers: {layer!r} is not a layer of this {n}-layer language "
+                             f"model (valid: {-n}..{n - 1})")
+        if int(layer) % n not in out:
+            out.append(int(layer) % n)
+    if not out:
+        raise ValueError("layers must name at least one layer")
+    return tuple(out)
+
+
+def resolve_heads(heads: Sequence[Sequence[int]], n_layers: int, n_heads: int
+                  ) -> list[tuple[int, int]]:
+    """``(layer, head)`` int pairs, layers resolved as `resolve_layers` does (negative from the
+    end), each checked to exist; ValueError naming the pair otherwise."""
+    try:
+        pairs = [(_index(layer), _index(head)) for layer, head in heads]
+    except (TypeError, ValueError):
+        raise ValueError(f"heads must be (layer, head) pairs of integers, got {heads!r}") from None
+    if not pairs:
+        raise ValueError("heads must name at least one (layer, head)")
+    bad = [p for p in pairs if not (-n_layers <= p[0] < n_layers and 0 <= p[1] < n_heads)]
+    if bad:
+        raise ValueError(f"heads {bad} do not fit this model ({n_layers} layers x {n_heads} "
+                         "heads)")
+    return [(layer % n_layers, head) for layer, head in pairs]
+
+
+def _index(value: Any) -> int:
+    """An integer index (a float like 2.0 counts, 2.7 or True does not)."""
+    if isinstance(value, bool) or not isinstance(value, (Integral, float)) or int(value) != value:
+        raise ValueError(f"not an integer index: {value!r}")
+    return int(value)

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -30,6 +29,7 @@ from lookhere.models.adapter import (
     size_field,
 )
 from lookhere.models.layout import GridGeometry, VisualLayout
+from lookhere.models.prompt import ChatFormat
 
 BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
 SPECIAL_TOKENS = [BOI, EOI, IMAGE, "<start_of_turn>", "<end_of_turn>"]

@@ -26,7 +26,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -35,6 +34,7 @@ from lookhere.models.adapter import (
     size_field,
 )
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
+from lookhere.models.prompt import ChatFormat
 
 MAX_IMAGE_SIZE = 4096  # the processors' absolute bound on the resized image (image_processing_*.py)
 GLOBAL_TAG = "<global-img>"

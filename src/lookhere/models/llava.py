@@ -8,7 +8,6 @@ from typing import Any
 
 from torch import nn
 
-from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -20,6 +19,7 @@ from lookhere.models.adapter import (
     size_field,
 )
 from lookhere.models.layout import GridGeometry, VisualLayout
+from lookhere.models.prompt import ChatFormat
 
 
 @register_adapter

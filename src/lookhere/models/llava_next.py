@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -32,6 +31,7 @@ from lookhere.models.adapter import (
     size_field,
 )
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
+from lookhere.models.prompt import ChatFormat
 
 
 @dataclass(frozen=True)

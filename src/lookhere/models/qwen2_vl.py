@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
-from lookhere.data.prompt import ChatFormat
 from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
@@ -30,6 +29,7 @@ from lookhere.models.adapter import (
     size_field,
 )
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
+from lookhere.models.prompt import ChatFormat
 
 # Qwen's chat and vision markers; each image is <|vision_start|><|image_pad|><|vision_end|>.
 QWEN_SPECIAL_TOKENS = [

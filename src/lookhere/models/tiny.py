@@ -108,7 +108,7 @@ def build_tiny(family: str, size: str | TinySize | dict[str, Any] = "test", seed
 
     The model runs with SDPA attention and is in eval mode.
     """
-    from lookhere.models import adapter_class
+    from lookhere.models.adapter import adapter_class
 
     cls = adapter_class(family)
     torch.manual_seed(seed)

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from lookhere.data.prompt import chat_turn
 from lookhere.data.sample import Sample
 from lookhere.models.adapter import Adapter
+from lookhere.models.prompt import chat_turn
 from lookhere.probe import IGNORE_INDEX
 
 

@@ -1,6 +1,6 @@
 """Training with auxiliary grounding losses: config, the trainer, LoRA."""
 
-from lookhere.train.config import KLALConfig, LLLConfig
+from lookhere.losses.config import KLALConfig, LLLConfig
 from lookhere.train.lora import apply_lora
 from lookhere.train.trainer import GroundingTrainer
 

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lookhere.lens import HiddenCapture, capture_hidden
+from lookhere.capture import HiddenCapture, capture_hidden
+from lookhere.losses.config import KLALConfig, LLLConfig
 from lookhere.losses.klal import klal_loss
 from lookhere.losses.lll import lll_loss
-from lookhere.models.adapter import get_adapter, unwrap_model
+from lookhere.models.adapter import get_adapter, resolve_heads, unwrap_model
 from lookhere.probe import IGNORE_INDEX, AttentionProbe, query_positions
-from lookhere.train.config import KLALConfig, LLLConfig
 
 
 def klal_probe(model: nn.Module, inputs: Mapping[str, Any], aux: Mapping[str, Any],
@@ -48,8 +48,10 @@ def klal_term(probe: AttentionProbe, aux: Mapping[str, Any], config: KLALConfig)
             f"lookhere_target is {tuple(target.shape)} but the batch has "
             f"{tuple(probe.key_mask.shape)} visual keys: build targets from this batch's layout"
         )
+    heads = None if config.heads is None else resolve_heads(
+        config.heads, probe.adapter.num_layers, probe.adapter.num_heads)  # negative layers too
     return klal_loss(probe.rows, target, key_mask=probe.key_mask, query_mask=probe.query_mask,
-                     sample_mask=aux["has_target"].to(device), heads=config.heads)
+                     sample_mask=aux["has_target"].to(device), heads=heads)
 
 
 def lll_capture(model: nn.Module, inputs: Mapping[str, Any], config: LLLConfig | None

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
-from lookhere.data.collate import split_aux
-from lookhere.train.config import KLALConfig, LLLConfig
+from lookhere.collate import split_aux
+from lookhere.losses.config import KLALConfig, LLLConfig
 from lookhere.train.objective import klal_probe, klal_term, lll_capture, lll_term
 
 

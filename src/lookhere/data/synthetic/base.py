@@ -19,7 +19,7 @@ def register_task(cls: type[SyntheticTask]) -> type[SyntheticTask]:
     old = TASKS.get(cls.name)
     if old is not None and old.__qualname__ != cls.__qualname__:
         raise ValueError(f"task {cls.name!r} is already registered by {old.__qualname__}")
-    if old is not None:  # the same module run again as __main__ (python -m ...): keep the first
+    if old is not None:  # the same class registered again (a module reloaded): keep the first
         return cls
     TASKS[cls.name] = cls
     return cls
@@ -66,8 +66,6 @@ class SyntheticTask(ABC):
 
 def make_task(name: str, seed: int = 0, **config: Any) -> SyntheticTask:
     """A registered task by name, with config overrides."""
-    import lookhere.data.synthetic  # noqa: F401  (registers the built-in tasks)
-
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
     cls = TASKS[name]

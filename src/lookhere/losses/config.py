@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lookhere.data.collate import CONCEPT_SCOPES
+from lookhere.data.concepts import CONCEPT_SCOPES
 
 KLAL_QUERIES = ("last_answer", "answer_start", "all_answer")
 

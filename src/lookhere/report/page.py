@@ -29,10 +29,8 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
@@ -40,6 +38,7 @@ from PIL import Image
 
 from lookhere.io import atomic_path, write_json
 from lookhere.tables import pct, points
+from lookhere.viz import new_figure, save_figure
 
 LABELS = {"ntp": "NTP", "klal": "NTP+KLAL"}
 DELTA_HEADER = "Δ acc (KLAL − NTP)"
@@ -207,24 +206,6 @@ def _html_table(results: Mapping) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Figures.
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A constrained-layout figure on its own Agg canvas (no pyplot state)."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)  # explicit Agg canvas: no pyplot, nothing global to close
-    return fig
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Atomic save, the format taken from the path's suffix (.png, .pdf, .svg, ...)."""
-    path = Path(path)
-    fmt = path.suffix[1:].lower()
-    if fmt not in fig.canvas.get_supported_filetypes():
-        raise ValueError(f"path must end in an image suffix such as .png, got {str(path)!r}")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-    return path
 
 
 def _colours(keys: Iterable[str]) -> dict[str, str]:

@@ -12,10 +12,7 @@ returns the three pieces: the prompt, the answer's content text and the closing 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from lookhere.models.adapter import Adapter
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -41,9 +38,12 @@ class ChatTurn:
     end: str  # what closes the turn after the answer (end-of-turn marker, newline)
 
 
-def chat_turn(adapter: Adapter | type[Adapter], processor: Any, question: str,
+def chat_turn(adapter: Any, processor: Any, question: str,
               answer: str | None = None, n_images: int = 1) -> ChatTurn:
-    """The prompt (and answer pieces) for ``question`` with ``n_images`` images before it."""
+    """The prompt (and answer pieces) for ``question`` with ``n_images`` images before it.
+
+    ``adapter``: an `Adapter` or its class (its ``chat`` format and ``tiny_prompt``; not
+    imported here, the adapters import this module)."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"question must be a non-empty string, got {question!r}")
     if getattr(processor, "chat_template", None):
@@ -75,7 +75,7 @@ def _templated(processor: Any, question: str, answer: str | None, n_images: int)
     return ChatTurn(prompt, rest[:cut], rest[cut:])
 
 
-def prefill_prompt(adapter: Adapter | type[Adapter], processor: Any, text: str,
+def prefill_prompt(adapter: Any, processor: Any, text: str,
                    n_images: int = 1) -> str:
     """The user turn (images, then ``text``) cut right after ``text``: no end-of-turn and no
     assistant header, so the last token is the text's own (the localization-heads query,

@@ -30,19 +30,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from lookhere.data.prompt import chat_turn
-from lookhere.data.sample import Geometry, Sample
-from lookhere.lens import concept_ids
+from lookhere.data.concepts import concept_ids, sample_concepts
+from lookhere.data.sample import Sample
 from lookhere.models.adapter import Adapter
 from lookhere.models.layout import VisualLayout
+from lookhere.models.prompt import chat_turn
 from lookhere.probe import IGNORE_INDEX
 from lookhere.targets import TargetConfig, batch_target_cells, batch_targets, cell_coverage
 
 if TYPE_CHECKING:  # a runtime import would cycle: lookhere.train imports this module
-    from lookhere.train.config import LLLConfig
+    from lookhere.losses.config import LLLConfig
 
 AUX_PREFIX = "lookhere_"
 
@@ -91,62 +90,6 @@ class GroundingCollator:
 # --------------------------------------------------------------------------- Logit Lens Loss
 
 
-def sample_concept(sample: Sample, attributes: Sequence[str] = ("shape", "colour")
-                   ) -> tuple[str, Geometry] | None:
-    """The concept word of a sample and the region it names, or None when unknown.
-
-    - Samples with objects (Shapes: ``meta["objects"]``, each with ``shape``/``colour`` words and
-      its exact mask): the target objects are ``structured["object"]`` (REC) or
-      ``structured["objects"]`` (VQA). The word is the first of ``attributes`` that all targets
-      share (a VQA count by colour has no common shape, so it falls back to the colour). The
-      region is the mask of *every* object in the image with that word, not only the targets':
-      the lens of another circle rightly says "circle" and must not be penalised as outside.
-    - Other samples may name their concept as ``meta["concept"]``; the region is then the
-      sample's geometry, which must cover every instance of the concept in the image.
-    """
-    objects = sample.meta.get("objects")
-    if objects:
-        targets = sample.structured.get("objects", sample.structured.get("object"))
-        if targets is None:
-            return None
-        targets = [targets] if isinstance(targets, int) else list(targets)
-        for attr in attributes:
-            words = {objects[i].get(attr) for i in targets}
-            if len(words) == 1 and None not in words:
-                word = words.pop()
-                return word, Geometry(mask=_objects_mask(objects, attr, word, sample.image.size))
-        return None
-    word = sample.meta.get("concept")
-    if isinstance(word, str) and word.strip() and sample.geometry is not None \
-            and not sample.geometry.is_empty():
-        return word, sample.geometry
-    return None
-
-
-def sample_concepts(sample: Sample, attributes: Sequence[str] = ("shape", "colour"),
-                    scope: str = "image") -> list[tuple[str, Geometry]]:
-    """The (concept word, region) pairs LLL trains on for one sample.
-
-    ``scope="target"``: the `sample_concept` of the question's objects, if any. ``"image"``
-    (samples with ``meta["objects"]``): every distinct word of ``attributes`` among the image's
-    objects (in that order, then by first object), each with the union mask of the objects
-    carrying it; other samples fall back to ``"target"``.
-    """
-    if scope not in CONCEPT_SCOPES:
-        raise ValueError(f"scope must be one of {CONCEPT_SCOPES}, got {scope!r}")
-    objects = sample.meta.get("objects")
-    if scope == "image" and objects:
-        size = sample.image.size
-        return [(word, Geometry(mask=_objects_mask(objects, attr, word, size)))
-                for attr in attributes
-                for word in dict.fromkeys(o.get(attr) for o in objects) if word is not None]
-    found = sample_concept(sample, attributes)
-    return [] if found is None else [found]
-
-
-CONCEPT_SCOPES = ("target", "image")
-
-
 def lll_entries(layout: VisualLayout, samples: Sequence[Sample], tokenizer: Any,
                 config: LLLConfig) -> dict[str, torch.Tensor]:
     """The ``lookhere_lll_*`` entries and ``lookhere_has_concept`` for one batch (module doc)."""
@@ -176,19 +119,6 @@ def lll_entries(layout: VisualLayout, samples: Sequence[Sample], tokenizer: Any,
     return {"lookhere_lll_region": region, "lookhere_lll_valid": valid,
             "lookhere_lll_concepts": concepts, "lookhere_lll_concepts_mask": mask,
             "lookhere_has_concept": (mask.any(2) & (region.sum(2) > 0)).any(1)}
-
-
-def _objects_mask(objects: Sequence[dict[str, Any]], attr: str, word: str,
-                  image_size: tuple[int, int]) -> np.ndarray:
-    """(H, W) union of the masks of the objects whose ``attr`` is ``word``."""
-    from lookhere.data.synthetic.shapes import object_mask
-
-    w, h = image_size
-    mask = np.zeros((h, w), dtype=bool)
-    for o in objects:
-        if o.get(attr) == word:
-            mask |= object_mask(o, (w, h))
-    return mask
 
 
 def prompt_batch(adapter: Adapter, processor: Any, samples: Sequence[Sample]) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""What every ``lookhere`` command shares: argument types, exits on bad input, loading a model,
+a dataset folder or a HeadSpec the same way."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_device(p: argparse.ArgumentParser, prefix: str = "", suffix: str = "") -> None:
+    p.add_argument("--device", metavar="DEV",
+                   help=f"{prefix}torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "
+                        f"available, else cpu){suffix}")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def fail(message: str, prog: str = "lookhere eval") -> SystemExit:
+    """Exit 2 with argparse's message style (bad input, like a usage error)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def check_data(folder: Path, prog: str) -> None:
+    """A dataset folder from `lookhere data make`, or exit 2 saying what is wrong."""
+    from lookhere.data.disk import read_info
+
+    if not folder.is_dir():
+        raise fail(f"--data {folder} is not a folder", prog)
+    try:
+        read_info(folder)
+    except FileNotFoundError as err:
+        raise fail(f"--data: {err}; make one with `lookhere data make`", prog) from None
+
+
+def read_data(folder: Path, limit: int | None, prog: str) -> list[Any]:
+    """The first ``limit`` (all if None) samples of a dataset folder."""
+    from lookhere.data.disk import read_samples
+
+    check_data(folder, prog)
+    samples = list(itertools.islice(read_samples(folder), limit))
+    if not samples:
+        raise fail(f"--data {folder} holds no samples", prog)
+    return samples
+
+
+def resolve_device(device: str | None) -> str:
+    """``device``, or cuda when available, else cpu."""
+    if device is not None:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model_for_cli(path: str, device: str | None, prog: str) -> tuple[Any, Any, Any]:
+    """``(model, processor, adapter)`` on ``device`` (default cuda if available, else cpu), in
+    eval mode; exit 2 when the model cannot be loaded."""
+    import torch
+
+    from lookhere.models.loading import load_model
+
+    try:
+        dev = torch.device(resolve_device(device))
+    except RuntimeError as err:
+        raise fail(f"--device {device}: {err}", prog) from None
+    try:
+        model, processor, adapter = load_model(path)
+    except (OSError, ValueError) as err:  # no such folder, or an unsupported family
+        raise fail(f"--model {path}: {err}", prog) from None
+    return model.to(dev).eval(), processor, adapter
+
+
+def load_spec(path: Path, adapter: Any, prog: str) -> Any:
+    """The HeadSpec at ``path``, checked against the model; exit 2 when it does not fit."""
+    import numpy as np
+
+    from lookhere.heads.selection import HeadSpec
+
+    if not path.is_file():
+        raise fail(f"--heads {path}: no such file (make one with `lookhere heads find`)", prog)
+    try:
+        spec = HeadSpec.load(path)
+    except (ValueError, TypeError, KeyError) as err:  # JSON errors are ValueErrors
+        message = str(err) if str(path) in str(err) else f"{path}: {err}"
+        raise fail(f"--heads {message}", prog) from None
+    size = (adapter.num_layers, adapter.num_heads)
+    found_on = np.shape(spec.counts)
+    if len(found_on) == 2 and found_on != size:
+        raise fail(f"--heads {path}: found on a model of {found_on[0]} layers x {found_on[1]} "
+                   f"heads ({spec.model!r}); --model has {size[0]} x {size[1]}", prog)
+    bad = [h for h in spec.heads if not (0 <= h[0] < size[0] and 0 <= h[1] < size[1])]
+    if not spec.heads or bad:
+        raise fail(f"--heads {path}: heads {bad or '[]'} do not fit --model ({size[0]} layers "
+                   f"x {size[1]} heads)", prog)
+    return spec
+
+
+def load_refiner(path: str | None, device: str | None, prog: str) -> Any:
+    """A `SamRefiner` from ``path`` (None: no refiner)."""
+    if path is None:
+        return None
+    from lookhere.heads.refine import SamRefiner
+
+    try:
+        return SamRefiner.from_pretrained(path, device=resolve_device(device))
+    except (OSError, ValueError) as err:
+        raise fail(f"--sam {path}: {err}", prog) from None
+
+
+def parse_grid(text: str) -> str | int:
+    """``--grid``: a grid's index when digits, else its name (or "primary")."""
+    return int(text) if text.isdigit() else text
