@@ -73,3 +73,19 @@ def test_logit_lens_modules(family):
             handle.remove()
         lens = adapter.lm_head(model)(norm(captured["h"]))
     torch.testing.assert_close(lens, logits)
+
+
+def test_resolve_layers_and_heads():
+    """The one resolver of layer indices: negative from the end, order kept, duplicates dropped,
+    None or "all" for every layer; heads are integer (layer, head) pairs that exist."""
+    from lookhere.models.adapter import resolve_heads, resolve_layers
+
+    assert resolve_layers([-1, 0, 3, -4], 4) == (3, 0)
+    assert resolve_layers(None, 3) == resolve_layers("all", 3) == (0, 1, 2)
+    for bad in ([4], [-5], [True], [1.5], []):
+        with pytest.raises(ValueError, match="layer"):
+            resolve_layers(bad, 4)
+    assert resolve_heads([(-1, 2), (0, 0), [2.0, 1]], 4, 3) == [(3, 2), (0, 0), (2, 1)]
+    for bad in ([(2.7, 1)], [(True, 0)], [(0, 3)], [(4, 0)], [(-5, 0)], [], [(1,)]):
+        with pytest.raises(ValueError, match="heads"):
+            resolve_heads(bad, 4, 3)

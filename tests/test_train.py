@@ -894,3 +894,21 @@ def test_lll_errors(tmp_path):
     trainer.data_collator = GroundingCollator(processor, get_adapter(model))
     with pytest.raises(KeyError, match="lll_region"):
         trainer.train()
+
+
+def test_klal_heads_take_negative_layers():
+    """KLALConfig.heads names layers as everything else does: (-1, h) is (L - 1, h), the same
+    loss as naming the last layer by its index (one resolver, models.adapter.resolve_heads)."""
+    from lookhere.train.objective import klal_probe, klal_term
+
+    model, processor = build_tiny("llava", "test", seed=0)
+    adapter = get_adapter(model)
+    inputs, aux = split_aux(GroundingCollator(processor, adapter)(samples(4)))
+    last = adapter.num_layers - 1
+    values = []
+    for heads in (((-1, 1), (0, 0)), ((last, 1), (0, 0))):
+        cfg = KLALConfig(heads=heads)
+        with torch.no_grad(), klal_probe(model, inputs, aux, cfg) as probe:
+            model(**inputs)
+            values.append(klal_term(probe, aux, cfg))
+    assert torch.isfinite(values[0]) and torch.equal(values[0], values[1])
