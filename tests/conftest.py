@@ -20,6 +20,7 @@ from lookhere.models import adapter_class, build_tiny, families  # noqa: E402
 FAMILIES = families()
 _CACHE: dict = {}
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # shared by the test folders
 
 
 def torchrun(args: list, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:

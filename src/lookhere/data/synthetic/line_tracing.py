@@ -4,8 +4,8 @@ K smooth curves of one colour run from lettered start markers (A, B, ...) to num
 (1, 2, ...) and cross each other, so only following the queried curve answers the question.
 Letters and numbers are random permutations over the marker positions and curves bend through
 random control points, so neither the letter, the marker positions, the curve's initial
-direction nor simple image statistics give the answer away (tests/test_synthetic_line_tracing.py
-measures those shortcuts).
+direction nor simple image statistics give the answer away
+(tests/data/test_synthetic_line_tracing.py measures those shortcuts).
 
 Layouts: ``sides`` (default) puts the starts on one side of the image and the ends on the opposite
 side, in one of the square's 8 orientations, with curves that never turn back; ``scatter`` puts

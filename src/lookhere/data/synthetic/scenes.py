@@ -289,12 +289,15 @@ class ScenesTask(SyntheticTask):
 
 def caption(objs: list[dict[str, Any]], markers: list[dict[str, Any]], side: int,
             rng: np.random.Generator | None = None) -> str:
-    """Every object and marker of a scene with its box, left to right ("caption" mode's answer).
+    """Every object and marker of a scene with its box ("caption" mode's answer).
 
-    With ``rng``, each object is named in one of two word orders, "a small red square" or "a
-    small square, red": a caption then asks for the shape after its colour *and* for the colour
-    after its shape, the two lookups of the colour and shape questions (with one fixed order the
-    language model only ever learns the first; docs/methods.md, "Pretraining").
+    Without ``rng``: left to right, "a small red square at [...]". With ``rng`` (the alignment
+    data): in a random order, each object named in one of two word orders, "a small red square"
+    or "a small square, red,". Both choices make the caption a lesson in *binding*: in a fixed
+    left-to-right order the next object's words can be read off a spatial scan (the object right
+    of the last one), never found by what they name; in a random order, "square, ->red" and
+    "red square at ->[box]" must be looked up by content, the lookup the colour, shape and REC
+    questions need (docs/methods.md, "Pretraining").
     """
     def name(o: dict[str, Any]) -> str:
         if rng is not None and rng.random() < 0.5:
@@ -304,7 +307,10 @@ def caption(objs: list[dict[str, Any]], markers: list[dict[str, Any]], side: int
     items = [(o["box"], f"{name(o)} at {render_box(o['box'], (side, side))}") for o in objs]
     items += [(m["box"], f"a marker {m['char']} at {render_box(m['box'], (side, side))}")
               for m in markers]
-    items.sort(key=lambda it: (it[0][0] + it[0][2], it[0][1]))
+    if rng is None:
+        items.sort(key=lambda it: (it[0][0] + it[0][2], it[0][1]))
+    else:
+        items = [items[i] for i in rng.permutation(len(items))]
     return "; ".join(t for _, t in items) + "."
 
 

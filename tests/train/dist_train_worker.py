@@ -1,6 +1,6 @@
 """torchrun worker of ``test_train_distributed.py``: trains a fresh tiny LLaVA with NTP + KLAL.
 
-    torchrun --nproc_per_node 2 tests/dist_train_worker.py OUT
+    torchrun --nproc_per_node 2 tests/train/dist_train_worker.py OUT
 
 Every rank writes ``OUT/samples-<rank>.json`` (the sample ids of each of its micro-batches);
 rank 0 also writes ``OUT/logs.json`` (the per-step log entries, averaged over the ranks by the

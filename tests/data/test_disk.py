@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import datasets
 import numpy as np
 import pytest
+from conftest import FIXTURES
 from PIL import Image
 
 from lookhere.cli import main
@@ -94,9 +95,8 @@ def test_task_sheet_mix_and_docs_cli(tmp_path, monkeypatch):
 
 def test_cli_convert_refs(tmp_path):
     import shutil
-    from pathlib import Path
 
     src = tmp_path / "refs(unc).p"
-    shutil.copy(Path(__file__).parent / "fixtures/refer/refcoco/refs(unc).p", src)
+    shutil.copy(FIXTURES / "refer/refcoco/refs(unc).p", src)
     assert main(["data", "convert-refs", str(src), str(tmp_path / "refs(unc).json")]) == 0
     assert (tmp_path / "refs(unc).json").exists()

@@ -1,6 +1,6 @@
 """torchrun worker of ``test_heads_distributed.py``: a sharded, resumable head search.
 
-    torchrun --nproc_per_node 2 tests/heads_dist_worker.py OUT
+    torchrun --nproc_per_node 2 tests/heads/heads_dist_worker.py OUT
 
 Each rank searches a fresh tiny LLaVA (seed 0, built identically everywhere) on the same Shapes
 REC samples with ``scores_dir=OUT/scores``, then searches again (everything is on disk now).

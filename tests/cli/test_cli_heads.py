@@ -6,11 +6,10 @@ and bad input exits 2 with the command's name."""
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import torchrun
+from conftest import FIXTURES, torchrun
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -27,7 +26,7 @@ from lookhere.models.tiny import save_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REFER = Path(__file__).parent / "fixtures" / "refer"
+REFER = FIXTURES / "refer"
 N = 6
 
 

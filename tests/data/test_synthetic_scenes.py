@@ -156,6 +156,29 @@ def test_caption_names_every_object_in_both_orders():
     assert orders == {True, False}
 
 
+def _centres(text):
+    """x centres of the boxes of a caption, in the caption's order."""
+    return [float(a) + float(b) for a, _, b, _ in
+            re.findall(r"at \[(\d\.\d\d), (\d\.\d\d), (\d\.\d\d), (\d\.\d\d)\]", text)]
+
+
+def test_caption_order_is_random_not_left_to_right():
+    """Alignment captions list the objects in a random order (a left-to-right scan would let the
+    model read the next object's words off its position instead of looking them up); without an
+    rng, `caption` keeps the left-to-right order."""
+    from lookhere.data.synthetic.scenes import caption
+
+    task = make_task("scenes", seed=0, mode="caption", marker_prob=0.0)
+    sorted_count = 0
+    for i in range(40):
+        s = task.sample(i)
+        xs = _centres(s.answer)
+        sorted_count += xs == sorted(xs)
+        plain = _centres(caption(s.meta["objects"], [], s.image.size[0]))
+        assert len(plain) == len(s.meta["objects"]) and plain == sorted(plain)
+    assert sorted_count < 30  # 2-5 objects in a random order: sorted well under 3 times in 4
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="mode"):
         ScenesConfig(mode="klal")

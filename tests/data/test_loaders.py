@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import FIXTURES
 from PIL import Image
 from scipy import ndimage
 
@@ -25,7 +26,7 @@ from lookhere.data import pixmo_points as pp
 from lookhere.data import refcoco as rc
 from lookhere.data import safe_pickle
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = FIXTURES
 REFER = FIX / "refer"
 REFS_P = REFER / "refcoco" / "refs(unc).p"
 REFS_JSON = REFER / "refcoco" / "refs(unc).json"

@@ -1,9 +1,9 @@
 """``lookhere eval`` on predictions files, against datasets made with ``lookhere data make``."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 from pycocotools import mask as mask_utils
 
 from lookhere.cli import main
@@ -152,7 +152,7 @@ def test_eval_needs_data_without_a_subcommand(tmp_path, capsys):
         capsys.readouterr().err
 
 
-REFER = str(Path(__file__).parent / "fixtures" / "refer")
+REFER = str(FIXTURES / "refer")
 
 
 @pytest.mark.parametrize("args,message", [
