@@ -167,6 +167,12 @@ def test_chat_template_path():
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("template", [
+    # the reply's header differs from the generation prompt's
+    LLAVA_TEMPLATE.replace("{% else %}ASSISTANT: {% for", "{% else %}BOT: {% for"),
+    # the reply drops the answer
+    LLAVA_TEMPLATE.replace("{{ c['text'] }}{% endfor %}</s>", "{% endfor %}</s>"),
+])
 def test_chat_template_inconsistent(template):
     model, plain = tiny("llava")
     templated = copy.deepcopy(plain)

@@ -204,6 +204,7 @@ def test_line_balance_by_parity():
 
 @pytest.mark.parametrize("cfg", [dict(image_size=112), dict(image_size=96, num_lines_min=4,
                                                             num_lines_max=6)])
+@pytest.mark.slow
 def test_line_answers_independent(cfg):
     task = LineIntersectionTask(seed=2, **cfg)
     c = task.config

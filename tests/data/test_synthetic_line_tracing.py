@@ -295,6 +295,7 @@ def _segment_choice(curve_px, start, ends, r) -> int:
     return int(np.argmax(scores))
 
 
+@pytest.mark.slow
 def test_shortcuts_near_chance(samples):
     acc = _shortcut_accuracies(samples)
     chance = acc.pop("chance")

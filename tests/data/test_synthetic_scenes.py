@@ -192,6 +192,7 @@ def _digest(sample):
     return hashlib.sha256(np.asarray(sample.image).tobytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_pretraining_never_sees_test_splits():
     """Images of the pretraining stream (each stage's start) against the experiments' held-out
     splits at the same image size: none shared."""

@@ -242,6 +242,7 @@ def _check_masks(s):
     return taken
 
 
+@pytest.mark.slow
 def test_masks_boxes_colours(rec_samples, vqa_samples):
     for s in rec_samples + vqa_samples[:200]:
         _check_masks(s)

@@ -43,6 +43,7 @@ def test_splits_are_disjoint_and_deterministic():
         assert not {s.image.tobytes() for s in train} & {s.image.tobytes() for s in test}
 
 
+@pytest.mark.slow
 def test_demo_writes_report(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     monkeypatch.setitem(tiny.TINY_SIZES, "test4", replace(tiny.TINY_SIZES["test"], layers=4,

@@ -58,6 +58,7 @@ def test_stability_by_hand():
     assert stability([a])["mean_overlap"] == 1.0
 
 
+@pytest.mark.slow
 def test_run_records_every_condition(tmp_path):
     cfg = tiny_config()
     seen = []

@@ -63,6 +63,7 @@ def test_rerun_skips_finished_stages_and_pins_settings(finished):
         run(dataclasses.replace(CFG, seed=1), out, progress=False)
 
 
+@pytest.mark.slow
 def test_resumes_from_last_checkpoint(finished, tmp_path, monkeypatch):
     """Killed after checkpoint-2, the rerun trains only step 3 and logs what an uninterrupted
     run logs (the data are a function of the index; the Trainer restores its RNG states)."""
@@ -95,6 +96,7 @@ def test_later_stage_needs_the_earlier_one(tmp_path):
         run(CFG, tmp_path, stages=["align"], progress=False)
 
 
+@pytest.mark.slow
 def test_next_token_prediction_only(tmp_path, monkeypatch):
     """No KLAL or LLL term can enter pretraining: their entry points fail if called, and the
     batches carry no lookhere_ entries (targets, regions) to compute them from."""
@@ -229,6 +231,7 @@ def test_torchrun_two_processes(tmp_path):
         assert [r["step"] for r in record["log"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision(tmp_path):
     """--bf16 (a GPU's setting) runs through the same Trainer path; here on CPU autocast."""
     cfg = dataclasses.replace(CFG, bf16=True, vision=StageConfig(2, 1e-3, 2),

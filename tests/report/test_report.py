@@ -145,6 +145,7 @@ def test_attention_maps_png(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.png", "one.png"]
 
 
+@pytest.mark.slow
 def test_attention_maps_draw_predicted_boxes(tmp_path):
     ex = _examples()
     plain = np.asarray(Image.open(plot_attention_maps(ex, tmp_path / "a.png")).convert("RGB"))

@@ -51,6 +51,7 @@ def test_train_every_family(family, tmp_path):
         assert e["loss"] == pytest.approx(e["ntp_loss"] + 1.0 * e["klal_loss"], rel=1e-5), e
 
 
+@pytest.mark.slow
 def test_klal_moves_attention_to_target(tmp_path):
     model, processor = build_tiny("llava", "test", seed=0)
     ss = samples(8)
@@ -69,6 +70,7 @@ def test_klal_moves_attention_to_target(tmp_path):
     assert ratio1 > 2 * ratio0 and ratio1 > 2, (ratio0, ratio1)
 
 
+@pytest.mark.slow
 def test_monitored_klal_is_not_trained_on(tmp_path):
     runs = {}
     for name, klal in [("monitor", KLALConfig(weight=0, monitor=True)),
@@ -113,6 +115,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
     assert acc_logs[0]["loss"] == pytest.approx(full_logs[0]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_matches(tmp_path):
     runs = []
     for ckpt in (False, True):
@@ -218,6 +221,14 @@ def test_resume_from_checkpoint(resumed_runs):
             assert a[k] == pytest.approx(b[k], rel=1e-6), (k, a, b)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"weight": -1.0}, "weight"),
+    ({"weight": float("nan")}, "weight"),
+    ({"weight": float("inf")}, "weight"),
+    ({"query": "first_answer"}, "query"),
+    ({"layers": ()}, "layers"),
+    ({"heads": ()}, "heads"),
+])
 def test_klal_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         KLALConfig(**kwargs)

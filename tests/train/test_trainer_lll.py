@@ -80,6 +80,7 @@ def test_lll_reaches_the_visual_path():
         assert grads and all(g is not None and g.abs().max() > 0 for g in grads), prefix
 
 
+@pytest.mark.slow
 def test_lll_decreases_on_shapes(tmp_path):
     model, processor = build_tiny("llava", "test", seed=0)
     ss = shapes_samples(8)
@@ -135,6 +136,7 @@ def test_klal_and_lll_together(tmp_path):
             e["ntp_loss"] + 2.0 * e["klal_loss"] + 3.0 * e["lll_loss"], rel=1e-5), e
 
 
+@pytest.mark.slow
 def test_lll_off_or_monitored_leaves_training_unchanged(tmp_path):
     """lll=None (the current behaviour), LLL at weight 0, and LLL monitored give the same
     updates and losses on the same LLL batches; only the monitored run logs lll_loss."""
@@ -158,6 +160,7 @@ def test_lll_off_or_monitored_leaves_training_unchanged(tmp_path):
             torch.testing.assert_close(other[n], params[n], rtol=0, atol=0, msg=n)
 
 
+@pytest.mark.slow
 def test_lll_gradient_accumulation_and_checkpointing_match(tmp_path):
     """transformers checkpoints a layer's forward, not its call, so the capture's hook sees the
     checkpointed output even under reentrant checkpointing."""
@@ -192,6 +195,18 @@ def test_lll_bf16(tmp_path):
         assert e["lll_loss"] > 0
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"weight": -1.0}, "weight"),
+    ({"weight": float("inf")}, "weight"),
+    ({"beta": float("nan")}, "beta"),
+    ({"layer": 1.5}, "layer"),
+    ({"region_threshold": 0.0}, "region_threshold"),
+    ({"region_threshold": 1.5}, "region_threshold"),
+    ({"concept": ("size",)}, "concept"),
+    ({"concept": ()}, "concept"),
+    ({"token_rule": "last"}, "token_rule"),
+    ({"chunk_size": 0}, "chunk_size"),
+])
 def test_lll_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LLLConfig(**kwargs)
