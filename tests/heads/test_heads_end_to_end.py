@@ -2,15 +2,14 @@
 equal those from eager attention maps of the same heads, on every grid of every family; pixel
 masks come from the upsampled grid mask or from a (tiny random SAM) refiner."""
 
-import copy
 from dataclasses import replace
 from functools import cache
 
 import numpy as np
 import pytest
-import torch
 from conftest import FAMILIES
 from test_heads_refine import tiny_sam
+from test_heads_search import eager_reference
 
 from lookhere.data.synthetic import make_task
 from lookhere.heads.grounding import ground
@@ -20,7 +19,6 @@ from lookhere.heads.search import find_heads
 from lookhere.heads.selection import HeadSpec
 from lookhere.maps import pixel_mask
 from lookhere.models import build_tiny, get_adapter
-from lookhere.models.prompt import prefill_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HEADS = [(3, 1), (2, 0), (3, 3)]  # layers 2-3 of a 4-layer model, in no sorted order
@@ -52,18 +50,10 @@ def eager_maps(family, sample, heads):
     """{grid name: ((k, rows, cols) maps, geometry)} from eager ``output_attentions``, one
     sample at a time (no padding), the last text token's row over the image's visual tokens."""
     model, processor, adapter = four_layers(family)
-    ref = copy.deepcopy(model)
-    ref.set_attn_implementation("eager")
-    images = [[sample.image]]
-    batch = adapter.process(processor, [prefill_prompt(adapter, processor, sample.question)],
-                            images, padding=True)
-    with torch.no_grad():
-        att = ref(**batch, output_attentions=True).attentions
-    vis = adapter.visual_positions(batch["input_ids"])[0]
+    rows, grids = eager_reference(model, processor, adapter, sample)  # (L, H, K), grids
     out = {}
-    for grid in adapter.layout(batch, images, processor).samples[0].images[0].grids:
-        maps = [grid.to_grid(att[layer][0, head, -1, vis].double()).numpy()
-                for layer, head in heads]
+    for grid in grids:
+        maps = [grid.to_grid(rows[layer, head]).numpy() for layer, head in heads]
         out[grid.name] = (np.stack(maps), grid.geometry)
     return out
 
