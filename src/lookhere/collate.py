@@ -62,14 +62,10 @@ class GroundingCollator:
         tok = self.processor.tokenizer
         turns = [chat_turn(self.adapter, self.processor, s.question, s.answer, 1)
                  for s in samples]
-        enc = _process(self.adapter, self.processor, [t.prompt for t in turns], samples, "right")
-        answers, ends = [], []
-        for t in turns:
-            answers.append(tok(t.answer, add_special_tokens=False)["input_ids"])
-            end = tok(t.end, add_special_tokens=False)["input_ids"] if t.end else []
-            if not t.end.strip():  # the template does not close the turn: stop with EOS
-                end = end + [tok.eos_token_id]
-            ends.append(end)
+        enc = process_prompts(self.adapter, self.processor, [t.prompt for t in turns], samples,
+                              "right")
+        answers = [tok(t.answer, add_special_tokens=False)["input_ids"] for t in turns]
+        ends = [end_ids(tok, t.end) for t in turns]
         batch = _append_answers(enc, answers, ends, tok.pad_token_id)
         layout = None
         if self.targets or self.lll is not None:
@@ -124,7 +120,7 @@ def lll_entries(layout: VisualLayout, samples: Sequence[Sample], tokenizer: Any,
 def prompt_batch(adapter: Adapter, processor: Any, samples: Sequence[Sample]) -> dict[str, Any]:
     """Left-padded generation prompts (chat turn up to the assistant header) for ``samples``."""
     prompts = [chat_turn(adapter, processor, s.question).prompt for s in samples]
-    return dict(_process(adapter, processor, prompts, samples, "left"))
+    return dict(process_prompts(adapter, processor, prompts, samples, "left"))
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
@@ -139,8 +135,16 @@ def split_aux(batch: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     return inputs, aux
 
 
-def _process(adapter: Adapter, processor: Any, prompts: list[str], samples: Sequence[Sample],
-             side: str) -> Any:
+def end_ids(tokenizer: Any, end: str) -> list[int]:
+    """Token ids that close an assistant turn: the template's end text, or EOS when the template
+    does not close the turn (its end is empty or whitespace)."""
+    ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+    return ids if end.strip() else ids + [tokenizer.eos_token_id]
+
+
+def process_prompts(adapter: Adapter, processor: Any, prompts: list[str],
+                    samples: Sequence[Sample], side: str) -> Any:
+    """The processor on ``prompts`` and each sample's image, padded on ``side``."""
     tok = processor.tokenizer
     saved = tok.padding_side
     tok.padding_side = side

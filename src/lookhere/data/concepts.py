@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lookhere.data.sample import Geometry, Sample
+from lookhere.data.synthetic.shapes import object_mask
 
 Rule = Literal["first", "sum"]
 RULES: tuple[str, ...] = ("first", "sum")
@@ -79,8 +80,6 @@ def sample_concepts(sample: Sample, attributes: Sequence[str] = ("shape", "colou
 def _objects_mask(objects: Sequence[dict[str, Any]], attr: str, word: str,
                   image_size: tuple[int, int]) -> np.ndarray:
     """(H, W) union of the masks of the objects whose ``attr`` is ``word``."""
-    from lookhere.data.synthetic.shapes import object_mask
-
     w, h = image_size
     mask = np.zeros((h, w), dtype=bool)
     for o in objects:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from lookhere.collate import end_ids, process_prompts
 from lookhere.data.sample import Sample
 from lookhere.models.adapter import Adapter
 from lookhere.models.prompt import chat_turn
@@ -51,12 +52,8 @@ class ConversationCollator:
             rests.append([chat_turn(self.adapter, self.processor, q, a, n_images=0)
                           for q, a in turns[1:]])
         tok = self.processor.tokenizer
-        saved, tok.padding_side = tok.padding_side, "right"
-        try:
-            enc = self.adapter.process(self.processor, [t.prompt for t in firsts],
-                                       [[s.image] for s in samples], padding=True)
-        finally:
-            tok.padding_side = saved
+        enc = process_prompts(self.adapter, self.processor, [t.prompt for t in firsts], samples,
+                              "right")
         ids, attn = enc["input_ids"], enc["attention_mask"]  # (B, L)
         rows = []
         for b, first in enumerate(firsts):
@@ -65,7 +62,7 @@ class ConversationCollator:
             for i, turn in enumerate([first, *rests[b]]):
                 if i:
                     pieces.append((self._encode(turn.prompt), False))
-                pieces.append((self._encode(turn.answer) + self._end(turn.end), True))
+                pieces.append((self._encode(turn.answer) + end_ids(tok, turn.end), True))
             rows.append(pieces)
         out = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         out.update(_pad(rows, tok.pad_token_id))
@@ -73,11 +70,6 @@ class ConversationCollator:
 
     def _encode(self, text: str) -> list[int]:
         return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _end(self, end: str) -> list[int]:
-        tok = self.processor.tokenizer
-        ids = self._encode(end) if end else []
-        return ids + [tok.eos_token_id] if not end.strip() else ids
 
 
 def _pad(rows: list[list[tuple[list[int], bool]]], pad_id: int) -> dict[str, torch.Tensor]:
