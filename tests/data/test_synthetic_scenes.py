@@ -10,6 +10,8 @@ import pytest
 
 from lookhere.data.synthetic import make_task
 from lookhere.data.synthetic.scenes import (
+    BOX_BINS,
+    BOX_EDGES,
     COLOUR_CLASSES,
     GLYPH_CLASSES,
     MARKER_INK,
@@ -137,6 +139,22 @@ def test_vision_labels_match_pixels():
     for m in s.meta["markers"]:
         cx, cy = int(m["cx"]) // 8, int(m["cy"]) // 8
         assert GLYPH_CLASSES[labels["glyph"][12 * cy + cx]] in (m["char"], "none")
+
+
+def test_vision_box_labels_are_the_object_boxes():
+    """Each cell under an object's centre predicts that object's box: every edge in its bin,
+    recomputed here from the pixel box; cells on nothing carry class 0."""
+    task = make_task("scenes", seed=0, mode="vision")
+    for i in range(6):
+        s = task.sample(i)
+        labels = s.meta["patch_labels"]
+        for o in s.meta["objects"]:
+            r, c = int(o["cy"]) // 8, int(o["cx"]) // 8
+            for e, v in zip(BOX_EDGES, o["box"], strict=True):
+                want = 1 + min(BOX_BINS - 1, int(BOX_BINS * v / 96))
+                assert labels[f"box_{e}"][12 * r + c] == want
+        empty = [k for k in range(144) if labels["colour"][k] == 0]
+        assert empty and all(labels["box_x0"][k] == 0 for k in empty)
 
 
 def test_caption_names_every_object_in_both_orders():

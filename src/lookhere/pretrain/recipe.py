@@ -71,7 +71,7 @@ class PretrainConfig:
     data_seed: int = field(default=0, metadata={"help": "Seed of the Scenes generator."})
     vision: StageConfig = field(default_factory=lambda: StageConfig(1500, 2e-3, 32))
     align: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3, 16))
-    instruct: StageConfig = field(default_factory=lambda: StageConfig(3000, 1e-3, 16))
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(5000, 1e-3, 16))
     turns: int = field(default=4, metadata={
         "help": "Most questions per instruction sample, one conversation about one image."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every this many steps."})

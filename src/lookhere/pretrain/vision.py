@@ -2,7 +2,8 @@
 
 Every patch token of the CLIP tower's last layer (the features LLaVA reads with
 ``vision_feature_layer=-1``) predicts, through one linear head per label map, the colour, shape,
-size and glyph class of its cell (`scenes.patch_labels`). The heads are discarded after the
+size and glyph class of its cell and, as FCOS does for detection, the box of the object it lies
+on (each edge as one of `BOX_BINS` bins; `scenes.patch_labels`). The heads are discarded after the
 stage; only the tower is kept. Why dense labels rather than CLIP's contrastive captions:
 docs/methods.md, "Pretraining".
 """
@@ -18,6 +19,8 @@ from torch import nn
 
 from lookhere.data.sample import Sample
 from lookhere.data.synthetic.scenes import (
+    BOX_BINS,
+    BOX_EDGES,
     COLOUR_CLASSES,
     GLYPH_CLASSES,
     SHAPE_CLASSES,
@@ -25,7 +28,8 @@ from lookhere.data.synthetic.scenes import (
 )
 
 LABEL_CLASSES = {"colour": len(COLOUR_CLASSES), "shape": len(SHAPE_CLASSES),
-                 "size": len(SIZE_CLASSES), "glyph": len(GLYPH_CLASSES)}
+                 "size": len(SIZE_CLASSES), "glyph": len(GLYPH_CLASSES),
+                 **{f"box_{e}": BOX_BINS + 1 for e in BOX_EDGES}}
 
 
 class DensePatchObjective(nn.Module):

@@ -6,8 +6,8 @@ letter/number **markers** (a 5x7 glyph on a white tile) and dark **curves** that
 marker to an object. Every sample is one of three modes:
 
 - ``"vision"``: no question; ``meta["patch_labels"]`` holds the dense per-patch labels of the
-  vision stage (colour, shape, size and glyph class of each ``patch_size`` cell, see
-  `patch_labels`);
+  vision stage (colour, shape, size and glyph class of each ``patch_size`` cell, and the box of
+  the object or marker it lies on, each edge in `BOX_BINS` bins, see `patch_labels`);
 - ``"caption"``: "Describe the image." answered with every object and marker, left to right,
   each with its box in LLaVA-1.5's ``[x0, y0, x1, y1]`` form (the alignment stage);
 - ``"instruct"``: one question from the skill mix (`SKILLS`): colour, shape, size and count
@@ -55,6 +55,10 @@ COLOUR_CLASSES = ("background", *PALETTE, "marker", "curve")
 SHAPE_CLASSES = ("background", *SHAPES, "marker", "curve")
 SIZE_CLASSES = ("background", "small", "medium", "large")
 GLYPH_CLASSES = ("none", *GLYPHS)
+#: the box edges a cell predicts (FCOS-style dense boxes), each in BOX_BINS bins of the side;
+#: class 0 is "on no object", class b + 1 is bin b
+BOX_EDGES = ("x0", "y0", "x1", "y1")
+BOX_BINS = 24
 _MAX_TRIES = 100
 
 
@@ -213,7 +217,8 @@ class ScenesTask(SyntheticTask):
 
     def _render(self, rng: np.random.Generator, objs, masks, markers, curves
                 ) -> tuple[Image.Image, dict[str, np.ndarray]]:
-        """The image, and per-pixel class maps (colour, shape, size, glyph) of the same pixels."""
+        """The image, and per-pixel class maps (colour, shape, size, glyph, and the four box-edge
+        bins of the object or marker under the pixel) of the same pixels."""
         s = self.config.image_size
         image = self._shapes.render(rng, objs, masks)  # background and objects
         # Curves go under the objects (they end at an object's edge) and over the background.
@@ -228,11 +233,14 @@ class ScenesTask(SyntheticTask):
         arr[curve] = CURVE_RGB
         colour = np.zeros((s, s), np.int64)
         shape, size, glyphs = colour.copy(), colour.copy(), colour.copy()
+        edges = {f"box_{e}": colour.copy() for e in BOX_EDGES}
         colour[curve], shape[curve] = len(COLOUR_CLASSES) - 1, len(SHAPE_CLASSES) - 1
         for o, m in zip(objs, masks, strict=True):
             colour[m] = COLOUR_CLASSES.index(o["colour"])
             shape[m] = SHAPE_CLASSES.index(o["shape"])
             size[m] = SIZE_CLASSES.index(o["size"])
+            for e, b in zip(BOX_EDGES, box_bins(o["box"], s), strict=True):
+                edges[f"box_{e}"][m] = b
         image = Image.fromarray(arr, "RGB")
         draw = ImageDraw.Draw(image)
         for mk in markers:
@@ -244,7 +252,9 @@ class ScenesTask(SyntheticTask):
             colour[y0:y1, x0:x1] = COLOUR_CLASSES.index("marker")
             shape[y0:y1, x0:x1] = SHAPE_CLASSES.index("marker")
             glyphs[y0:y1, x0:x1] = GLYPH_CLASSES.index(mk["char"])
-        return image, {"colour": colour, "shape": shape, "size": size, "glyph": glyphs}
+            for e, b in zip(BOX_EDGES, box_bins(mk["box"], s), strict=True):
+                edges[f"box_{e}"][y0:y1, x0:x1] = b
+        return image, {"colour": colour, "shape": shape, "size": size, "glyph": glyphs, **edges}
 
     # ---- text
 
@@ -497,6 +507,12 @@ _SKILL_FNS = {
     "count": _vqa("count"), "position": _position, "relation": _relation, "rec": _rec,
     "point": _point, "read": _read, "find_marker": _find_marker, "follow": _follow,
 }
+
+
+def box_bins(box: list[float], side: int, bins: int = BOX_BINS) -> list[int]:
+    """Each edge of a pixel xyxy box as its bin's class: ``1 + floor(bins * edge / side)``, the
+    last bin closed (class 0 stays "on no object")."""
+    return [1 + min(bins - 1, max(0, math.floor(bins * float(v) / side))) for v in box]
 
 
 def patch_labels(labels: dict[str, np.ndarray], patch: int, min_cover: float = 0.25
