@@ -5,16 +5,18 @@
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
+from lookhere.experiment.lens import LensScore
+
 LABELS = {"ntp": "NTP", "lll": "NTP+LLL"}
-METRICS = (("mIoU", "mIoU"), ("cIoU", "cIoU"), ("pointing", "pointing"),
-           ("pointing_cell", "peak cell touches the region"),
-           ("pointing_object", "peak on an object"), ("p_in", "mean p inside"),
-           ("p_out", "mean p outside"))
+#: (key, label) of every score, from the results' own type
+METRICS = tuple((f.name, f.metadata["help"]) for f in dataclasses.fields(LensScore)
+                if f.name != "n")
 
 
 def cell(values: list[float]) -> str:

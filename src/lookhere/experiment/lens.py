@@ -50,7 +50,6 @@ from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
 from lookhere.data.synthetic.shapes import ShapesConfig, object_mask
-from lookhere.eval.metrics import Tally
 from lookhere.eval.rec import ious_from_counts, mask_counts
 from lookhere.experiment.heads import TEST_SEED_OFFSET, shapes_defaults, vqa_accuracy
 from lookhere.experiment.training import ExperimentConfig, TrainSpec, fit, training_args
@@ -254,26 +253,55 @@ def concept_regions(sample: Sample) -> list[tuple[str, str, np.ndarray]]:
             for word, geometry in sample_concepts(sample, (kind,), scope="image")]
 
 
-def _summary(tallies: Mapping[tuple[int, str], Tally], layers: Sequence[int]
+@dataclass(frozen=True)
+class PairScore:
+    """The lens map of one word on one image against the word's region (`lens_scores`)."""
+
+    inter: int  # pixels of the segmentation inside the region
+    union: int  # pixels in the segmentation or the region
+    hit: bool  # the peak cell's centre lies in the region (pointing game)
+    hit_cell: bool  # the peak cell overlaps the region
+    hit_object: bool  # the peak cell's centre lies in any object
+    p_in: float  # mean lens probability inside the region (cells weighted by coverage)
+    p_out: float  # ... and outside it
+
+
+@dataclass(frozen=True)
+class LensScore:
+    """One (layer, concept type): means over its (image, word) pairs. The field names are the
+    results file's keys; each ``help`` is the label tables use (experiments/summarise_lens.py)."""
+
+    mIoU: float = field(metadata={"help": "mIoU"})
+    cIoU: float = field(metadata={"help": "cIoU"})
+    pointing: float = field(metadata={"help": "pointing"})
+    pointing_cell: float = field(metadata={"help": "peak cell touches the region"})
+    pointing_object: float = field(metadata={"help": "peak on an object"})
+    p_in: float = field(metadata={"help": "mean p inside"})
+    p_out: float = field(metadata={"help": "mean p outside"})
+    n: int = field(default=0, metadata={"help": "(image, word) pairs"})
+
+    @classmethod
+    def of(cls, pairs: Sequence[PairScore]) -> LensScore:
+        if not pairs:
+            raise ValueError("a LensScore needs at least one (image, word) pair")
+        ious = ious_from_counts([p.inter for p in pairs], [p.union for p in pairs])
+        mean = lambda name: float(np.mean([getattr(p, name) for p in pairs]))  # noqa: E731
+        return cls(mIoU=ious["mIoU"], cIoU=ious["cIoU"], pointing=mean("hit"),
+                   pointing_cell=mean("hit_cell"), pointing_object=mean("hit_object"),
+                   p_in=mean("p_in"), p_out=mean("p_out"), n=len(pairs))
+
+
+def _summary(pairs: Mapping[tuple[int, str], list[PairScore]], layers: Sequence[int]
              ) -> dict[str, dict[str, dict[str, float]]]:
-    """Per reported layer, per concept type and over both ("all"): `_summarise`."""
+    """Per reported layer, per concept type and over both ("all"): the `LensScore` as a dict
+    (``{"n": 0}`` where there was no pair)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for layer in layers:
-        per = {k: tallies.get((layer, k), Tally()) for k in KINDS}
-        per["all"] = sum((per[k] for k in KINDS), Tally())
-        out[str(layer)] = {k: _summarise(v) for k, v in per.items()}
+        per = {k: pairs.get((layer, k), []) for k in KINDS}
+        per["all"] = [p for k in KINDS for p in per[k]]
+        out[str(layer)] = {k: dataclasses.asdict(LensScore.of(v)) if v else {"n": 0}
+                           for k, v in per.items()}
     return out
-
-
-def _summarise(tally: Tally) -> dict[str, float]:
-    n = len(tally["hit"])
-    if n == 0:
-        return {"n": 0}
-    return {**ious_from_counts([int(v) for v in tally["inter"]],
-                               [int(v) for v in tally["union"]]),
-            "pointing": tally.mean("hit"), "pointing_cell": tally.mean("hit_cell"),
-            "pointing_object": tally.mean("hit_object"), "p_in": tally.mean("p_in"),
-            "p_out": tally.mean("p_out"), "n": n}
 
 
 def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor: Any,
@@ -286,7 +314,7 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
     layers = config.layers()
     result = lens_maps(model, processor, get_adapter(model), [s.image for s in samples], words,
                        layers, rule=config.lll.token_rule, batch_size=config.eval_batch_size)
-    tallies: dict[tuple[int, str], Tally] = defaultdict(Tally)
+    pairs: dict[tuple[int, str], list[PairScore]] = defaultdict(list)
     thr = parse_threshold(config.threshold)
     for i, s in enumerate(samples):
         geo = result.geometries[i][0]
@@ -298,12 +326,12 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
                 seg = segment(heat, geo, thr, config.smooth_sigma, config.largest_component)
                 inter, union = mask_counts(seg.pixel_mask, gold)
                 peak = peak_cell(heat, geo, config.smooth_sigma)
-                tallies[layer, kind].add(
-                    inter=inter, union=union,
-                    hit=float(pointing(heat, geo, gold, config.smooth_sigma)),
-                    hit_cell=float(cov[peak] > 0),
-                    hit_object=float(pointing(heat, geo, objects, config.smooth_sigma)),
-                    p_in=_weighted_mean(heat, cov), p_out=_weighted_mean(heat, 1 - cov))
+                pairs[layer, kind].append(PairScore(
+                    inter=int(inter), union=int(union),
+                    hit=bool(pointing(heat, geo, gold, config.smooth_sigma)),
+                    hit_cell=bool(cov[peak] > 0),
+                    hit_object=bool(pointing(heat, geo, objects, config.smooth_sigma)),
+                    p_in=_weighted_mean(heat, cov), p_out=_weighted_mean(heat, 1 - cov)))
     examples = []
     for i, s in enumerate(samples[: config.n_maps]):
         _, word, _ = example_concept(s, i)
@@ -312,7 +340,7 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
         examples.append({"extent": [float(v) for v in extent],
                          "maps": {str(layer): result.map(i, layer, word).tolist()
                                   for layer in layers}})
-    return _summary(tallies, layers), examples
+    return _summary(pairs, layers), examples
 
 
 def _weighted_mean(heat: np.ndarray, weight: np.ndarray) -> float:
