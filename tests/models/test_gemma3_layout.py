@@ -1,4 +1,7 @@
-"""Gemma3 adapter: squash-resize geometry, pooled-grid positions, forward, round trip, errors."""
+"""Gemma3 adapter: squash-resize geometry, pooled-grid positions, forward, round trip, errors.
+
+The check of the grid against the real processor and model (markers) is test_layout.py's.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import lookhere.models.gemma3  # noqa: F401  (registers the adapter)
 from lookhere.models import get_adapter
@@ -71,26 +74,6 @@ def test_layout_geometry_matches_config(tiny, two_prompts):
     geo = adapter.layout(batch, images, processor)[0].images[1].primary.geometry
     # second image 40x80 -> 56x56: sx = 56/40 = 1.4, sy = 56/80 = 0.7; 16 tokens -> 4x4 grid
     assert (geo.rows, geo.cols) == (4, 4) and geo.scale == pytest.approx((1.4, 0.7))
-
-
-# -- (2) the box lands where it is seen
-@pytest.mark.parametrize("box", [(10, 7, 60, 40), (55, 30, 97, 61)])
-def test_box_lands_where_seen(tiny, box):
-    model, processor = tiny
-    image = Image.new("RGB", (97, 61), "black")
-    ImageDraw.Draw(image).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill="white")
-    batch, images = _batch(processor, [("where", [image])])
-    geo = Gemma3Adapter(model.config).layout(batch, images, processor)[0].grids[0].geometry
-    ip = processor.image_processor
-    mean, std = np.array(ip.image_mean)[:, None, None], np.array(ip.image_std)[:, None, None]
-    pixels = batch["pixel_values"][0].numpy() * std + mean  # (3, 56, 56) in [0, 1]
-    ch, cw = int(geo.cell_size[1]), int(geo.cell_size[0])
-    # (rows, cols) mean brightness over each cell's 14x14 pixel block (the pooling area)
-    cells = pixels.mean(0).reshape(geo.rows, ch, geo.cols, cw).mean(axis=(1, 3))
-    cover = geo.box_coverage(box)
-    assert (cover > 0.9).any() and (cover == 0).any()
-    assert (cells[cover > 0.9] > 0.8).all(), (cells, cover)
-    assert (cells[cover == 0] < 0.1).all(), (cells, cover)
 
 
 # -- (3) positions
