@@ -10,6 +10,7 @@ import torch
 import lookhere.train.objective as objective
 from lookhere.cli import main
 from lookhere.collate import AUX_PREFIX, GroundingCollator
+from lookhere.data.synthetic import make_task
 from lookhere.models import build_tiny, get_adapter
 from lookhere.pretrain.conversation import ConversationCollator
 from lookhere.pretrain.recipe import (
@@ -20,6 +21,7 @@ from lookhere.pretrain.recipe import (
     run,
     stage_dataset,
 )
+from lookhere.pretrain.vision import DensePatchCollator, DensePatchObjective
 
 CFG = PretrainConfig(size="test", vision=StageConfig(3, 1e-3, 2), align=StageConfig(3, 1e-3, 2),
                      instruct=StageConfig(3, 1e-3, 2), save_steps=2)
@@ -163,6 +165,32 @@ def test_stage_data_are_disjoint_and_on_the_fly():
     assert len(stage_dataset(CFG, "instruct")) == 3 * 2
 
 
+@pytest.mark.parametrize("box_weight", [1.0, 0.25, 0.0])
+def test_dense_loss_weighs_the_box_maps(box_weight):
+    """The vision stage's loss is each map's cross-entropy, recomputed here in float64 from the
+    heads' logits, the four box-edge maps times ``box_weight`` and the others times 1."""
+    model, processor = build_tiny("llava", "test", seed=0)
+    tower = model.model.vision_tower
+    side = tower.config.image_size // tower.config.patch_size
+    torch.manual_seed(0)
+    obj = DensePatchObjective(tower, tower.config.hidden_size, box_weight).eval()
+    task = make_task("scenes", seed=0, mode="vision", image_size=tower.config.image_size,
+                     patch_size=tower.config.patch_size)
+    batch = DensePatchCollator(processor.image_processor, side * side)([task.sample(i)
+                                                                       for i in range(2)])
+    with torch.no_grad():
+        got = obj(**batch)["loss"]
+        feats = tower(batch["pixel_values"], output_hidden_states=True).hidden_states[-1][:, 1:]
+        want = torch.zeros((), dtype=torch.float64)
+        for name, head in obj.heads.items():
+            logp = head(feats).double().log_softmax(-1)  # (B, K, classes)
+            gold = batch[f"labels_{name}"]
+            ce = -logp.gather(-1, gold[..., None]).mean()
+            want += (box_weight if name.startswith("box_") else 1.0) * ce
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert sum(name.startswith("box_") for name in obj.heads) == 4
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="steps"):
         StageConfig(0, 1e-3)
@@ -170,6 +198,9 @@ def test_config_errors():
         StageConfig(10, float("nan"))
     with pytest.raises(ValueError, match="size"):
         PretrainConfig(size="huge")
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="box_weight"):
+            PretrainConfig(box_weight=bad)
     with pytest.raises(ValueError, match="unknown PretrainConfig fields"):
         PretrainConfig.from_json({"sizes": "mini"})
     assert PretrainConfig.from_json(json.loads(json.dumps(CFG.to_json()))) == CFG

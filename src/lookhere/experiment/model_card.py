@@ -65,7 +65,8 @@ def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
         "A `LlavaForConditionalGeneration` (CLIP vision tower + Llama language model, "
         f"{recipe['size']} preset) made by `lookhere pretrain`, LLaVA-1.5's recipe in miniature "
         "(docs/methods.md, \"Pretraining\"): a vision stage (dense per-patch colour, shape, size "
-        "and glyph labels), an alignment stage (captions naming every object with its box; tower "
+        "and glyph labels, and the box of the object under each patch), an alignment stage "
+        "(captions naming every object with its box; tower "
         "frozen) and an instruction stage (the Scenes skill mix; tower frozen). Next-token "
         "prediction only: no KLAL and no LLL term. The KLAL benchmark tasks and the experiments' "
         "test splits are never in its data.",

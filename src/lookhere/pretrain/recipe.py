@@ -72,6 +72,9 @@ class PretrainConfig:
     vision: StageConfig = field(default_factory=lambda: StageConfig(1500, 2e-3, 32))
     align: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3, 16))
     instruct: StageConfig = field(default_factory=lambda: StageConfig(5000, 1e-3, 16))
+    box_weight: float = field(default=0.25, metadata={
+        "help": "Weight of each of the 4 box-edge maps in the vision stage's dense loss (the "
+                "other 4 maps weigh 1)."})
     turns: int = field(default=4, metadata={
         "help": "Most questions per instruction sample, one conversation about one image."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every this many steps."})
@@ -84,6 +87,8 @@ class PretrainConfig:
             if isinstance(value, dict):
                 object.__setattr__(self, name, StageConfig(**value))
         resolve_size(self.size)
+        if not 0 <= self.box_weight:
+            raise ValueError(f"box_weight must be >= 0, got {self.box_weight!r}")
         if self.save_steps < 1 or self.workers < 0 or self.turns < 1:
             raise ValueError("save_steps and turns must be >= 1 and workers >= 0")
 
@@ -186,7 +191,8 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
     dataset = stage_dataset(config, stage, args.world_size)
     if stage == "vision":
         tower = model.model.vision_tower
-        trained = DensePatchObjective(tower, tower.config.hidden_size).train()
+        trained = DensePatchObjective(tower, tower.config.hidden_size,
+                                      config.box_weight).train()
         side = tower.config.image_size // tower.config.patch_size
         trainer = Trainer(model=trained, args=args, train_dataset=dataset,
                           data_collator=DensePatchCollator(processor.image_processor,
