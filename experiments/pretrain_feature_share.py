@@ -8,7 +8,7 @@ of a label (trace of the between-class scatter / trace of the total scatter, an 
 per label map. A label whose share is small is present but quiet: the language model, trained
 from scratch, has to find it among louder directions.
 
-    python experiments/pretrain_feature_share.py runs/pretrain3 runs/pretrain4 --n 100
+    python experiments/pretrain_feature_share.py runs/pretrain3 runs/pretrain4 --n 100 --seed 10000
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class PretrainConfig:
     vision: StageConfig = field(default_factory=lambda: StageConfig(1500, 2e-3, 32))
     align: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3, 16))
     instruct: StageConfig = field(default_factory=lambda: StageConfig(5000, 1e-3, 16))
-    box_weight: float = field(default=0.25, metadata={
+    box_weight: float = field(default=0.1, metadata={
         "help": "Weight of each of the 4 box-edge maps in the vision stage's dense loss (the "
                 "other 4 maps weigh 1)."})
     turns: int = field(default=4, metadata={
