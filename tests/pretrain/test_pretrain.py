@@ -241,6 +241,7 @@ def test_model_card(finished, tmp_path):
     assert digest == sha256(out / "instruct" / "final" / "model.safetensors")
     assert digest in text and "CMD" in text and "| colour | 4 | 50.0 |" in text
     assert "| heads | 25.0 | 50.0 | 20.0 | 30.0 |" in text
+    assert json.loads((card / "eval.json").read_text()) == evaluation
     with pytest.raises(ValueError, match="not empty"):
         write_card(out, evaluation, tmp_path / "card")
 

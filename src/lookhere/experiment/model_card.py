@@ -25,7 +25,8 @@ def sha256(path: Path) -> str:
 
 def write_card(run_dir: str | Path, evaluation: dict[str, Any], out: str | Path,
                command: str | None = None, machine: str | None = None) -> Path:
-    """Copy the run's final model into the new folder ``out`` with a README.md model card."""
+    """Copy the run's final model into the new folder ``out`` with a README.md model card and
+    the evaluation it reports (``eval.json``)."""
     run_dir, out = Path(run_dir), Path(out)
     final = run_dir / STAGES[-1] / "final"
     if not (final / "model.safetensors").is_file():
@@ -45,6 +46,8 @@ def write_card(run_dir: str | Path, evaluation: dict[str, Any], out: str | Path,
         card = render_card(recipe, records, evaluation, sha256(final / "model.safetensors"),
                            size, command, machine)
         (tmp / "README.md").write_text(card)
+        # the evaluation itself, whose stored example answers a test regenerates
+        (tmp / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
     return out
 
 
