@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from lookhere.losses.config import KLALConfig
 from lookhere.losses.klal import klal_loss, klal_per_sample
 
 NEG_INF = float("-inf")
@@ -550,3 +551,12 @@ def test_per_sample_matches_reference(seed):
     assert (per_sample[~valid] == 0).all()
     loss = klal_loss(log_attn, target, **masks)
     torch.testing.assert_close(loss, per_sample[valid].mean())
+
+
+def test_monitored_is_the_same_term_at_weight_zero():
+    """The NTP baseline's KLAL: every setting kept, weight 0, computed and logged."""
+    klal = KLALConfig(weight=2.5, query="all_answer", layers=(1,), monitor=False)
+    ntp = klal.monitored()
+    assert ntp.weight == 0.0 and ntp.monitor and ntp.active
+    assert (ntp.query, ntp.layers) == (klal.query, klal.layers)
+    assert klal.weight == 2.5 and not klal.monitor

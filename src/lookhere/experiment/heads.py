@@ -35,7 +35,7 @@ from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
 from lookhere.eval.rec import BASELINES, evaluate_rec
 from lookhere.eval.runner import evaluate
-from lookhere.experiment.klal import ntp_klal, train_one
+from lookhere.experiment.klal import train_one
 from lookhere.experiment.training import ExperimentConfig, TrainSpec
 from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
@@ -117,7 +117,7 @@ class HeadsExperimentConfig(ExperimentConfig):
                              "skips layers 0-1, so it needs at least 3")
 
     def klal_config(self, condition: str) -> KLALConfig:
-        return self.klal if condition == "klal" else ntp_klal(self.klal)
+        return self.klal if condition == "klal" else self.klal.monitored()
 
     def shapes(self, mode: str) -> dict[str, Any]:
         return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}

@@ -14,7 +14,6 @@ compute is equal: both run the same steps on the same batches; KLAL adds the pro
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,12 +94,7 @@ class KLALExperimentConfig(ExperimentConfig):
                 raise ValueError(f"task_options names unknown task {task!r}; tasks: {TASKS}")
 
     def klal_config(self, condition: str) -> KLALConfig:
-        return ntp_klal(self.klal) if condition == "ntp" else self.klal
-
-
-def ntp_klal(klal: KLALConfig) -> KLALConfig:
-    """The NTP condition's KLAL: the same term at weight 0, still computed and logged."""
-    return dataclasses.replace(klal, weight=0.0, monitor=True)
+        return self.klal.monitored() if condition == "ntp" else self.klal
 
 
 def task_config(config: KLALExperimentConfig, task: str) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lookhere.data.concepts import CONCEPT_SCOPES
 
@@ -45,6 +45,11 @@ class KLALConfig:
     def active(self) -> bool:
         """Whether a step needs the probe (trained on, or monitored)."""
         return self.weight > 0 or self.monitor
+
+    def monitored(self) -> KLALConfig:
+        """The same term at weight 0, still computed and logged: the NTP baseline's KLAL, so its
+        log shows what KLAL would have been without training on it."""
+        return replace(self, weight=0.0, monitor=True)
 
     def probe_layers(self) -> tuple[int, ...] | None:
         """Layers the probe must record."""
