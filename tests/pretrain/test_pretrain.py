@@ -51,9 +51,12 @@ def test_stages_train_what_they_should(finished):
     assert any(not torch.equal(tower["vision"][k], init_tower[k]) for k in init_tower)
     assert all(torch.equal(proj["vision"][k], v)
                for k, v in _params(init.model.multi_modal_projector).items())
-    # align and instruct: the tower stays frozen; projector and language model move
+    # align and instruct: projector and language model move; the tower moves in align only
+    # (align_tower), and stays frozen in instruct
+    assert CFG.align_tower
+    assert any(not torch.equal(tower["align"][k], tower["vision"][k]) for k in init_tower)
+    assert all(torch.equal(tower["instruct"][k], tower["align"][k]) for k in init_tower)
     for prev, stage in (("vision", "align"), ("align", "instruct")):
-        assert all(torch.equal(tower[stage][k], tower["vision"][k]) for k in init_tower)
         assert any(not torch.equal(proj[stage][k], proj[prev][k]) for k in proj[prev])
         assert any(not torch.equal(lm[stage][k], lm[prev][k]) for k in lm[prev])
 

@@ -6,8 +6,10 @@ instruction mix (stage 2), the tower frozen throughout. lookhere has neither pre
 the miniature has three stages (docs/methods.md, "Pretraining"):
 
 1. ``vision``: the CLIP tower alone, dense per-patch labels (`DensePatchObjective`);
-2. ``align``: captions naming every object with its box; the tower frozen, the projector *and*
-   the language model trained (a from-scratch language model must learn the language too);
+2. ``align``: captions naming every object with its box; the projector *and* the language model
+   trained (a from-scratch language model must learn the language too), and by default the tower
+   too (``align_tower``): the dense objective alone leaves colour too faint in the tower's
+   features for the language model to read (docs/results.md, 6.4-6.5);
 3. ``instruct``: the Scenes skill mix; the tower frozen, projector and language model trained.
 
 Stages 2-3 use the plain ``transformers.Trainer`` with next-token prediction only: no KLAL and
@@ -75,6 +77,9 @@ class PretrainConfig:
     box_weight: float = field(default=0.1, metadata={
         "help": "Weight of each of the 4 box-edge maps in the vision stage's dense loss (the "
                 "other 4 maps weigh 1)."})
+    align_tower: bool = field(default=True, metadata={
+        "help": "Train the vision tower in the align stage too (on the captions' next-token loss); "
+                "LLaVA-1.5 keeps it frozen, as the instruct stage does."})
     turns: int = field(default=4, metadata={
         "help": "Most questions per instruction sample, one conversation about one image."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every this many steps."})
@@ -159,13 +164,14 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
 
 
-def ntp_trainer(model: Any, processor: Any, dataset: Any, args: Any) -> Any:
+def ntp_trainer(model: Any, processor: Any, dataset: Any, args: Any, tower: bool = False) -> Any:
     """The stock ``Trainer`` on next-token prediction over `Sample`s (their conversations, every
-    answer in the loss): the vision tower frozen (as in LLaVA-1.5), projector and language model
-    trained. The batches hold plain model inputs only: no KLAL or LLL term can be computed."""
+    answer in the loss): projector and language model trained, the vision tower frozen (as in
+    LLaVA-1.5) unless ``tower``. The batches hold plain model inputs only: no KLAL or LLL term can
+    be computed."""
     from transformers import Trainer
 
-    model.model.vision_tower.requires_grad_(False)
+    model.model.vision_tower.requires_grad_(tower)
     model.train()
     collate = ConversationCollator(processor, get_adapter(model))
     return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
@@ -198,7 +204,8 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
                           data_collator=DensePatchCollator(processor.image_processor,
                                                            side * side))
     else:
-        trainer = ntp_trainer(model, processor, dataset, args)
+        tower = stage == "align" and config.align_tower
+        trainer = ntp_trainer(model, processor, dataset, args, tower=tower)
     resume = last_checkpoint(stage_dir)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
