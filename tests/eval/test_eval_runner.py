@@ -84,7 +84,7 @@ def test_evaluate_scores_and_restores_mode():
     assert model.training
     assert set(res.predictions) == {s.id for s in ss}
     scores = res.scores.tasks["grid_patch"]
-    assert scores["n"] == 4 and 0 <= scores["accuracy"] <= 1
+    assert scores.n == 4 and 0 <= scores.accuracy <= 1
     ratio = res.attention_ratio["grid_patch"]
     assert len(ratio["values"]) == 4 and ratio["ci95"][0] <= ratio["mean"] <= ratio["ci95"][1]
     assert "scores" in res.to_json()

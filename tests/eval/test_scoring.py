@@ -14,6 +14,7 @@ from lookhere.eval.metrics import bootstrap_ci
 from lookhere.eval.scoring import (
     SUPPORTED_TASKS,
     Outcome,
+    TaskScore,
     perfect_matching,
     read_predictions,
     score_answer,
@@ -224,12 +225,13 @@ def test_score_predictions_aggregates():
     samples, preds = _mixed()
     scores = score_predictions(samples, preds)
     grid = scores.tasks["grid_patch"]
-    assert grid["n"] == 4 and grid["accuracy"] == 0.5 and grid["parse_failure_rate"] == 0.25
-    assert grid["missing"] == 0 and "mean_iou" not in grid
+    assert grid.n == 4 and grid.accuracy == 0.5 and grid.parse_failure_rate == 0.25
+    assert grid.missing == 0 and grid.mean_iou is None and "mean_iou" not in grid.to_json()
     mean, lo, hi = bootstrap_ci([1.0, 1.0, 0.0, 0.0], seed=0)
-    assert grid["ci95"] == [lo, hi] and lo <= 0.5 <= hi
+    assert grid.ci95 == (lo, hi) and lo <= 0.5 <= hi
+    assert TaskScore.from_json(json.loads(json.dumps(grid.to_json()))) == grid
     ref = scores.tasks["refcoco"]
-    assert ref["accuracy"] == 1.0 and ref["mean_iou"] == pytest.approx(0.75)
+    assert ref.accuracy == 1.0 and ref.mean_iou == pytest.approx(0.75)
     assert list(scores.outcomes) == [s.id for s in samples]
     assert scores.outcomes["r1"].iou == pytest.approx(0.5)
     js = json.loads(json.dumps(scores.to_json()))
@@ -243,11 +245,11 @@ def test_score_predictions_missing():
     with pytest.raises(ValueError, match="2 of 6 samples have no prediction.*r0"):
         score_predictions(samples, preds)
     scores = score_predictions(samples, preds, missing="wrong")
-    assert scores.tasks["grid_patch"]["accuracy"] == 0.25
-    assert scores.tasks["grid_patch"]["parse_failure_rate"] == 0.5
-    assert scores.tasks["refcoco"]["missing"] == 1
+    assert scores.tasks["grid_patch"].accuracy == 0.25
+    assert scores.tasks["grid_patch"].parse_failure_rate == 0.5
+    assert scores.tasks["refcoco"].missing == 1
     assert scores.outcomes["r0"] == Outcome(None, False, True, 0.0)
-    assert scores.tasks["refcoco"]["mean_iou"] == pytest.approx(0.25)
+    assert scores.tasks["refcoco"].mean_iou == pytest.approx(0.25)
 
 
 def test_score_predictions_errors():

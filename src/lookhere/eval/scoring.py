@@ -75,20 +75,43 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class TaskScore:
+    """One task's aggregate: ``accuracy`` with its ``ci95`` ((low, high), percentile bootstrap,
+    seed 0), ``parse_failure_rate`` (missing answers count as failures), ``missing`` (samples
+    without an answer), and for box answers ``mean_iou`` (over the task's box samples, failures
+    as 0; None for other tasks)."""
+
+    n: int
+    accuracy: float
+    ci95: tuple[float, float]
+    parse_failure_rate: float
+    missing: int = 0
+    mean_iou: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"n": self.n, "accuracy": self.accuracy, "ci95": list(self.ci95),
+               "parse_failure_rate": self.parse_failure_rate, "missing": self.missing}
+        return out if self.mean_iou is None else out | {"mean_iou": self.mean_iou}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskScore:
+        return cls(int(data["n"]), float(data["accuracy"]), tuple(data["ci95"]),
+                   float(data["parse_failure_rate"]), int(data.get("missing", 0)),
+                   data.get("mean_iou"))
+
+
+@dataclass(frozen=True)
 class TaskScores:
-    """Per-task aggregates and the per-sample outcomes of one evaluation.
+    """Per-task aggregates (`TaskScore`, by task name) and the per-sample outcomes of one
+    evaluation."""
 
-    ``tasks[task]``: ``n``, ``accuracy``, ``ci95`` ([low, high], percentile bootstrap, seed 0),
-    ``parse_failure_rate`` (missing answers count as failures), ``missing`` (samples without an
-    answer), and for box answers ``mean_iou`` (over the task's box samples, failures as 0).
-    """
-
-    tasks: dict[str, dict[str, Any]]
+    tasks: dict[str, TaskScore]
     outcomes: dict[str, Outcome] = field(repr=False)  # sample id -> outcome, in sample order
     style: str = "plain"
 
     def to_json(self, per_sample: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {"style": self.style, "tasks": self.tasks}
+        out: dict[str, Any] = {"style": self.style,
+                               "tasks": {k: t.to_json() for k, t in self.tasks.items()}}
         if per_sample:
             out["samples"] = {i: o.to_json() for i, o in self.outcomes.items()}
         return out
@@ -333,7 +356,7 @@ def _check_samples(samples: list[Sample]) -> None:
 
 
 def _aggregate(samples: list[Sample], outcomes: dict[str, Outcome], absent: set[str]
-               ) -> dict[str, dict[str, Any]]:
+               ) -> dict[str, TaskScore]:
     by_task: dict[str, list[str]] = {}
     for s in samples:
         by_task.setdefault(s.task, []).append(s.id)
@@ -341,15 +364,11 @@ def _aggregate(samples: list[Sample], outcomes: dict[str, Outcome], absent: set[
     for task, ids in sorted(by_task.items()):
         res = [outcomes[i] for i in ids]
         acc, lo, hi = bootstrap_ci([float(o.correct) for o in res], seed=0)
-        agg: dict[str, Any] = {
-            "n": len(res), "accuracy": acc, "ci95": [lo, hi],
-            "parse_failure_rate": float(np.mean([o.parse_failed for o in res])),
-            "missing": sum(i in absent for i in ids),
-        }
         ious = [o.iou for o in res if o.iou is not None]
-        if ious:
-            agg["mean_iou"] = float(np.mean(ious))
-        out[task] = agg
+        out[task] = TaskScore(len(res), acc, (lo, hi),
+                              float(np.mean([o.parse_failed for o in res])),
+                              sum(i in absent for i in ids),
+                              float(np.mean(ious)) if ious else None)
     return out
 
 

@@ -187,7 +187,7 @@ def vqa_accuracy(model: torch.nn.Module, processor: Any, vqa_test: list[Sample],
     res = evaluate(model, processor, get_adapter(model), vqa_test,
                    batch_size=config.eval_batch_size, max_new_tokens=VQA_ANSWER_TOKENS,
                    attention=False, progress=progress)
-    score = res.scores.to_json()["tasks"]["shapes"]
+    score = res.scores.tasks["shapes"].to_json()
     per_type: dict[str, list[bool]] = {}
     for s in vqa_test:
         ok = res.predictions.get(s.id, "").strip().lower() == s.answer.lower()

@@ -157,7 +157,7 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
                            batch_size=config.eval_batch_size,
                            max_new_tokens=min(config.max_new_tokens, ANSWER_TOKENS[task]),
                            n_maps=config.n_maps, query=config.klal.query, progress=progress)
-            score = res.scores.to_json()["tasks"][task]
+            score = res.scores.tasks[task].to_json()
             entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
                      "attention_ratio": res.attention_ratio.get(task, {}), "train": record,
                      "predictions": dict(list(res.predictions.items())[:20])}

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from lookhere.eval.scoring import TaskScore
 from lookhere.tables import pct
 
 
-def format_table(tasks: dict[str, dict[str, Any]]) -> str:
+def format_table(tasks: dict[str, TaskScore]) -> str:
     """One line per task: n, accuracy with its 95% CI, parse failures, mean IoU (box tasks)."""
     lines = [f"{'task':<18} {'n':>6}  {'accuracy':>8}  {'95% CI':<16}  {'parse fail':>10}  "
              f"{'mean IoU':>8}"]
     for task, t in tasks.items():
-        lo, hi = t["ci95"]
-        iou = f"{t['mean_iou']:.3f}" if "mean_iou" in t else "-"
-        lines.append(f"{task:<18} {t['n']:>6}  {t['accuracy']:>8.3f}  "
-                     f"{f'[{lo:.3f}, {hi:.3f}]':<16}  {t['parse_failure_rate']:>10.1%}  {iou:>8}")
+        lo, hi = t.ci95
+        iou = "-" if t.mean_iou is None else f"{t.mean_iou:.3f}"
+        lines.append(f"{task:<18} {t.n:>6}  {t.accuracy:>8.3f}  "
+                     f"{f'[{lo:.3f}, {hi:.3f}]':<16}  {t.parse_failure_rate:>10.1%}  {iou:>8}")
     return "\n".join(lines)
 
 
