@@ -123,7 +123,7 @@ def test_ground_data_to_jsonl(env, tmp_path):
 
 
 def test_ground_with_sam(env, tmp_path, capsys):
-    from test_heads_refine import tiny_sam
+    from tinysam import tiny_sam
 
     from lookhere.heads.refine import SamRefiner
 

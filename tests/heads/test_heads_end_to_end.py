@@ -8,8 +8,8 @@ from functools import cache
 import numpy as np
 import pytest
 from conftest import FAMILIES
-from test_heads_refine import tiny_sam
 from test_heads_search import eager_reference
+from tinysam import tiny_sam
 
 from lookhere.data.synthetic import make_task
 from lookhere.heads.grounding import ground
