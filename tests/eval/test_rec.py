@@ -17,6 +17,7 @@ from lookhere.data.synthetic import make_task
 from lookhere.eval.metrics import mask_ious
 from lookhere.eval.rec import (
     BASELINES,
+    RecResult,
     box_mask,
     centre_box,
     evaluate_rec,
@@ -110,7 +111,7 @@ def test_metrics_match_pycocotools(fake_locate):
     _, queued = fake_locate
     queued[tuple(SPEC.heads)] = preds
     r = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, samples, SPEC, baselines=(),
-                     progress=False)
+                     progress=False).to_json()
     m = r["methods"]["heads"]
     golds = [s.geometry.boxes[0] for s in samples]
     ious = [mask_utils.iou([_xywh(p)], [_xywh(g)], [0])[0, 0]
@@ -140,9 +141,10 @@ def test_chunks_and_iterators_change_nothing(fake_locate, fake_text):
         x0, y0 = rng.integers(0, 50, 2)
         samples.append(_sample(i, (float(x0), float(y0), float(x0 + 30), float(y0 + 10)),
                                mask=i != 3))  # one sample without a gold mask
-    whole = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, samples, SPEC, progress=False)
+    whole = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, samples, SPEC,
+                         progress=False).to_json()
     parts = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, iter(samples), SPEC, chunk_size=3,
-                         progress=False)
+                         progress=False).to_json()
     assert parts == whole and whole["ids"] == [s.id for s in samples]
     with_mask = [s for s in samples if s.geometry.mask is not None]
     c = whole["methods"]["centre"]
@@ -159,7 +161,7 @@ def test_centre_box_by_hand(fake_locate, fake_text):
     samples = [_sample(0, (25.0, 15.0, 75.0, 45.0)), _sample(1, (0.0, 0.0, 50.0, 30.0)),
                _sample(2, (50.0, 30.0, 100.0, 60.0))]
     r = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, samples, SPEC, baselines=("centre",),
-                     progress=False)
+                     progress=False).to_json()
     c = r["methods"]["centre"]
     assert centre_box((W, H)) == (25, 15, 75, 45)
     # IoU 1, then 25x15 = 375 shared of 1500 + 1500 - 375 = 2625, twice
@@ -179,7 +181,7 @@ def test_text_baseline_parses_the_answer(fake_locate, fake_text):
         fake_text[s.id] = f"[{x0 / W:.2f}, {y0 / H:.2f}, {x1 / W:.2f}, {y1 / H:.2f}]"
     fake_text["s3"] = "somewhere on the left"
     r = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, samples, SPEC, baselines=("text",),
-                     progress=False)
+                     progress=False).to_json()
     t = r["methods"]["text"]
     assert t["acc@0.5"] == pytest.approx(3 / 4)
     assert t["ious"]["s0"] == pytest.approx(1.0, abs=0.02) and t["ious"]["s3"] == 0.0
@@ -189,7 +191,7 @@ def test_text_baseline_parses_the_answer(fake_locate, fake_text):
     x0, y0, x1, y1 = samples[3].geometry.boxes[0]
     fake_text["s3"] = f"The box is [{x0 / W:.3f}, {y0 / H:.3f}, {x1 / W:.3f}, {y1 / H:.3f}]."
     r = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, samples, SPEC, baselines=("text",),
-                     progress=False)
+                     progress=False).to_json()
     assert r["methods"]["text"]["acc@0.5"] == 1.0
 
 
@@ -197,7 +199,10 @@ def test_head_methods_wiring(fake_locate, fake_text):
     calls, _ = fake_locate
     samples = [_sample(i, (10.0, 10.0, 40.0, 40.0)) for i in range(2)]
     spec = HeadSpec("fake", [(2, 1), (3, 0)], 0.2, 8, [], [], [], {"skip_layers": [0]})
-    r = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, samples, spec, seed=3, progress=False)
+    res = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, samples, spec, seed=3, progress=False)
+    r = res.to_json()
+    assert RecResult.from_json(json.loads(json.dumps(r))) == res
+    assert res.methods["heads"].acc_at_iou == r["methods"]["heads"]["acc@0.5"]
     assert list(r["methods"]) == ["heads", *BASELINES]
     allowed = [(layer, h) for layer in (1, 2, 3) for h in range(4)]
     assert calls[0] == [(2, 1), (3, 0)] and calls[1] == allowed
@@ -209,8 +214,7 @@ def test_head_methods_wiring(fake_locate, fake_text):
     assert drawn == sorted(allowed[i] for i in idx)
     assert r["settings"]["skip_layers"] == [0] and r["settings"]["seed"] == 3
     assert r["methods"]["heads"]["acc@0.5"] == 1.0  # fake locate answered the gold box
-    json.dumps(r)
-    table = rec_table(r).splitlines()
+    table = rec_table(res).splitlines()
     assert table[0].startswith("| method |") and len(table) == 2 + 5
     assert table[2].split("|")[1:4] == [" heads ", " 2 ", " 100.0 "]
 
@@ -246,7 +250,7 @@ def test_tiny_model_run():
     samples = [make_task("shapes", seed=1, image_size=112).sample(i) for i in range(4)]
     spec = HeadSpec("tiny", [(2, 0), (3, 1), (3, 2)], 0.1, 4, [], [], [])
     r = evaluate_rec(model, processor, adapter, samples, spec, batch_size=2, progress=False,
-                     max_new_tokens=4)
+                     max_new_tokens=4).to_json()
     assert r["n"] == 4 and list(r["methods"]) == ["heads", *BASELINES]
     assert json.loads(json.dumps(r)) == r
     found = locate(model, processor, adapter, spec, samples)

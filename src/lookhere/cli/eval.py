@@ -186,13 +186,13 @@ def _eval_rec(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:  # e.g. a missing COCO image, a grid the model lacks
         raise fail(str(err), prog) from None
     print(rec_table(result))
-    print(f"heads {_pairs(result['methods']['heads']['heads'])}"
-          + (f"; random heads (seed {args.seed}) "
-             f"{_pairs(result['methods']['random_heads']['heads'])}"
-             if "random_heads" in result["methods"] else ""))
+    methods = result.methods
+    print(f"heads {_pairs(methods['heads'].heads)}"
+          + (f"; random heads (seed {args.seed}) {_pairs(methods['random_heads'].heads)}"
+             if "random_heads" in methods else ""))
     if args.out is not None:
         _write(args.out, {"model": str(args.model), "heads_file": str(args.heads),
-                          "source": source, **result})
+                          "source": source, **result.to_json()})
     return 0
 
 

@@ -52,6 +52,66 @@ METHODS = ("heads", *BASELINES)
 DEFAULT_SKIP_LAYERS = (0, 1)
 
 
+@dataclass(frozen=True)
+class RecScore:
+    """One method's scores on ``n`` samples. ``acc_at_iou``: Acc@0.5 (``IOU_THRESHOLD``);
+    ``ious`` and ``boxes`` by sample id (a box is ``[x0, y0, x1, y1]`` image pixels, or None).
+    ``ciou``, ``miou`` and ``n_masks`` where the samples have gold masks; ``heads`` for the
+    attention methods with their own heads; ``parse_failures``, ``parse_failure_rate`` and
+    ``answers`` for ``text``. The JSON keys are the papers' names (``acc@0.5``, ``cIoU``)."""
+
+    n: int
+    acc_at_iou: float
+    mean_iou: float
+    pointing: float
+    ious: dict[str, float] = field(repr=False)
+    boxes: dict[str, list[float] | None] = field(repr=False)
+    ciou: float | None = None
+    miou: float | None = None
+    n_masks: int | None = None
+    heads: list[list[int]] | None = None
+    parse_failures: int | None = None
+    parse_failure_rate: float | None = None
+    answers: dict[str, str] | None = field(default=None, repr=False)
+
+    _JSON_NAMES = {"acc_at_iou": "acc@0.5", "ciou": "cIoU", "miou": "mIoU"}
+
+    def to_json(self, per_sample: bool = True) -> dict[str, Any]:
+        """The set fields under their JSON names; ``per_sample=False`` drops ious, boxes and
+        answers."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or (not per_sample and f.name in ("ious", "boxes", "answers")):
+                continue
+            out[self._JSON_NAMES.get(f.name, f.name)] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecScore:
+        back = {v: k for k, v in cls._JSON_NAMES.items()}
+        return cls(**{"ious": {}, "boxes": {}} | {back.get(k, k): v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class RecResult:
+    """`evaluate_rec`'s result: the sample ids in order, the settings, a `RecScore` by method."""
+
+    n: int
+    ids: list[str]
+    settings: dict[str, Any]
+    methods: dict[str, RecScore]
+
+    def to_json(self, per_sample: bool = True) -> dict[str, Any]:
+        return {"n": self.n, "ids": self.ids, "settings": self.settings,
+                "methods": {k: m.to_json(per_sample) for k, m in self.methods.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecResult:
+        return cls(data["n"], list(data.get("ids", [])), dict(data.get("settings", {})),
+                   {k: RecScore.from_json(m) for k, m in data["methods"].items()})
+
+
 def is_rec_sample(sample: Sample) -> bool:
     """A REC sample: a RefCOCO-family task or Shapes in REC mode, with exactly one gold box."""
     rec_task = sample.task in REC_TASKS or (sample.task == "shapes"
@@ -118,14 +178,10 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
                  spec: HeadSpec, baselines: Sequence[str] = BASELINES, seed: int = 0,
                  batch_size: int = 8, refiner: Any = None, progress: bool = True,
                  grid: str | int = "primary", style: str = "plain", max_new_tokens: int = 32,
-                 chunk_size: int = 256) -> dict[str, Any]:
-    """Ground ``samples`` with the spec's heads and each of ``baselines``; JSON-able results.
-
-    Returns ``{"n", "ids", "settings", "methods": {name: metrics}}``; a method's metrics are
-    ``n``, ``acc@0.5``, ``mean_iou``, ``ious`` and ``boxes`` (sample id -> value; a box is
-    ``[x0, y0, x1, y1]`` image pixels or None), with gold masks also ``cIoU``, ``mIoU`` and
-    ``n_masks`` (the samples that have one); ``heads`` and ``random_heads`` add ``heads``,
-    ``text`` adds ``parse_failures``, ``parse_failure_rate`` and ``answers``. ``refiner`` (e.g.
+                 chunk_size: int = 256) -> RecResult:
+    """Ground ``samples`` with the spec's heads and each of ``baselines``: a `RecScore` per
+    method (``heads`` and ``random_heads`` record their heads, ``text`` its answers and parse
+    failures; mask metrics over the samples that have a gold mask). ``refiner`` (e.g.
     a `SamRefiner`) and ``grid`` go to `locate`; ``style`` and ``max_new_tokens`` concern the
     text baseline only.
 
@@ -187,8 +243,8 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
                 "iou_threshold": IOU_THRESHOLD, "spec_model": spec.model,
                 "centre": "centred box of half the image's width and height (no label used)",
                 "box_only_masks": "the filled predicted box (centre, text)"}
-    return {"n": len(ids), "ids": ids, "settings": settings,
-            "methods": {name: tallies[name].summary() for name in methods}}
+    return RecResult(len(ids), ids, settings,
+                     {name: tallies[name].summary() for name in methods})
 
 
 def _locate(model: nn.Module, processor: Any, adapter: Adapter, samples: list[Sample],
@@ -240,26 +296,23 @@ class _Predictions:
                 inter, union = mask_counts(m, s.geometry.mask)
                 self.scores.add(inter=inter, union=union)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RecScore:
         boxes = list(self.boxes.values())
-        out: dict[str, Any] = {
-            "n": len(boxes), "acc@0.5": acc_at_iou(boxes, self.golds, IOU_THRESHOLD),
-            "mean_iou": mean_box_iou(boxes, self.golds),
-            "pointing": self.scores.mean("hit"),
-            "ious": {i: 0.0 if b is None else box_iou(b, g)
-                     for (i, b), g in zip(self.boxes.items(), self.golds, strict=True)},
-            "boxes": {i: None if b is None else list(b) for i, b in self.boxes.items()},
-        }
         inter, union = self.scores["inter"], self.scores["union"]
-        if inter:
-            out.update(ious_from_counts(inter, union), n_masks=len(inter))
-        if self.heads is not None:
-            out["heads"] = [list(h) for h in self.heads]
-        if self.answers:
-            failures = sum(b is None for b in boxes)
-            out.update(parse_failures=failures, parse_failure_rate=failures / len(boxes),
-                       answers=self.answers)
-        return out
+        masks = ious_from_counts(inter, union) if inter else {}
+        failures = sum(b is None for b in boxes) if self.answers else None
+        return RecScore(
+            n=len(boxes), acc_at_iou=acc_at_iou(boxes, self.golds, IOU_THRESHOLD),
+            mean_iou=mean_box_iou(boxes, self.golds), pointing=self.scores.mean("hit"),
+            ious={i: 0.0 if b is None else box_iou(b, g)
+                  for (i, b), g in zip(self.boxes.items(), self.golds, strict=True)},
+            boxes={i: None if b is None else list(b) for i, b in self.boxes.items()},
+            ciou=masks.get("cIoU"), miou=masks.get("mIoU"),
+            n_masks=len(inter) if inter else None,
+            heads=None if self.heads is None else [list(h) for h in self.heads],
+            parse_failures=failures,
+            parse_failure_rate=None if failures is None else failures / len(boxes),
+            answers=self.answers or None)
 
 
 def peak_point(grounding: Any) -> tuple[float, float]:

@@ -178,7 +178,7 @@ def search_and_ground(config: HeadsExperimentConfig, model: torch.nn.Module, pro
                        seed=config.train.seed, batch_size=config.eval_batch_size,
                        progress=progress)
     return {"spec": dataclasses.asdict(specs[0]),
-            "stability": stability([s.heads for s in specs]), "rec": rec}
+            "stability": stability([s.heads for s in specs]), "rec": rec.to_json()}
 
 
 def vqa_accuracy(model: torch.nn.Module, processor: Any, vqa_test: list[Sample],

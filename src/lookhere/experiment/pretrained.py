@@ -117,11 +117,10 @@ def evaluate_pretrained(model: nn.Module, processor: Any, config: PretrainedEval
     rec = evaluate_rec(model, processor, adapter, rec_test, spec, BASELINES, seed=config.seed,
                        batch_size=config.batch_size, progress=progress,
                        max_new_tokens=BOX_TOKENS)
-    methods = {name: {k: v for k, v in m.items() if k not in ("ious", "boxes", "answers")}
-               for name, m in rec["methods"].items()}
+    methods = {name: m.to_json(per_sample=False) for name, m in rec.methods.items()}
     return {"config": asdict(config), "model": model_id, "vqa": vqa_res, "skills": skills,
             "heads": {"heads": [list(h) for h in spec.heads], "settings": spec.settings},
-            "rec": {"n": rec["n"], "methods": methods}}
+            "rec": {"n": rec.n, "methods": methods}}
 
 
 def summary_table(result: dict[str, Any]) -> str:

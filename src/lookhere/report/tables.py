@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from lookhere.eval.rec import RecResult
 from lookhere.eval.scoring import TaskScore
 from lookhere.tables import pct
 
@@ -21,13 +20,12 @@ def format_table(tasks: dict[str, TaskScore]) -> str:
     return "\n".join(lines)
 
 
-def rec_table(result: dict[str, Any]) -> str:
+def rec_table(result: RecResult) -> str:
     """A markdown table of `evaluate_rec`'s result: one row per method, percentages."""
     rows = ["| method | n | Acc@0.5 | mean IoU | pointing | cIoU | mIoU | parse fail |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, m in result["methods"].items():
-        cells = [name, str(m["n"]), pct(m["acc@0.5"]), pct(m["mean_iou"]),
-                 pct(m.get("pointing")), pct(m.get("cIoU")), pct(m.get("mIoU")),
-                 pct(m.get("parse_failure_rate"))]
+    for name, m in result.methods.items():
+        cells = [name, str(m.n), pct(m.acc_at_iou), pct(m.mean_iou), pct(m.pointing),
+                 pct(m.ciou), pct(m.miou), pct(m.parse_failure_rate)]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
