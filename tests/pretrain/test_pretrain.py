@@ -24,7 +24,7 @@ from lookhere.pretrain.recipe import (
 from lookhere.pretrain.vision import DensePatchCollator, DensePatchObjective
 
 CFG = PretrainConfig(size="test", vision=StageConfig(3, 1e-3, 2), align=StageConfig(3, 1e-3, 2),
-                     instruct=StageConfig(3, 1e-3, 2), save_steps=2)
+                     instruct=StageConfig(3, 1e-3, 2), save_steps=2, tower_stages=("align",))
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,8 @@ def test_stages_train_what_they_should(finished):
     assert any(not torch.equal(tower["vision"][k], init_tower[k]) for k in init_tower)
     assert all(torch.equal(proj["vision"][k], v)
                for k, v in _params(init.model.multi_modal_projector).items())
-    # align and instruct: projector and language model move; the tower moves in align only
-    # (align_tower), and stays frozen in instruct
-    assert CFG.align_tower
+    # align and instruct: projector and language model move; the tower in align only here
+    assert CFG.tower_stages == ("align",)
     assert any(not torch.equal(tower["align"][k], tower["vision"][k]) for k in init_tower)
     assert all(torch.equal(tower["instruct"][k], tower["align"][k]) for k in init_tower)
     for prev, stage in (("vision", "align"), ("align", "instruct")):
@@ -204,6 +203,9 @@ def test_config_errors():
     for bad in (-0.5, float("nan")):
         with pytest.raises(ValueError, match="box_weight"):
             PretrainConfig(box_weight=bad)
+    with pytest.raises(ValueError, match="tower_stages must be among"):
+        PretrainConfig(tower_stages=("vision",))
+    assert PretrainConfig(tower_stages=("none",)).tower_stages == ()
     with pytest.raises(ValueError, match="unknown PretrainConfig fields"):
         PretrainConfig.from_json({"sizes": "mini"})
     assert PretrainConfig.from_json(json.loads(json.dumps(CFG.to_json()))) == CFG

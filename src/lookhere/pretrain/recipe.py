@@ -7,10 +7,12 @@ the miniature has three stages (docs/methods.md, "Pretraining"):
 
 1. ``vision``: the CLIP tower alone, dense per-patch labels (`DensePatchObjective`);
 2. ``align``: captions naming every object with its box; the projector *and* the language model
-   trained (a from-scratch language model must learn the language too), and by default the tower
-   too (``align_tower``): the dense objective alone leaves colour too faint in the tower's
-   features for the language model to read (docs/results.md, 6.4-6.5);
-3. ``instruct``: the Scenes skill mix; the tower frozen, projector and language model trained.
+   trained (a from-scratch language model must learn the language too);
+3. ``instruct``: the Scenes skill mix; projector and language model trained.
+
+LLaVA-1.5 freezes the tower in both; here it trains in the stages of ``tower_stages`` (by
+default both, as LLaVA-OneVision and Qwen2-VL do): the dense objective alone leaves colour too
+faint in the tower's features for the language model to read (docs/results.md, 6.4-6.5).
 
 Stages 2-3 use the plain ``transformers.Trainer`` with next-token prediction only: no KLAL and
 no LLL term (the papers' base models never saw them). Every stage draws fresh samples from a
@@ -77,9 +79,9 @@ class PretrainConfig:
     box_weight: float = field(default=0.1, metadata={
         "help": "Weight of each of the 4 box-edge maps in the vision stage's dense loss (the "
                 "other 4 maps weigh 1)."})
-    align_tower: bool = field(default=True, metadata={
-        "help": "Train the vision tower in the align stage too (on the captions' next-token loss); "
-                "LLaVA-1.5 keeps it frozen, as the instruct stage does."})
+    tower_stages: tuple[str, ...] = field(default=("align", "instruct"), metadata={
+        "help": "Next-token stages that train the vision tower too (align, instruct; 'none': "
+                "frozen in both, as LLaVA-1.5)."})
     turns: int = field(default=4, metadata={
         "help": "Most questions per instruction sample, one conversation about one image."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every this many steps."})
@@ -92,6 +94,11 @@ class PretrainConfig:
             if isinstance(value, dict):
                 object.__setattr__(self, name, StageConfig(**value))
         resolve_size(self.size)
+        stages = tuple(self.tower_stages)
+        object.__setattr__(self, "tower_stages", () if stages == ("none",) else stages)
+        if any(s not in STAGES[1:] for s in self.tower_stages):
+            raise ValueError(f"tower_stages must be among {STAGES[1:]} (or 'none'), got "
+                             f"{list(stages)}")
         if not 0 <= self.box_weight:
             raise ValueError(f"box_weight must be >= 0, got {self.box_weight!r}")
         if self.save_steps < 1 or self.workers < 0 or self.turns < 1:
@@ -204,7 +211,7 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
                           data_collator=DensePatchCollator(processor.image_processor,
                                                            side * side))
     else:
-        tower = stage == "align" and config.align_tower
+        tower = stage in config.tower_stages
         trainer = ntp_trainer(model, processor, dataset, args, tower=tower)
     resume = last_checkpoint(stage_dir)
     start = time.perf_counter()
