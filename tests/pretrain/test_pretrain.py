@@ -245,6 +245,8 @@ def test_model_card(finished, tmp_path):
     digest = sha256(card / "model.safetensors")
     assert digest == sha256(out / "instruct" / "final" / "model.safetensors")
     assert digest in text and "CMD" in text and "| colour | 4 | 50.0 |" in text
+    assert "its box; tower trained)" in text and "skill mix; tower frozen)" in text
+    assert '"tower_stages": ["align"]' in text
     assert "| heads | 25.0 | 50.0 | 20.0 | 30.0 |" in text
     assert json.loads((card / "eval.json").read_text()) == evaluation
     with pytest.raises(ValueError, match="not empty"):

@@ -62,6 +62,8 @@ def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
                     f"{rec.get('seconds', float('nan')) / 60:.1f} | "
                     f"{'-' if last is None else f'{last:.3f}'} |")
     total = sum(r.get("seconds", 0.0) for r in records.values()) / 60
+    tower = {s: "tower trained" if s in recipe.get("tower_stages", ()) else "tower frozen"
+             for s in STAGES[1:]}
     return "\n".join([
         "# llava-mini: a pretrained miniature LLaVA-1.5",
         "",
@@ -69,8 +71,8 @@ def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
         f"{recipe['size']} preset) made by `lookhere pretrain`, LLaVA-1.5's recipe in miniature "
         "(docs/methods.md, \"Pretraining\"): a vision stage (dense per-patch colour, shape, size "
         "and glyph labels, and the box of the object under each patch), an alignment stage "
-        "(captions naming every object with its box; tower "
-        "frozen) and an instruction stage (the Scenes skill mix; tower frozen). Next-token "
+        f"(captions naming every object with its box; {tower['align']}) and an instruction "
+        f"stage (the Scenes skill mix; {tower['instruct']}). Next-token "
         "prediction only: no KLAL and no LLL term. The KLAL benchmark tasks and the experiments' "
         "test splits are never in its data.",
         "",
@@ -87,6 +89,8 @@ def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
         "| stage | steps | batch | lr | minutes | last logged loss |",
         "|---|---|---|---|---|---|",
         *rows,
+        "",
+        f"The whole recipe (`PretrainConfig`): `{json.dumps(recipe, sort_keys=True)}`",
         "",
         "## Evaluation",
         "",
