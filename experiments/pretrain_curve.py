@@ -39,11 +39,11 @@ def main() -> None:
             args.curve / args.stage / f"step-{step}", attn_implementation="sdpa").eval()
         res = evaluate_pretrained(model, processor, SMALL, model_id=f"step-{step}",
                                   progress=False)
-        results[str(step)] = res
+        results[str(step)] = res.to_json()
         write_json(results, args.out)
-        acc = {k: round(100 * v["accuracy"], 1) for k, v in {**res["vqa"], **res["skills"]}.items()}
-        rec = {k: round(100 * v["acc@0.5"], 1) for k, v in res["rec"]["methods"].items()}
-        print(f"step {step}: {acc} REC Acc@0.5 {rec} heads {res['heads']['heads']}", flush=True)
+        acc = {k: round(100 * v.score.accuracy, 1) for k, v in {**res.vqa, **res.skills}.items()}
+        rec = {k: round(100 * v.acc_at_iou, 1) for k, v in res.rec.items()}
+        print(f"step {step}: {acc} REC Acc@0.5 {rec} heads {res.heads}", flush=True)
 
 
 if __name__ == "__main__":

@@ -228,18 +228,23 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "card", "--run", str(tmp_path), "--eval", str(existing), "--out",
               str(tmp_path / "card")])
-    assert e.value.code == 2 and "has not finished" in capsys.readouterr().err
+    assert e.value.code == 2 and "not a `pretrain eval` result" in capsys.readouterr().err
 
 
 def test_model_card(finished, tmp_path):
     from lookhere.experiment.model_card import sha256, write_card
+    from lookhere.experiment.pretrained import PretrainedEval, PretrainedEvalConfig
 
     out, _ = finished
-    evaluation = {"config": {}, "vqa": {"colour": {"n": 4, "accuracy": 0.5, "ci95": [0.1, 0.9],
-                                                   "parse_failure_rate": 0.0}},
-                  "skills": {}, "heads": {"heads": [[2, 1]]},
-                  "rec": {"methods": {"heads": {"acc@0.5": 0.25, "mean_iou": 0.3,
-                                                "pointing": 0.5, "mIoU": 0.2}}}}
+    stored = {"config": dataclasses.asdict(PretrainedEvalConfig()), "model": "m",
+              "vqa": {"colour": {"n": 4, "accuracy": 0.5, "ci95": [0.1, 0.9],
+                                 "parse_failure_rate": 0.0, "missing": 0,
+                                 "examples": {"s0": ["Q?", "red", "red"]}}},
+              "skills": {}, "heads": {"heads": [[2, 1]], "settings": {}},
+              "rec": {"n": 4, "methods": {"heads": {"n": 4, "acc@0.5": 0.25, "mean_iou": 0.3,
+                                                    "pointing": 0.5, "mIoU": 0.2}}}}
+    evaluation = PretrainedEval.from_json(stored)
+    assert evaluation.to_json() == stored
     card = write_card(out, evaluation, tmp_path / "card", command="CMD", machine="M")
     text = (card / "README.md").read_text()
     digest = sha256(card / "model.safetensors")
@@ -248,9 +253,11 @@ def test_model_card(finished, tmp_path):
     assert "its box; tower trained)" in text and "skill mix; tower frozen)" in text
     assert '"tower_stages": ["align"]' in text
     assert "| heads | 25.0 | 50.0 | 20.0 | 30.0 |" in text
-    assert json.loads((card / "eval.json").read_text()) == evaluation
+    assert json.loads((card / "eval.json").read_text()) == stored
     with pytest.raises(ValueError, match="not empty"):
         write_card(out, evaluation, tmp_path / "card")
+    with pytest.raises(ValueError, match="has not finished"):
+        write_card(tmp_path, evaluation, tmp_path / "card2")
 
 
 @pytest.mark.distributed

@@ -106,7 +106,7 @@ def _eval(args: argparse.Namespace) -> int:
     model, processor, _ = load_model_for_cli(args.model, None, PROG + " eval")
     result = evaluate_pretrained(model, processor, config, model_id=args.model,
                                  progress=not args.quiet)
-    write_json(result, args.out)
+    write_json(result.to_json(), args.out)
     print(summary_table(result))
     print(f"wrote {args.out}")
     return 0
@@ -114,11 +114,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _card(args: argparse.Namespace) -> int:
     from lookhere.experiment.model_card import write_card
+    from lookhere.experiment.pretrained import PretrainedEval
 
     try:
-        path = write_card(args.run_dir, json.loads(args.eval.read_text()), args.out,
-                          command=args.command, machine=args.machine)
-    except (OSError, ValueError, KeyError) as err:
+        evaluation = PretrainedEval.from_json(json.loads(args.eval.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise fail(f"--eval {args.eval}: not a `pretrain eval` result ({err!r})") from None
+    try:
+        path = write_card(args.run_dir, evaluation, args.out, command=args.command,
+                          machine=args.machine)
+    except (OSError, ValueError) as err:
         raise fail(str(err)) from None
     print(f"wrote {path}")
     return 0

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lookhere.experiment.pretrained import summary_table
+from lookhere.experiment.pretrained import PretrainedEval, summary_table
 from lookhere.io import atomic_dir
 from lookhere.pretrain.recipe import STAGES
 
@@ -23,7 +23,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_card(run_dir: str | Path, evaluation: dict[str, Any], out: str | Path,
+def write_card(run_dir: str | Path, evaluation: PretrainedEval, out: str | Path,
                command: str | None = None, machine: str | None = None) -> Path:
     """Copy the run's final model into the new folder ``out`` with a README.md model card and
     the evaluation it reports (``eval.json``)."""
@@ -47,12 +47,12 @@ def write_card(run_dir: str | Path, evaluation: dict[str, Any], out: str | Path,
                            size, command, machine)
         (tmp / "README.md").write_text(card)
         # the evaluation itself, whose stored example answers a test regenerates
-        (tmp / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+        (tmp / "eval.json").write_text(json.dumps(evaluation.to_json(), indent=1) + "\n")
     return out
 
 
 def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
-                evaluation: dict[str, Any], digest: str, size: int, command: str | None,
+                evaluation: PretrainedEval, digest: str, size: int, command: str | None,
                 machine: str | None) -> str:
     rows = []
     for s in STAGES:
@@ -96,7 +96,7 @@ def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
         "",
         "Held-out data only (`lookhere pretrain eval --model lookhere:llava-mini --out "
         "eval.json`, settings "
-        f"`{json.dumps(evaluation.get('config', {}))}`): Shapes questions and REC at the "
+        f"`{json.dumps(evaluation.to_json()['config'])}`): Shapes questions and REC at the "
         "experiments' test seed, the other Scenes skills at a seed never used in pretraining, "
         "the heads searched on the search seed's expressions.",
         "",

@@ -25,9 +25,9 @@ from torch import nn
 from lookhere.data.dataset import TaskDataset
 from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
-from lookhere.eval.rec import BASELINES, evaluate_rec
+from lookhere.eval.rec import BASELINES, RecScore, evaluate_rec
 from lookhere.eval.runner import generate_answers
-from lookhere.eval.scoring import score_predictions
+from lookhere.eval.scoring import TaskScore, score_predictions
 from lookhere.experiment.heads import SEARCH_SEED_OFFSET, TEST_SEED_OFFSET, shapes_defaults
 from lookhere.heads.search import find_heads
 from lookhere.models.adapter import get_adapter
@@ -60,6 +60,53 @@ class PretrainedEvalConfig:
                                  f"got {v!r}")
 
 
+@dataclass(frozen=True)
+class QuestionScore:
+    """One question type's (or skill's) score, and its first answers as stored examples
+    (sample id -> [question, gold answer, generated answer])."""
+
+    score: TaskScore
+    examples: dict[str, list[str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.score.to_json() | {"examples": self.examples}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QuestionScore:
+        return cls(TaskScore.from_json(data), dict(data["examples"]))
+
+
+@dataclass(frozen=True)
+class PretrainedEval:
+    """`evaluate_pretrained`'s result: Shapes VQA by question type, Scenes skills by skill, the
+    localization heads found and REC per method (`RecScore` JSON, without per-sample values)."""
+
+    config: PretrainedEvalConfig
+    model: str
+    vqa: dict[str, QuestionScore]
+    skills: dict[str, QuestionScore]
+    heads: list[list[int]]
+    head_settings: dict[str, Any]
+    rec_n: int
+    rec: dict[str, RecScore]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "model": self.model,
+                "vqa": {k: v.to_json() for k, v in self.vqa.items()},
+                "skills": {k: v.to_json() for k, v in self.skills.items()},
+                "heads": {"heads": self.heads, "settings": self.head_settings},
+                "rec": {"n": self.rec_n,
+                        "methods": {k: m.to_json(per_sample=False) for k, m in self.rec.items()}}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PretrainedEval:
+        return cls(PretrainedEvalConfig(**data["config"]), data["model"],
+                   {k: QuestionScore.from_json(v) for k, v in data["vqa"].items()},
+                   {k: QuestionScore.from_json(v) for k, v in data["skills"].items()},
+                   data["heads"]["heads"], data["heads"].get("settings", {}), data["rec"]["n"],
+                   {k: RecScore.from_json(m) for k, m in data["rec"]["methods"].items()})
+
+
 def shapes_split(mode: str, image_size: int, seed: int, n: int, **extra: Any) -> list[Sample]:
     task = make_task("shapes", seed=seed, mode=mode, **shapes_defaults(image_size), **extra)
     return list(TaskDataset(task, n).materialise().samples)
@@ -74,9 +121,9 @@ def scenes_split(skill: str, image_size: int, patch_size: int, seed: int, n: int
 
 def question_accuracy(model: nn.Module, processor: Any, samples: list[Sample], key: str,
                       max_new_tokens: int, batch_size: int, progress: bool
-                      ) -> dict[str, Any]:
+                      ) -> dict[str, QuestionScore]:
     """Accuracy (95% CI), parse failures and IoU of generated answers, grouped by
-    ``structured[key]`` (the question type or skill)."""
+    ``structured[key]`` (the question type or skill), with the first 3 answers of each."""
     preds = generate_answers(model, processor, get_adapter(model), samples, batch_size,
                              max_new_tokens, progress)
     out = {}
@@ -84,25 +131,24 @@ def question_accuracy(model: nn.Module, processor: Any, samples: list[Sample], k
         part = [s for s in samples if s.structured[key] == group]
         scores = score_predictions(part, {s.id: preds[s.id] for s in part})
         (agg,) = scores.tasks.values()
-        out[group] = {k: agg[k] for k in ("n", "accuracy", "ci95", "parse_failure_rate")
-                      if k in agg} | ({"mean_iou": agg["mean_iou"]} if "mean_iou" in agg else {})
-        out[group]["examples"] = {s.id: [s.question, s.answer, preds[s.id]] for s in part[:3]}
+        out[group] = QuestionScore(agg, {s.id: [s.question, s.answer, preds[s.id]]
+                                         for s in part[:3]})
     return out
 
 
 def evaluate_pretrained(model: nn.Module, processor: Any, config: PretrainedEvalConfig,
-                        model_id: str = "", progress: bool = True) -> dict[str, Any]:
-    """The whole evaluation, as a JSON-able dict (module doc)."""
+                        model_id: str = "", progress: bool = True) -> PretrainedEval:
+    """The whole evaluation (module doc)."""
     vision = model.config.vision_config
     size, patch = vision.image_size, vision.patch_size
     test_seed = config.seed + TEST_SEED_OFFSET
     model.eval()
-    vqa_res: dict[str, Any] = {}
+    vqa_res: dict[str, QuestionScore] = {}
     for kind in SHAPES_TYPES:  # one split per type: their ids repeat across types
         vqa = shapes_split("vqa", size, test_seed, config.vqa_samples, vqa_types=(kind,))
         vqa_res.update(question_accuracy(model, processor, vqa, "type", WORD_TOKENS,
                                          config.batch_size, progress))
-    skills: dict[str, Any] = {}
+    skills: dict[str, QuestionScore] = {}
     for skill in SCENES_SKILLS:
         samples = scenes_split(skill, size, patch, test_seed, config.skill_samples)
         budget = BOX_TOKENS if skill in ("find_marker", "point") else WORD_TOKENS
@@ -117,23 +163,20 @@ def evaluate_pretrained(model: nn.Module, processor: Any, config: PretrainedEval
     rec = evaluate_rec(model, processor, adapter, rec_test, spec, BASELINES, seed=config.seed,
                        batch_size=config.batch_size, progress=progress,
                        max_new_tokens=BOX_TOKENS)
-    methods = {name: m.to_json(per_sample=False) for name, m in rec.methods.items()}
-    return {"config": asdict(config), "model": model_id, "vqa": vqa_res, "skills": skills,
-            "heads": {"heads": [list(h) for h in spec.heads], "settings": spec.settings},
-            "rec": {"n": rec.n, "methods": methods}}
+    return PretrainedEval(config, model_id, vqa_res, skills, [list(h) for h in spec.heads],
+                          spec.settings, rec.n, rec.methods)
 
 
-def summary_table(result: dict[str, Any]) -> str:
+def summary_table(result: PretrainedEval) -> str:
     """Markdown tables of a result: questions, then REC."""
     lines = ["| questions | n | accuracy | 95% CI | parse failures |", "|---|---|---|---|---|"]
-    for group, res in [*result["vqa"].items(), *result["skills"].items()]:
-        lo, hi = res["ci95"]
-        lines.append(f"| {group} | {res['n']} | {100 * res['accuracy']:.1f} | "
-                     f"{100 * lo:.1f}-{100 * hi:.1f} | {100 * res['parse_failure_rate']:.1f} |")
-    lines += ["", f"Localization heads (layer, head): {result['heads']['heads']}", "",
+    for group, res in [*result.vqa.items(), *result.skills.items()]:
+        s = res.score
+        lines.append(f"| {group} | {s.n} | {100 * s.accuracy:.1f} | {100 * s.ci95[0]:.1f}-"
+                     f"{100 * s.ci95[1]:.1f} | {100 * s.parse_failure_rate:.1f} |")
+    lines += ["", f"Localization heads (layer, head): {result.heads}", "",
               "| REC method | Acc@0.5 | pointing | mIoU | mean IoU |", "|---|---|---|---|---|"]
-    for name, m in result["rec"]["methods"].items():
-        miou = m.get("mIoU")
-        lines.append(f"| {name} | {100 * m['acc@0.5']:.1f} | {pct(m.get('pointing'))} | "
-                     f"{pct(miou)} | {100 * m['mean_iou']:.1f} |")
+    for name, m in result.rec.items():
+        lines.append(f"| {name} | {100 * m.acc_at_iou:.1f} | {pct(m.pointing)} | "
+                     f"{pct(m.miou)} | {100 * m.mean_iou:.1f} |")
     return "\n".join(lines)
