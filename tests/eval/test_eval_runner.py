@@ -2,6 +2,7 @@
 matches one computed from eager attention maps."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -48,8 +49,8 @@ def test_attention_ratio_matches_eager(family):
         assert ratios[b] == pytest.approx(float(want), rel=1e-4)
     assert len(maps) == 2
     for m in maps.values():
-        assert m["map"].ndim == 2 and np.isfinite(m["map"]).all()
-        x0, y0, x1, y1 = m["extent"]
+        assert m.map.ndim == 2 and np.isfinite(m.map).all()
+        x0, y0, x1, y1 = m.extent
         assert 0 <= x0 < x1 and 0 <= y0 < y1
 
 
@@ -86,8 +87,10 @@ def test_evaluate_scores_and_restores_mode():
     scores = res.scores.tasks["grid_patch"]
     assert scores.n == 4 and 0 <= scores.accuracy <= 1
     ratio = res.attention_ratio["grid_patch"]
-    assert len(ratio["values"]) == 4 and ratio["ci95"][0] <= ratio["mean"] <= ratio["ci95"][1]
-    assert "scores" in res.to_json()
+    assert len(ratio.values) == 4 and ratio.ci95[0] <= ratio.mean <= ratio.ci95[1]
+    assert ratio.median == pytest.approx(np.median(ratio.values)) and ratio.n == 4
+    js = json.loads(json.dumps(res.to_json()))
+    assert js["attention_ratio"]["grid_patch"]["mean"] == ratio.mean
 
 
 def test_bad_arguments():

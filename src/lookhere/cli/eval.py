@@ -153,9 +153,9 @@ def _eval_model(args: argparse.Namespace) -> int:
         write_predictions(args.predictions_out, result.predictions)
     print(format_table(result.scores.tasks))
     for task, r in sorted(result.attention_ratio.items()):
-        lo, hi = r["ci95"]
-        print(f"attention ratio {task}: mean {r['mean']:.3f} [{lo:.3f}, {hi:.3f}], "
-              f"median {r['median']:.3f}")
+        lo, hi = r.ci95
+        print(f"attention ratio {task}: mean {r.mean:.3f} [{lo:.3f}, {hi:.3f}], "
+              f"median {r.median:.3f}")
     if args.out is not None:
         _write(args.out, {"data": str(args.data), "model": str(args.model), **result.to_json()})
     return 0

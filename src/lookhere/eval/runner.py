@@ -36,18 +36,46 @@ from lookhere.models.adapter import Adapter
 from lookhere.train.objective import klal_probe
 
 
+@dataclass(frozen=True)
+class RatioSummary:
+    """One task's attention ratios: the finite per-sample ``values``, their mean with a
+    bootstrap ``ci95`` (seed 0) and median."""
+
+    n: int
+    mean: float
+    median: float
+    ci95: tuple[float, float]
+    values: list[float] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "median": self.median, "ci95": list(self.ci95),
+                "values": self.values, "n": self.n}
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """The answer's head-averaged attention over image 0's first grid, ``map`` (rows, cols),
+    and the pixel ``extent`` (x0, y0, x1, y1) the grid covers."""
+
+    map: np.ndarray
+    extent: tuple[float, float, float, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"map": self.map.tolist(), "extent": list(self.extent)}
+
+
 @dataclass
 class EvalResult:
-    """Predictions, scores, attention ratios (per task) and a few attention maps."""
+    """Predictions, scores, attention ratios (per task) and a few attention maps (by id)."""
 
     predictions: dict[str, str]
     scores: TaskScores
-    attention_ratio: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: sample id -> {"map": (rows, cols) array, "extent": (x0, y0, x1, y1) pixels}
-    maps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attention_ratio: dict[str, RatioSummary] = field(default_factory=dict)
+    maps: dict[str, AttentionMap] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"scores": self.scores.to_json(), "attention_ratio": self.attention_ratio,
+        return {"scores": self.scores.to_json(),
+                "attention_ratio": {k: r.to_json() for k, r in self.attention_ratio.items()},
                 "predictions": self.predictions}
 
 
@@ -77,7 +105,7 @@ def answer_attention(model: nn.Module, processor: Any, adapter: Adapter,
                      samples: Sequence[Sample], query: str = "last_answer",
                      layers: Sequence[int] | None = None, batch_size: int = 16,
                      n_maps: int = 0, progress: bool = True
-                     ) -> tuple[list[float], dict[str, dict[str, Any]]]:
+                     ) -> tuple[list[float], dict[str, AttentionMap]]:
     """Per-sample attention ratios (NaN where a sample has no target) and the maps of the first
     ``n_maps`` samples (image 0's first grid)."""
     _check_args(samples, batch_size, 1)
@@ -85,7 +113,7 @@ def answer_attention(model: nn.Module, processor: Any, adapter: Adapter,
     cfg = KLALConfig(weight=0.0, monitor=True, query=query, layers=layers)
     device = next(model.parameters()).device
     ratios: list[float] = []
-    maps: dict[str, dict[str, Any]] = {}
+    maps: dict[str, AttentionMap] = {}
     for chunk in _progress(samples, batch_size, progress, "attention"):
         batch = collate(chunk)
         inputs, aux = split_aux(to_device(batch, device))
@@ -99,8 +127,7 @@ def answer_attention(model: nn.Module, processor: Any, adapter: Adapter,
             layout = adapter.layout(inputs, [[s.image] for s in chunk], processor)
             for b, s in enumerate(chunk[: n_maps - len(maps)]):
                 grid = layout.samples[b].images[0].grids[0]
-                maps[s.id] = {"map": grid.to_grid(q[b].cpu()).numpy(),
-                              "extent": _extent(grid)}
+                maps[s.id] = AttentionMap(grid.to_grid(q[b].cpu()).numpy(), _extent(grid))
     return ratios, maps
 
 
@@ -137,7 +164,7 @@ def _head_average(probe: Any) -> torch.Tensor:
     return torch.stack(per_layer).mean(0)
 
 
-def _ratio_summary(samples: Sequence[Sample], ratios: list[float]) -> dict[str, dict[str, Any]]:
+def _ratio_summary(samples: Sequence[Sample], ratios: list[float]) -> dict[str, RatioSummary]:
     by_task: dict[str, list[float]] = {}
     for s, r in zip(samples, ratios, strict=True):
         by_task.setdefault(s.task, []).append(r)
@@ -147,8 +174,7 @@ def _ratio_summary(samples: Sequence[Sample], ratios: list[float]) -> dict[str, 
         if not v:
             continue
         mean, lo, hi = bootstrap_ci(v)
-        out[task] = {"mean": mean, "median": float(np.median(v)), "ci95": [lo, hi],
-                     "values": v, "n": len(v)}
+        out[task] = RatioSummary(len(v), mean, float(np.median(v)), (lo, hi), v)
     return out
 
 

@@ -159,12 +159,13 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
                            n_maps=config.n_maps, query=config.klal.query, progress=progress)
             score = res.scores.tasks[task].to_json()
             entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
-                     "attention_ratio": res.attention_ratio.get(task, {}), "train": record,
+                     "attention_ratio": (res.attention_ratio[task].to_json()
+                                         if task in res.attention_ratio else {}),
+                     "train": record,
                      "predictions": dict(list(res.predictions.items())[:20])}
             results["tasks"][task][condition] = entry
             results["examples"][task]["maps"][condition] = {
-                i: {"map": m["map"].tolist(), "extent": list(m["extent"])}
-                for i, m in res.maps.items()}
+                i: m.to_json() for i, m in res.maps.items()}
             if on_result is not None:
                 on_result(task, condition, entry)
             if progress:
