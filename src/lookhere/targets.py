@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lookhere.data.sample import Geometry
+from lookhere.data.sample import Geometry, check_geometry
 from lookhere.models.layout import GridGeometry, SampleLayout, VisualLayout
 
 _SUB = 8  # mask coverage: sub-samples per cell side
@@ -148,27 +148,6 @@ def batch_target_cells(
             touched = cell_coverage(grid.geometry, geo).reshape(-1) > 0
             out[b, grid.key_index] = torch.from_numpy(touched)
     return out
-
-
-def check_geometry(geometry: Geometry, image_size: tuple[int, int], tol: float = 1e-6) -> None:
-    """Clear errors for NaN, empty boxes, and boxes or points outside the image."""
-    w, h = image_size
-    for box in geometry.boxes:
-        if len(box) != 4 or not np.all(np.isfinite(box)):
-            raise ValueError(f"box {box!r} must be 4 finite numbers (x0, y0, x1, y1)")
-        x0, y0, x1, y1 = box
-        if not (x1 > x0 and y1 > y0):
-            raise ValueError(f"box {box!r} is empty: need x1 > x0 and y1 > y0")
-        if x0 < -tol or y0 < -tol or x1 > w + tol or y1 > h + tol:
-            raise ValueError(f"box {box!r} lies outside the {w}x{h} image")
-    lines = [p for line in geometry.polylines for p in line]
-    for x, y in list(geometry.points) + lines:
-        if not (np.isfinite(x) and np.isfinite(y)):
-            raise ValueError(f"point {(x, y)!r} must be finite")
-        if not (-tol <= x <= w + tol and -tol <= y <= h + tol):
-            raise ValueError(f"point {(x, y)!r} lies outside the {w}x{h} image")
-    if geometry.mask is not None and tuple(geometry.mask.shape) != (h, w):
-        raise ValueError(f"mask has shape {geometry.mask.shape}, the image is {h}x{w} (h x w)")
 
 
 def _dilate(m: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Datasets on disk: determinism, atomic writes, datasets-loadable, and the CLI."""
 
+import json
 from dataclasses import dataclass, field
 
 import datasets
@@ -100,3 +101,53 @@ def test_cli_convert_refs(tmp_path):
     shutil.copy(FIXTURES / "refer/refcoco/refs(unc).p", src)
     assert main(["data", "convert-refs", str(src), str(tmp_path / "refs(unc).json")]) == 0
     assert (tmp_path / "refs(unc).json").exists()
+
+
+def _corrupt(folder, edit):
+    """Rewrite row 2 of metadata.jsonl with ``edit(row)`` (a dict, or a raw string)."""
+    path = folder / "metadata.jsonl"
+    rows = path.read_text().splitlines()
+    new = edit(json.loads(rows[1]))
+    rows[1] = new if isinstance(new, str) else json.dumps(new)
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _geometry(row, **change):
+    g = json.loads(row["geometry"])
+    g.update(change)
+    return {**row, "geometry": json.dumps(g)}
+
+
+BAD_ROWS = {
+    "not JSON": (lambda r: "{oops", "not valid JSON"),
+    "a list": (lambda r: "[1, 2]", "expected a JSON object"),
+    "no question": (lambda r: {k: v for k, v in r.items() if k != "question"},
+                    "field 'question' must be a str"),
+    "answer a number": (lambda r: {**r, "answer": 3}, "field 'answer' must be a str"),
+    "path outside": (lambda r: {**r, "file_name": "../../etc/passwd"},
+                     "lies outside the dataset folder"),
+    "missing image": (lambda r: {**r, "file_name": "images/nope.png"}, "No such file"),
+    "NaN box": (lambda r: _geometry(r, boxes=[[float("nan"), 0, 4, 4]]), "4 finite numbers"),
+    "inverted box": (lambda r: _geometry(r, boxes=[[4, 4, 1, 1]]), "is empty"),
+    "box outside": (lambda r: _geometry(r, boxes=[[0, 0, 400, 4]]), "lies outside"),
+    "inf point": (lambda r: _geometry(r, points=[[float("inf"), 1]]), "must be finite"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_read_samples_rejects_bad_rows(tmp_path, case):
+    """Each bad row is a ValueError naming metadata.jsonl:2 and what is wrong, never a wrong
+    sample (a NaN gold box once scored Acc@0.5 near 100%) or a file read outside the folder."""
+    out = write_dataset("_test_dot", 3, tmp_path / "d", seed=0, progress=False)
+    edit, message = BAD_ROWS[case]
+    _corrupt(out, edit)
+    with pytest.raises(ValueError, match=r"metadata\.jsonl:2: .*" + message):
+        list(read_samples(out))
+
+
+def test_read_samples_checks_the_count(tmp_path):
+    out = write_dataset("_test_dot", 3, tmp_path / "d", seed=0, progress=False)
+    path = out / "metadata.jsonl"
+    path.write_text("\n".join(path.read_text().splitlines()[:2]) + "\n\n")  # a blank line is fine
+    with pytest.raises(ValueError, match="has 2 rows, its lookhere.json says n = 3"):
+        list(read_samples(out))

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from lookhere.data.sample import Geometry, Sample
+from lookhere.data.sample import Geometry, Sample, check_geometry
 from lookhere.io import atomic_dir
 
 _INFO = "lookhere.json"
@@ -98,18 +98,51 @@ def read_info(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+#: metadata.jsonl fields and their types (the JSON-in-a-string fields decode to objects)
+_ROW_FIELDS = {"file_name": str, "id": str, "task": str, "question": str, "answer": str,
+               "structured": str, "geometry": str, "meta": str}
+
+
 def read_samples(folder: str | Path) -> Iterator[Sample]:
-    """The `Sample`s of a folder written by `write_dataset`, in index order."""
+    """The `Sample`s of a folder written by `write_dataset`, in index order. A row that is not
+    valid JSON, lacks a field or has one of the wrong type, names an image outside the folder,
+    or holds geometry that is not finite, empty or outside its image is a ValueError naming
+    ``metadata.jsonl:<line>``; so is a row count other than the info file's ``n``."""
     folder = Path(folder)
-    read_info(folder)
-    with open(folder / "metadata.jsonl") as f:
-        for line in f:
-            row = json.loads(line)
-            with Image.open(folder / row["file_name"]) as im:
-                image = im.convert("RGB")
-            yield Sample(
-                image=image, question=row["question"], answer=row["answer"],
-                structured=json.loads(row["structured"]),
-                geometry=Geometry.from_json(json.loads(row["geometry"])),
-                task=row["task"], id=row["id"], meta=json.loads(row["meta"]),
-            )
+    info = read_info(folder)
+    path = folder / "metadata.jsonl"
+    count = 0
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            count += 1
+            try:
+                yield _read_row(folder, line)
+            except (ValueError, TypeError, KeyError, OSError) as err:
+                raise ValueError(f"{path}:{lineno}: {err}") from None
+    if "n" in info and info["n"] != count:
+        raise ValueError(f"{path} has {count} rows, its {_INFO} says n = {info['n']}")
+
+
+def _read_row(folder: Path, line: str) -> Sample:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    for key, kind in _ROW_FIELDS.items():
+        if not isinstance(row.get(key), kind):
+            raise ValueError(f"field {key!r} must be a {kind.__name__}, got "
+                             f"{type(row.get(key)).__name__}")
+    image_path = (folder / row["file_name"]).resolve()
+    if not image_path.is_relative_to(folder.resolve()):
+        raise ValueError(f"file_name {row['file_name']!r} lies outside the dataset folder")
+    with Image.open(image_path) as im:
+        image = im.convert("RGB")
+    geometry = Geometry.from_json(json.loads(row["geometry"]))
+    check_geometry(geometry, image.size)
+    return Sample(image=image, question=row["question"], answer=row["answer"],
+                  structured=json.loads(row["structured"]), geometry=geometry,
+                  task=row["task"], id=row["id"], meta=json.loads(row["meta"]))

@@ -101,3 +101,24 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     if values.size != h * w:
         raise ValueError(f"RLE counts sum to {values.size}, expected {h}x{w}")
     return values.reshape((h, w), order="F")
+
+
+def check_geometry(geometry: Geometry, image_size: tuple[int, int], tol: float = 1e-6) -> None:
+    """Clear errors for NaN, empty boxes, and boxes or points outside the image."""
+    w, h = image_size
+    for box in geometry.boxes:
+        if len(box) != 4 or not np.all(np.isfinite(box)):
+            raise ValueError(f"box {box!r} must be 4 finite numbers (x0, y0, x1, y1)")
+        x0, y0, x1, y1 = box
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"box {box!r} is empty: need x1 > x0 and y1 > y0")
+        if x0 < -tol or y0 < -tol or x1 > w + tol or y1 > h + tol:
+            raise ValueError(f"box {box!r} lies outside the {w}x{h} image")
+    lines = [p for line in geometry.polylines for p in line]
+    for x, y in list(geometry.points) + lines:
+        if not (np.isfinite(x) and np.isfinite(y)):
+            raise ValueError(f"point {(x, y)!r} must be finite")
+        if not (-tol <= x <= w + tol and -tol <= y <= h + tol):
+            raise ValueError(f"point {(x, y)!r} lies outside the {w}x{h} image")
+    if geometry.mask is not None and tuple(geometry.mask.shape) != (h, w):
+        raise ValueError(f"mask has shape {geometry.mask.shape}, the image is {h}x{w} (h x w)")
