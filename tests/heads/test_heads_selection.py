@@ -71,6 +71,15 @@ def test_headspec_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="outside"):
         HeadSpec.load(tmp_path / "bad.json")
+    for field, value, message in (("heads", [[2.7, 1.2]], "integer pairs"),
+                                  ("heads", [[1, 2, 3]], "integer pairs"),
+                                  ("heads", "L2H1", "integer pairs"),
+                                  ("tau", float("nan"), "finite"), ("tau", "0.1", "finite"),
+                                  ("num_samples", -1, "num_samples")):
+        (tmp_path / "bad.json").write_text(json.dumps({**json.loads(path.read_text()),
+                                                       field: value}))
+        with pytest.raises(ValueError, match=message):
+            HeadSpec.load(tmp_path / "bad.json")
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ValueError, match="not a HeadSpec"):
         HeadSpec.load(tmp_path / "other.json")

@@ -159,7 +159,19 @@ class HeadSpec:
         counts = np.asarray(data["counts"])
         if counts.ndim != 2:
             raise ValueError(f"{path}: counts must be a (layers, heads) table")
-        heads = [tuple(int(v) for v in h) for h in data["heads"]]
+        if not isinstance(data["heads"], list) or not all(
+                isinstance(h, list) and len(h) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in h)
+                for h in data["heads"]):
+            raise ValueError(f"{path}: heads must be a list of [layer, head] integer pairs, got "
+                             f"{data['heads']!r}")
+        tau = data["tau"]
+        if isinstance(tau, bool) or not isinstance(tau, int | float) or not np.isfinite(tau):
+            raise ValueError(f"{path}: tau must be a finite number, got {tau!r}")
+        if not isinstance(data["num_samples"], int) or data["num_samples"] < 0:
+            raise ValueError(f"{path}: num_samples must be an int >= 0, got "
+                             f"{data['num_samples']!r}")
+        heads = [tuple(h) for h in data["heads"]]
         for layer, head in heads:
             if not (0 <= layer < counts.shape[0] and 0 <= head < counts.shape[1]):
                 raise ValueError(f"{path}: head ({layer}, {head}) is outside the "
