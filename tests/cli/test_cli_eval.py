@@ -172,3 +172,34 @@ def test_eval_rec_argument_errors(capsys, args, message):
         main(["eval", "rec", *args])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "lookhere eval rec: error: " in err and message in err, err
+
+
+def test_outputs_are_never_overwritten_without_asking(dataset, tmp_path, capsys):
+    """An existing --out (or --predictions-out) is refused before any work, untouched; with
+    --overwrite it is replaced. The same helper guards eval rec, heads find and ground."""
+    _, data, samples = dataset
+    preds = write_predictions(tmp_path / "p.jsonl", _half_right(samples))
+    out = tmp_path / "metrics.json"
+    out.write_text("mine")
+    cases = [["eval", "--data", str(data), "--predictions", str(preds), "--out", str(out)],
+             ["eval", "--data", str(data), "--model", "no/such/model", "--predictions-out",
+              str(out)],
+             ["eval", "rec", "--model", "no/such/model", "--heads", "h.json", "--data",
+              str(data), "--out", str(out)],
+             ["heads", "find", "--model", "no/such/model", "--data", str(data), "--out",
+              str(out)],
+             ["ground", "--model", "no/such/model", "--heads", "h.json", "--data", str(data),
+              "--out", str(out)]]
+    for argv in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"{out} exists; pass --overwrite" in err, argv
+        assert out.read_text() == "mine"
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--data", str(data), "--predictions", str(preds), "--out", str(tmp_path)])
+    assert e.value.code == 2 and "is a folder" in capsys.readouterr().err
+    assert main(["eval", "--data", str(data), "--predictions", str(preds), "--out", str(out),
+                 "--overwrite"]) == 0
+    assert json.loads(out.read_text())["tasks"]

@@ -26,6 +26,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist (default: refuse, before any work)")
+
+
+def check_outputs(args: argparse.Namespace, names: tuple[str, ...], prog: str) -> None:
+    """Before any work: each output file given (``args.<name>``, an option ``--<name>``) must be
+    new unless ``--overwrite``, and its folder must exist or be creatable, and be writable."""
+    import os
+
+    for name in names:
+        path = getattr(args, name, None)
+        if path is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if path.is_dir():
+            raise fail(f"{flag} {path} is a folder; give a file name", prog)
+        if path.exists() and not getattr(args, "overwrite", False):
+            raise fail(f"{flag} {path} exists; pass --overwrite to replace it", prog)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise fail(f"{flag} {path}: cannot create its folder ({err.strerror})", prog) from None
+        if not os.access(path.parent, os.W_OK):
+            raise fail(f"{flag} {path}: its folder is not writable", prog)
+
+
 def fail(message: str, prog: str = "lookhere eval") -> SystemExit:
     """Exit 2 with argparse's message style (bad input, like a usage error)."""
     print(f"{prog}: error: {message}", file=sys.stderr)

@@ -15,7 +15,9 @@ from typing import Any
 
 from lookhere.cli.common import (
     add_device,
+    add_overwrite,
     check_data,
+    check_outputs,
     fail,
     load_model_for_cli,
     load_refiner,
@@ -45,6 +47,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="model folder (or hub name) to generate answers with")
     p.add_argument("--style", default="plain", choices=STYLES, help="box/point answer style")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the metrics here as JSON")
+    add_overwrite(p)
     p.add_argument("--missing", choices=("error", "wrong"),  # scoring.MISSING, not imported: torch
                    help="with --predictions: a sample without an answer is an error (default) "
                         "or counted wrong")
@@ -96,6 +99,7 @@ def _add_rec(modes: argparse._SubParsersAction) -> None:
     p.add_argument("--sam", metavar="PATH", help="refine the heads' masks with this SAM model")
     add_device(p)
     p.add_argument("--out", type=Path, metavar="FILE", help="write the results here as JSON")
+    add_overwrite(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_eval_rec)
 
@@ -113,6 +117,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.predictions is None and args.model is None:
         raise fail("one of the arguments --predictions --model is required")
     check_data(args.data, "lookhere eval")
+    check_outputs(args, ("out", "predictions_out"), "lookhere eval")
     if args.predictions is not None:
         given = [f"--{k.replace('_', '-')}" for k in _MODEL_ONLY if getattr(args, k) is not None]
         if given:
@@ -165,6 +170,7 @@ def _eval_rec(args: argparse.Namespace) -> int:
     from lookhere.eval.rec import BASELINES, check_rec_samples, evaluate_rec
 
     prog = "lookhere eval rec"
+    check_outputs(args, ("out",), prog)
     baselines = list(BASELINES) if args.baselines is None else args.baselines
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:

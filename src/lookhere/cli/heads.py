@@ -18,6 +18,8 @@ from typing import Any
 
 from lookhere.cli.common import (
     add_device,
+    add_overwrite,
+    check_outputs,
     fail,
     load_model_for_cli,
     load_refiner,
@@ -49,6 +51,7 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
                    help="REC dataset folder (`lookhere data make shapes`, mode rec)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE",
                    help="the HeadSpec JSON to write")
+    add_overwrite(p)
     p.add_argument("--limit", type=positive_int, metavar="N", help="first N samples only")
     p.add_argument("--top-k", type=positive_int, default=3, metavar="K",
                    help="localization heads to keep (default 3; the authors' code: 5)")
@@ -92,6 +95,7 @@ def _add_ground_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", metavar="TEXT", help="with --image: the referring expression")
     p.add_argument("--limit", type=positive_int, metavar="N", help="with --data: first N only")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the groundings here (JSONL)")
+    add_overwrite(p)
     p.add_argument("--masks-dir", type=Path, metavar="DIR", help="write <id>.png masks here")
     p.add_argument("--sam", metavar="PATH",
                    help="with --masks-dir: SAM model folder (or hub name) prompted with the box")
@@ -111,6 +115,7 @@ def _find(args: argparse.Namespace) -> int:
     from lookhere.heads.search import find_heads
 
     prog = "lookhere heads find"
+    check_outputs(args, ("out",), prog)
     samples = read_data(args.data, args.limit, prog)
     try:
         check_rec_samples(samples)
@@ -170,6 +175,7 @@ def _ground(args: argparse.Namespace) -> int:
     from lookhere.heads.locate import locate
 
     prog = "lookhere ground"
+    check_outputs(args, ("out",), prog)
     if args.sam is not None and args.masks_dir is None:
         raise fail("--sam only applies with --masks-dir (SAM refines masks, not boxes)", prog)
     samples = _ground_samples(args, prog)
