@@ -19,3 +19,16 @@ def test_tiny_saves_and_refuses_overwrite(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folder left"
     with pytest.raises(SystemExit, match="--out"):
         main(["tiny", "--family", "llava", "--out", str(out)])
+
+
+def test_cli_modules_import_no_torch():
+    """The command modules import without torch or transformers: the heavy layers load inside
+    the commands (a table module importing the eval layer once pulled them in at import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lookhere.cli; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

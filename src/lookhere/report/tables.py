@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-from lookhere.eval.rec import RecResult
-from lookhere.eval.scoring import TaskScore
+from typing import TYPE_CHECKING
+
 from lookhere.tables import pct
+
+if TYPE_CHECKING:  # the commands import this module for --help: no torch at import
+    from lookhere.eval.rec import RecResult
+    from lookhere.eval.scoring import TaskScore
 
 
 def format_table(tasks: dict[str, TaskScore]) -> str:
