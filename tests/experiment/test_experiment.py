@@ -95,6 +95,11 @@ def test_config_errors():
         KLALExperimentConfig(conditions=())
     with pytest.raises(ValueError, match="steps"):
         KLALExperimentConfig(train=TrainSpec(steps=0))
+    for bad in (float("nan"), -1.0, 0.0, 1.5):
+        with pytest.raises(ValueError, match="lr must be in"):
+            TrainSpec(lr=bad)
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        TrainSpec(warmup_ratio=2.0)
     with pytest.raises(ValueError, match="query"):
         KLALExperimentConfig(klal=KLALConfig(query="first"))
     with pytest.raises(ValueError, match="image_size"):

@@ -38,6 +38,10 @@ class TrainSpec:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:  # NaN fails too, before any training step
+            raise ValueError(f"lr must be in (0, 1), got {self.lr!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         side = resolve_size(self.size).image_size
         if side != self.image_size:
             raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
