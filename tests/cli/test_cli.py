@@ -1,5 +1,7 @@
 """The command line."""
 
+import json
+
 import pytest
 
 from lookhere.cli import main
@@ -19,6 +21,10 @@ def test_tiny_saves_and_refuses_overwrite(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folder left"
     with pytest.raises(SystemExit, match="--out"):
         main(["tiny", "--family", "llava", "--out", str(out)])
+    # the default size leaves heads to search after `heads find` skips layers 0-1
+    assert json.loads((out / "config.json").read_text())["text_config"]["num_hidden_layers"] > 2
+    with pytest.raises(SystemExit, match="--size 'huge' is not a preset; choose from test"):
+        main(["tiny", "--family", "llava", "--size", "huge", "--out", str(tmp_path / "x")])
 
 
 def test_cli_modules_import_no_torch():

@@ -127,7 +127,8 @@ def test_eval_model(tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["data", "make", "grid_patch", "--n", "5", "--out", str(data),
                  "--set", "image_size=56", "--set", "grid_rows=4", "--set", "grid_cols=4"]) == 0
-    assert main(["tiny", "--family", "llava", "--out", str(tmp_path / "model")]) == 0
+    assert main(["tiny", "--family", "llava", "--size", "test", "--out",
+                 str(tmp_path / "model")]) == 0
     out, preds = tmp_path / "metrics.json", tmp_path / "preds.jsonl"
     assert main(["eval", "--data", str(data), "--model", str(tmp_path / "model"), "--limit", "4",
                  "--max-new-tokens", "3", "--out", str(out), "--predictions-out", str(preds)]) == 0

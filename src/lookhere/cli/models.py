@@ -11,9 +11,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_families)
     p = sub.add_parser("tiny", help="build a tiny random-weight model + processor and save it")
     p.add_argument("--family", required=True, help="a family from `lookhere families`")
-    p.add_argument("--size", default="test",
-                   help="tiny size preset: test, demo, heads, mini or small (random weights; "
-                   "the pretrained mini model is --model lookhere:llava-mini)")
+    p.add_argument("--size", default="heads",
+                   help="tiny size preset: heads (default: 4 language layers, enough for "
+                   "`heads find`, which skips layers 0-1), test, demo, mini or small (random "
+                   "weights; the pretrained mini model is --model lookhere:llava-mini)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random weights")
     p.add_argument("--out", required=True, type=Path, help="folder to save_pretrained into")
     p.set_defaults(run=_tiny)
@@ -29,8 +30,11 @@ def _families(args: argparse.Namespace) -> int:
 
 def _tiny(args: argparse.Namespace) -> int:
     from lookhere.models import build_tiny
-    from lookhere.models.tiny import param_count, save_tiny
+    from lookhere.models.tiny import TINY_SIZES, param_count, save_tiny
 
+    if args.size not in TINY_SIZES:
+        raise SystemExit(f"lookhere tiny: error: --size {args.size!r} is not a preset; choose "
+                         f"from {', '.join(TINY_SIZES)}")
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise SystemExit(f"--out {args.out} exists and is not an empty folder; choose a new one")
     model, processor = build_tiny(args.family, size=args.size, seed=args.seed)
