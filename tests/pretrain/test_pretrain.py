@@ -286,3 +286,23 @@ def test_bf16_mixed_precision(tmp_path):
     assert all(torch.isfinite(torch.tensor(r.log[-1]["loss"])) for r in records)
     model, _ = load_stage_model(tmp_path / "instruct" / "final")
     assert next(model.parameters()).dtype == torch.float32  # weights stay fp32 (mixed precision)
+
+
+def test_tower_learns_at_its_own_rate(tmp_path):
+    """tower_lr_scale: the tower's parameters sit in an AdamW group of their own at the scaled
+    rate, and the Trainer's schedule keeps the ratio through training."""
+    from lookhere.pretrain.recipe import ntp_trainer, training_args
+
+    config = dataclasses.replace(CFG, tower_stages=("align", "instruct"), tower_lr_scale=0.1)
+    model, processor = build_tiny("llava", "test", seed=0)
+    args = training_args(config, "align", tmp_path, progress=False)
+    trainer = ntp_trainer(model, processor, stage_dataset(config, "align"), args, tower=True,
+                          tower_lr_scale=config.tower_lr_scale)
+    rest, tower = trainer.optimizer.param_groups
+    in_tower = {id(p) for p in model.model.vision_tower.parameters()}
+    assert {id(p) for p in tower["params"]} == in_tower
+    assert len(rest["params"]) + len(tower["params"]) == len(list(model.parameters()))
+    trainer.train()
+    assert tower["lr"] == pytest.approx(0.1 * rest["lr"]) and rest["lr"] > 0
+    with pytest.raises(ValueError, match="tower_lr_scale"):
+        PretrainConfig(tower_lr_scale=0.0)

@@ -82,6 +82,9 @@ class PretrainConfig:
     tower_stages: tuple[str, ...] = field(default=("align", "instruct"), metadata={
         "help": "Next-token stages that train the vision tower too (align, instruct; 'none': "
                 "frozen in both, as LLaVA-1.5)."})
+    tower_lr_scale: float = field(default=1.0, metadata={
+        "help": "The tower's learning rate in those stages, as a fraction of the stage's lr "
+                "(LLaVA-OneVision trains its tower at 1/5 of the language model's)."})
     turns: int = field(default=4, metadata={
         "help": "Most questions per instruction sample, one conversation about one image."})
     save_steps: int = field(default=250, metadata={"help": "Checkpoint every this many steps."})
@@ -96,6 +99,8 @@ class PretrainConfig:
         resolve_size(self.size)
         stages = tuple(self.tower_stages)
         object.__setattr__(self, "tower_stages", () if stages == ("none",) else stages)
+        if not 0 < self.tower_lr_scale <= 1:
+            raise ValueError(f"tower_lr_scale must be in (0, 1], got {self.tower_lr_scale!r}")
         if any(s not in STAGES[1:] for s in self.tower_stages):
             raise ValueError(f"tower_stages must be among {STAGES[1:]} (or 'none'), got "
                              f"{list(stages)}")
@@ -171,17 +176,34 @@ def last_checkpoint(out_dir: Path) -> str | None:
     return get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
 
 
-def ntp_trainer(model: Any, processor: Any, dataset: Any, args: Any, tower: bool = False) -> Any:
+def ntp_trainer(model: Any, processor: Any, dataset: Any, args: Any, tower: bool = False,
+                tower_lr_scale: float = 1.0) -> Any:
     """The stock ``Trainer`` on next-token prediction over `Sample`s (their conversations, every
     answer in the loss): projector and language model trained, the vision tower frozen (as in
-    LLaVA-1.5) unless ``tower``. The batches hold plain model inputs only: no KLAL or LLL term can
-    be computed."""
+    LLaVA-1.5) unless ``tower``, then at ``tower_lr_scale`` times the stage's learning rate. The
+    batches hold plain model inputs only: no KLAL or LLL term can be computed."""
     from transformers import Trainer
 
     model.model.vision_tower.requires_grad_(tower)
     model.train()
     collate = ConversationCollator(processor, get_adapter(model))
-    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
+    optimizers = (None, None)
+    if tower and tower_lr_scale != 1.0:
+        optimizers = (tower_optimizer(model, args, tower_lr_scale), None)
+    return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
+                   optimizers=optimizers)
+
+
+def tower_optimizer(model: Any, args: Any, scale: float) -> torch.optim.Optimizer:
+    """AdamW as the Trainer builds it (no weight decay here), the tower's parameters in a group
+    of their own at ``scale`` times the learning rate; the Trainer's schedule scales both."""
+    tower = {id(p) for p in model.model.vision_tower.parameters()}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if id(p) not in tower], "lr": args.learning_rate},
+              {"params": [p for p in trained if id(p) in tower],
+               "lr": args.learning_rate * scale}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay,
+                             betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
 
 
 def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool = True
@@ -212,7 +234,8 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
                                                            side * side))
     else:
         tower = stage in config.tower_stages
-        trainer = ntp_trainer(model, processor, dataset, args, tower=tower)
+        trainer = ntp_trainer(model, processor, dataset, args, tower=tower,
+                              tower_lr_scale=config.tower_lr_scale)
     resume = last_checkpoint(stage_dir)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
