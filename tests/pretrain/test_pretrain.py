@@ -254,6 +254,8 @@ def test_model_card(finished, tmp_path):
     assert '"tower_stages": ["align"]' in text
     assert "| heads | 25.0 | 50.0 | 20.0 | 30.0 |" in text
     assert json.loads((card / "eval.json").read_text()) == stored
+    # package data: every file readable by all (a model save can leave 0600 files)
+    assert all(f.stat().st_mode & 0o444 == 0o444 for f in card.iterdir())
     with pytest.raises(ValueError, match="not empty"):
         write_card(out, evaluation, tmp_path / "card")
     with pytest.raises(ValueError, match="has not finished"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,9 @@ def write_card(run_dir: str | Path, evaluation: PretrainedEval, out: str | Path,
                if (run_dir / s / "record.json").is_file()}
     with atomic_dir(out) as tmp:
         for f in final.iterdir():
-            if f.is_file():
+            if f.is_file():  # readable by all, as package data must be (a save may be 0600)
                 shutil.copy2(f, tmp / f.name)
+                os.chmod(tmp / f.name, 0o644)
         card = render_card(recipe, records, evaluation, sha256(final / "model.safetensors"),
                            size, command, machine)
         (tmp / "README.md").write_text(card)

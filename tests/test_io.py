@@ -1,0 +1,38 @@
+"""lookhere.io: atomic writes land with the permissions a plain mkdir/open would give, leave
+nothing behind on failure, and never overwrite a non-empty folder."""
+
+import os
+
+import pytest
+
+from lookhere.io import atomic_dir, atomic_path, write_json
+
+
+@pytest.fixture()
+def umask():
+    old = os.umask(0o022)
+    yield 0o022
+    os.umask(old)
+
+
+def test_modes_follow_the_umask(tmp_path, umask):
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("x")
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    path = write_json({"a": 1}, tmp_path / "j.json")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_failures_leave_nothing_and_nothing_is_overwritten(tmp_path):
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("x")
+        raise RuntimeError
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "f.txt") as tmp:
+        tmp.write_text("x")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine").write_text("keep")
+    with pytest.raises(FileExistsError), atomic_dir(tmp_path / "full"):
+        pass
+    assert (tmp_path / "full" / "mine").read_text() == "keep"
