@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from lookhere.models.tiny import build_tiny, resolve_size
+from lookhere.train.arguments import trainer_args
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,9 @@ class TrainSpec:
 
 def training_args(spec: TrainSpec, out_dir: Path, progress: bool = True) -> Any:
     """The experiments' `TrainingArguments` (AdamW, cosine with warm-up, no checkpoints)."""
-    from transformers import TrainingArguments
-
-    return TrainingArguments(
-        output_dir=str(out_dir), max_steps=spec.steps,
-        per_device_train_batch_size=spec.batch_size, learning_rate=spec.lr,
-        warmup_steps=max(0, round(spec.warmup_ratio * spec.steps)),
-        lr_scheduler_type="cosine", weight_decay=0.0, logging_steps=max(1, spec.steps // 30),
-        save_strategy="no", report_to=[], seed=spec.seed, data_seed=spec.data_seed,
-        remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(),
-    )
+    return trainer_args(out_dir, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr,
+                        warmup_ratio=spec.warmup_ratio, seed=spec.seed,
+                        data_seed=spec.data_seed, progress=progress, log_points=30)
 
 
 def fit(trainer: Any, steps: int) -> dict[str, Any]:

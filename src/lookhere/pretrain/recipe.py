@@ -38,6 +38,7 @@ from lookhere.models.adapter import get_adapter
 from lookhere.models.tiny import build_tiny, resolve_size, save_tiny
 from lookhere.pretrain.conversation import ConversationCollator
 from lookhere.pretrain.vision import DensePatchCollator, DensePatchObjective
+from lookhere.train.arguments import trainer_args
 
 STAGES = ("vision", "align", "instruct")
 STAGE_MODES = {"vision": "vision", "align": "caption", "instruct": "instruct"}
@@ -155,19 +156,11 @@ def stage_dataset(config: PretrainConfig, stage: str, world_size: int = 1) -> Ta
 
 
 def training_args(config: PretrainConfig, stage: str, out_dir: Path, progress: bool) -> Any:
-    from transformers import TrainingArguments
-
     sc = config.stage(stage)
-    return TrainingArguments(
-        output_dir=str(out_dir), max_steps=sc.steps, per_device_train_batch_size=sc.batch_size,
-        learning_rate=sc.lr, warmup_steps=round(sc.warmup_ratio * sc.steps),
-        lr_scheduler_type="cosine", weight_decay=0.0, logging_steps=max(1, sc.steps // 50),
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=1,
-        report_to=[], seed=config.seed, data_seed=config.data_seed,
-        remove_unused_columns=False, disable_tqdm=not progress,
-        dataloader_num_workers=config.workers, bf16=config.bf16,
-        use_cpu=not torch.cuda.is_available(),
-    )
+    return trainer_args(out_dir, steps=sc.steps, batch_size=sc.batch_size, lr=sc.lr,
+                        warmup_ratio=sc.warmup_ratio, seed=config.seed,
+                        data_seed=config.data_seed, progress=progress, log_points=50,
+                        save_steps=config.save_steps, workers=config.workers, bf16=config.bf16)
 
 
 def last_checkpoint(out_dir: Path) -> str | None:
