@@ -38,3 +38,16 @@ def test_cli_modules_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(capsys):
+    from lookhere.cli.common import load_model_for_cli
+
+    with pytest.raises(SystemExit) as e:
+        load_model_for_cli("no/such/model", "cuda", "lookhere eval")
+    assert e.value.code == 2
+    assert "--device cuda: CUDA is not available here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_model_for_cli("no/such/model", "nonsense", "lookhere eval")
+    assert "--device nonsense" in capsys.readouterr().err

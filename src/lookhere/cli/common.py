@@ -102,6 +102,10 @@ def load_model_for_cli(path: str, device: str | None, prog: str) -> tuple[Any, A
         dev = torch.device(resolve_device(device))
     except RuntimeError as err:
         raise fail(f"--device {device}: {err}", prog) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():  # before loading any weights
+        raise fail(f"--device {device}: CUDA is not available here (use --device cpu)", prog)
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise fail(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)", prog)
     try:
         model, processor, adapter = load_model(path)
     except (OSError, ValueError) as err:  # no such folder, or an unsupported family
