@@ -51,3 +51,14 @@ def test_cuda_device_without_cuda_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         load_model_for_cli("no/such/model", "nonsense", "lookhere eval")
     assert "--device nonsense" in capsys.readouterr().err
+
+
+def test_missing_local_model_says_so(tmp_path, capsys, monkeypatch):
+    """A model folder that does not exist is named as such, not only as a hub failure."""
+    from lookhere.cli.common import load_model_for_cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as e:
+        load_model_for_cli(str(tmp_path / "nope"), "cpu", "lookhere eval")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--model {tmp_path / 'nope'}: no such local folder" in err

@@ -109,6 +109,10 @@ def load_model_for_cli(path: str, device: str | None, prog: str) -> tuple[Any, A
     try:
         model, processor, adapter = load_model(path)
     except (OSError, ValueError) as err:  # no such folder, or an unsupported family
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, OSError) and not Path(path).expanduser().exists():
+            raise fail(f"--model {path}: no such local folder, and as a hub id it failed: "
+                       f"{first}", prog) from None
         raise fail(f"--model {path}: {err}", prog) from None
     return model.to(dev).eval(), processor, adapter
 
