@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lookhere.data.sample import Geometry
+from lookhere.data.synthetic import make_task
 from lookhere.data.synthetic import shapes as shapes_mod
 from lookhere.data.synthetic.base import TASKS
 from lookhere.data.synthetic.shapes import ShapesConfig, ShapesTask, object_mask
@@ -277,3 +278,14 @@ def test_sample_identity():
     s = ShapesTask(seed=2, image_size=SIZE).sample(5)
     assert s.task == "shapes" and s.id == "shapes-s2-0000005"
     assert TASKS["shapes"] is shapes_mod.ShapesTask
+
+
+@pytest.mark.parametrize(("key", "value", "kind"), [
+    ("image_size", "abc", "int"), ("image_size", 56.5, "int"), ("image_size", True, "int"),
+    ("small_radius", "0.1", "float"), ("shapes", "circle", "tuple")])
+def test_settings_of_the_wrong_type_are_named(key, value, kind):
+    """`--set image_size=abc` once failed deep in the generator ('<=' not supported between
+    int and str); now the setting and the type it needs are named before any sample."""
+    with pytest.raises(ValueError, match=f"shapes setting '{key}' must be of type {kind}"):
+        make_task("shapes", **{key: value})
+    make_task("shapes", image_size=np.int64(112), small_radius=np.float64(0.08))  # numpy ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, fields
@@ -73,4 +74,21 @@ def make_task(name: str, seed: int = 0, **config: Any) -> SyntheticTask:
     unknown = set(config) - known
     if unknown:
         raise ValueError(f"unknown {name} settings {sorted(unknown)}; known: {sorted(known)}")
+    defaults = cls.config_class()
+    for key, value in config.items():
+        _check_type(name, key, value, getattr(defaults, key))
     return cls(seed=seed, **config)
+
+
+def _check_type(task: str, key: str, value: Any, default: Any) -> None:
+    """A setting must have its default's kind (an int where an int is, a number where a float
+    is), so a string never reaches a comparison deep in the generator."""
+    kinds = {bool: (bool,), int: (numbers.Integral,), float: (numbers.Real,), str: (str,),
+             tuple: (tuple, list)}
+    want = next((k for k in kinds if isinstance(default, k)), None)  # bool before int
+    if want is None:
+        return
+    ok = isinstance(value, kinds[want]) and not (want is not bool and isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"{task} setting {key!r} must be of type {want.__name__} (like its "
+                         f"default {default!r}), got {value!r}")
