@@ -36,3 +36,25 @@ def test_failures_leave_nothing_and_nothing_is_overwritten(tmp_path):
     with pytest.raises(FileExistsError), atomic_dir(tmp_path / "full"):
         pass
     assert (tmp_path / "full" / "mine").read_text() == "keep"
+
+
+def test_leftovers_of_dead_writers_are_removed(tmp_path):
+    """kill -9 mid-write leaves `.<name>.<pid>.*`; the next write of that output removes it when
+    its process is gone, and never touches a live writer's."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale_dir = tmp_path / f".d.{dead}.abc"
+    stale_dir.mkdir()
+    (stale_dir / "big").write_text("x")
+    stale_file = tmp_path / f".f.json.{dead}.xyz.tmp"
+    stale_file.write_text("x")
+    live = tmp_path / f".d.{os.getpid()}.keep"
+    live.mkdir()
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("x")
+    write_json({}, tmp_path / "f.json")
+    assert not stale_dir.exists() and not stale_file.exists() and live.is_dir()
+    assert (tmp_path / "d" / "f").is_file()
