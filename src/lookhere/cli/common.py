@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,6 @@ def add_overwrite(p: argparse.ArgumentParser) -> None:
 def check_outputs(args: argparse.Namespace, names: tuple[str, ...], prog: str) -> None:
     """Before any work: each output file given (``args.<name>``, an option ``--<name>``) must be
     new unless ``--overwrite``, and its folder must exist or be creatable, and be writable."""
-    import os
-
     for name in names:
         path = getattr(args, name, None)
         if path is None:
@@ -109,8 +108,8 @@ def load_model_for_cli(path: str, device: str | None, prog: str) -> tuple[Any, A
     try:
         model, processor, adapter = load_model(path)
     except (OSError, ValueError) as err:  # no such folder, or an unsupported family
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         if isinstance(err, OSError) and not Path(path).expanduser().exists():
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise fail(f"--model {path}: no such local folder, and as a hub id it failed: "
                        f"{first}", prog) from None
         raise fail(f"--model {path}: {err}", prog) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -98,7 +99,7 @@ def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
         "",
         "Held-out data only (`lookhere pretrain eval --model lookhere:llava-mini --out "
         "eval.json`, settings "
-        f"`{json.dumps(evaluation.to_json()['config'])}`): Shapes questions and REC at the "
+        f"`{json.dumps(dataclasses.asdict(evaluation.config))}`): Shapes questions and REC at the "
         "experiments' test seed, the other Scenes skills at a seed never used in pretraining, "
         "the heads searched on the search seed's expressions.",
         "",

@@ -80,15 +80,18 @@ def make_task(name: str, seed: int = 0, **config: Any) -> SyntheticTask:
     return cls(seed=seed, **config)
 
 
+#: a default's type -> the types a setting may have in its place (bool first: it is an int)
+_KINDS = {bool: (bool,), int: (numbers.Integral,), float: (numbers.Real,), str: (str,),
+          tuple: (tuple, list)}
+
+
 def _check_type(task: str, key: str, value: Any, default: Any) -> None:
     """A setting must have its default's kind (an int where an int is, a number where a float
     is), so a string never reaches a comparison deep in the generator."""
-    kinds = {bool: (bool,), int: (numbers.Integral,), float: (numbers.Real,), str: (str,),
-             tuple: (tuple, list)}
-    want = next((k for k in kinds if isinstance(default, k)), None)  # bool before int
+    want = next((k for k in _KINDS if isinstance(default, k)), None)  # bool before int
     if want is None:
         return
-    ok = isinstance(value, kinds[want]) and not (want is not bool and isinstance(value, bool))
+    ok = isinstance(value, _KINDS[want]) and not (want is not bool and isinstance(value, bool))
     if not ok:
         raise ValueError(f"{task} setting {key!r} must be of type {want.__name__} (like its "
                          f"default {default!r}), got {value!r}")
