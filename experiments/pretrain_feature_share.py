@@ -1,6 +1,7 @@
 """How much of the visual tokens' variance each label explains, for one or more pretrained runs.
 
-For each run, the vision tower of ``vision/final`` and, once the run has one, the projector of
+For each run, the vision tower of ``vision/final`` (the layers LLaVA reads, concatenated, and
+each alone when it reads more than one) and, once the run has one, the projector of
 ``instruct/final`` (what the language model reads) embed vision-mode scenes of a seed pretraining
 never draws (``--seed``, default 30,000, no evaluation's either); over the cells
 that lie on an object, the share of the features' total variance that lies between the classes
@@ -56,12 +57,19 @@ def main() -> None:
         samples = list(TaskDataset(task, args.n).materialise().samples)
         side = tower.config.image_size // tower.config.patch_size
         batch = DensePatchCollator(processor.image_processor, side * side)(samples)
+        layers = model.config.vision_feature_layer
+        layers = [layers] if isinstance(layers, int) else list(layers)
         with torch.no_grad():
-            feats = tower(batch["pixel_values"], output_hidden_states=True).hidden_states[-1]
-            feats = feats[:, 1:]  # (B, K, D) patch tokens, as LLaVA reads them
+            hidden = tower(batch["pixel_values"], output_hidden_states=True).hidden_states
+            read = [hidden[i][:, 1:] for i in layers]  # (B, K, D) patch tokens, as LLaVA reads
+            feats = torch.cat(read, dim=-1)  # (B, K, D * len(layers))
             proj = model.model.multi_modal_projector(feats)  # (B, K, hidden)
         on = batch["labels_colour"] != 0
-        rows = (("tower", feats), ("projector", proj)) if has_projector else (("tower", feats),)
+        rows = [("tower", feats)]
+        if len(layers) > 1:
+            rows += [(f"tower layer {i}", x) for i, x in zip(layers, read, strict=True)]
+        if has_projector:
+            rows.append(("projector", proj))
         for name, x in rows:
             shares = []
             for label in LABELS:

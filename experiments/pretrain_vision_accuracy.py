@@ -38,7 +38,8 @@ def main() -> None:
         raise SystemExit(f"{run / 'vision'} has no Trainer checkpoint (it holds the heads)")
     model, processor = build_tiny(config.family, config.size, seed=config.seed)
     tower = model.model.vision_tower
-    objective = DensePatchObjective(tower, tower.config.hidden_size)
+    objective = DensePatchObjective(tower, tower.config.hidden_size,
+                                    attribute_layer=config.attribute_layer)
     objective.load_state_dict(load_file(str(ckpts[-1] / "model.safetensors")))
     objective.eval()
     task = make_task("scenes", seed=config.data_seed + 10_000, **config.scenes("vision"))
@@ -46,11 +47,13 @@ def main() -> None:
     side = tower.config.image_size // tower.config.patch_size
     batch = DensePatchCollator(processor.image_processor, side * side)(samples)
     with torch.no_grad():
-        feats = tower(batch["pixel_values"], output_hidden_states=True).hidden_states[-1][:, 1:]
+        hidden = tower(batch["pixel_values"], output_hidden_states=True).hidden_states
+        boxes, attributes = hidden[-1][:, 1:], hidden[config.attribute_layer][:, 1:]  # (B, K, D)
         print(f"{ckpts[-1]}: {args.n} held-out scenes (seed {config.data_seed + 10_000})")
         print("| map | accuracy on objects % | accuracy on all cells % | mean |error| bins |")
         print("|---|---|---|---|")
         for name in LABEL_CLASSES:
+            feats = boxes if name.startswith("box_") else attributes
             pred = objective.heads[name](feats).argmax(-1)  # (B, K)
             gold = batch[f"labels_{name}"]
             on = gold != 0

@@ -308,3 +308,59 @@ def test_tower_learns_at_its_own_rate(tmp_path):
     assert tower["lr"] == pytest.approx(0.1 * rest["lr"]) and rest["lr"] > 0
     with pytest.raises(ValueError, match="tower_lr_scale"):
         PretrainConfig(tower_lr_scale=0.0)
+
+
+def test_attribute_maps_read_their_own_layer():
+    """attribute_layer: colour, shape, size and glyph are predicted from that tower layer, the
+    box maps from the last; recomputed in float64 from the hidden states."""
+    model, processor = build_tiny("llava", "heads", seed=0)  # a 2-layer tower
+    tower = model.model.vision_tower
+    side = tower.config.image_size // tower.config.patch_size
+    torch.manual_seed(0)
+    obj = DensePatchObjective(tower, tower.config.hidden_size, 1.0, attribute_layer=-2).eval()
+    task = make_task("scenes", seed=0, mode="vision", image_size=tower.config.image_size,
+                     patch_size=tower.config.patch_size)
+    batch = DensePatchCollator(processor.image_processor, side * side)([task.sample(i)
+                                                                       for i in range(2)])
+    with torch.no_grad():
+        got = obj(**batch)
+        hidden = tower(batch["pixel_values"], output_hidden_states=True).hidden_states
+        for name, head in obj.heads.items():
+            feats = hidden[-1 if name.startswith("box_") else -2][:, 1:]  # (B, K, D)
+            logp = head(feats).double().log_softmax(-1)
+            want = -logp.gather(-1, batch[f"labels_{name}"][..., None]).mean()
+            assert got[f"{name}_loss"].item() == pytest.approx(want.item(), rel=1e-5)
+            # and not from the other layer (the two layers differ)
+            other = hidden[-2 if name.startswith("box_") else -1][:, 1:]
+            wrong = -head(other).double().log_softmax(-1).gather(
+                -1, batch[f"labels_{name}"][..., None]).mean()
+            assert got[f"{name}_loss"].item() != pytest.approx(wrong.item(), rel=1e-5)
+
+
+def test_language_model_reads_both_layers(tmp_path):
+    """With attribute_layer below -1 the vision stage's model reads [attribute_layer, -1]
+    concatenated: its image features are the projector of the two hidden states side by side,
+    and the saved model loads back reading the same."""
+    from lookhere.models.tiny import save_tiny
+    from lookhere.pretrain.recipe import read_layers
+
+    config = dataclasses.replace(CFG, size="heads", attribute_layer=-2)
+    assert config.feature_layers == [-2, -1] and CFG.feature_layers == [-1]
+    model, processor = build_tiny("llava", "heads", seed=0)
+    read_layers(model, config.feature_layers, seed=0)
+    hidden = model.config.vision_config.hidden_size
+    assert model.model.multi_modal_projector.linear_1.in_features == 2 * hidden
+    save_tiny(model, processor, tmp_path / "m")
+    loaded, _ = load_stage_model(tmp_path / "m")
+    pixels = torch.randn(2, 3, 112, 112)
+    for m in (model, loaded):
+        with torch.no_grad():
+            feats = m.model.get_image_features(pixel_values=pixels).pooler_output  # [(K, H)] * B
+            states = m.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+            want = m.model.multi_modal_projector(
+                torch.cat([states[-2][:, 1:], states[-1][:, 1:]], dim=-1))  # (B, K, H)
+        torch.testing.assert_close(torch.stack(list(feats)), want)
+    with pytest.raises(ValueError, match=r"attribute_layer must be an int in \[-1, -1\]"):
+        dataclasses.replace(CFG, attribute_layer=-2)  # the "test" tower has one layer
+    with pytest.raises(ValueError, match="attribute_layer"):
+        PretrainConfig(attribute_layer=0)

@@ -80,6 +80,11 @@ class PretrainConfig:
     box_weight: float = field(default=0.1, metadata={
         "help": "Weight of each of the 4 box-edge maps in the vision stage's dense loss (the "
                 "other 4 maps weigh 1)."})
+    attribute_layer: int = field(default=-1, metadata={
+        "help": "Tower layer (a hidden-state index, as LLaVA's vision_feature_layer) whose patch "
+                "tokens predict colour, shape, size and glyph in the vision stage; the box maps "
+                "read the last layer. Below -1, the language model reads both layers, "
+                "concatenated (vision_feature_layer=[attribute_layer, -1])."})
     tower_stages: tuple[str, ...] = field(default=("align", "instruct"), metadata={
         "help": "Next-token stages that train the vision tower too (align, instruct; 'none': "
                 "frozen in both, as LLaVA-1.5)."})
@@ -97,7 +102,12 @@ class PretrainConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, StageConfig(**value))
-        resolve_size(self.size)
+        size = resolve_size(self.size)
+        if (not isinstance(self.attribute_layer, int)
+                or not -size.vision_layers <= self.attribute_layer <= -1):
+            raise ValueError(f"attribute_layer must be an int in [-{size.vision_layers}, -1] (the "
+                             f"{self.size!r} tower has {size.vision_layers} layers), got "
+                             f"{self.attribute_layer!r}")
         stages = tuple(self.tower_stages)
         object.__setattr__(self, "tower_stages", () if stages == ("none",) else stages)
         if not 0 < self.tower_lr_scale <= 1:
@@ -109,6 +119,11 @@ class PretrainConfig:
             raise ValueError(f"box_weight must be >= 0, got {self.box_weight!r}")
         if self.save_steps < 1 or self.workers < 0 or self.turns < 1:
             raise ValueError("save_steps and turns must be >= 1 and workers >= 0")
+
+    @property
+    def feature_layers(self) -> list[int]:
+        """The tower layers the language model reads (LLaVA's ``vision_feature_layer``)."""
+        return [-1] if self.attribute_layer == -1 else [self.attribute_layer, -1]
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
@@ -207,6 +222,7 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
     stage_dir = out_dir / stage
     if stage == "vision":
         model, processor = build_tiny(config.family, config.size, seed=config.seed)
+        read_layers(model, config.feature_layers, seed=config.seed)
     else:
         prev = out_dir / STAGES[STAGES.index(stage) - 1] / "final"
         if not (prev / "config.json").is_file():
@@ -219,8 +235,8 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
     dataset = stage_dataset(config, stage, args.world_size)
     if stage == "vision":
         tower = model.model.vision_tower
-        trained = DensePatchObjective(tower, tower.config.hidden_size,
-                                      config.box_weight).train()
+        trained = DensePatchObjective(tower, tower.config.hidden_size, config.box_weight,
+                                      config.attribute_layer).train()
         side = tower.config.image_size // tower.config.patch_size
         trainer = Trainer(model=trained, args=args, train_dataset=dataset,
                           data_collator=DensePatchCollator(processor.image_processor,
@@ -241,6 +257,21 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
         write_json(record.to_json(), stage_dir / "record.json")
     trainer.accelerator.wait_for_everyone()
     return record
+
+
+def read_layers(model: Any, layers: list[int], seed: int) -> None:
+    """Make LLaVA read the tower's ``layers``, concatenated along channels (transformers' own
+    ``vision_feature_layer`` list), with a fresh projector of the wider input (seeded)."""
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    if layers == [model.config.vision_feature_layer]:
+        return
+    model.config.vision_feature_layer = layers if len(layers) > 1 else layers[0]
+    torch.manual_seed(seed)
+    dtype = model.model.multi_modal_projector.linear_1.weight.dtype
+    projector = LlavaMultiModalProjector(model.config).to(dtype)
+    projector.apply(model._init_weights)  # the initialisation the model's own projector had
+    model.model.multi_modal_projector = projector
 
 
 def load_stage_model(path: str | Path) -> tuple[Any, Any]:

@@ -1,11 +1,13 @@
 """The vision stage's objective: dense per-patch classification of the vision tower's features.
 
-Every patch token of the CLIP tower's last layer (the features LLaVA reads with
-``vision_feature_layer=-1``) predicts, through one linear head per label map, the colour, shape,
-size and glyph class of its cell and, as FCOS does for detection, the box of the object it lies
-on (each edge as one of `BOX_BINS` bins; `scenes.patch_labels`). The heads are discarded after the
-stage; only the tower is kept. Why dense labels rather than CLIP's contrastive captions:
-docs/methods.md, "Pretraining".
+Every patch token predicts, through one linear head per label map, the colour, shape, size and
+glyph class of its cell (read from the tower layer ``attribute_layer``) and, as FCOS does for
+detection, the box of the object it lies on (each edge as one of `BOX_BINS` bins;
+`scenes.patch_labels`; read from the last layer). With ``attribute_layer`` below the last, the
+two kinds of label have a layer each, and LLaVA reads both (``vision_feature_layer`` as a list):
+on one layer the box edges took the features' variance and the language model then never read
+colour (docs/results.md, 6.4). The heads are discarded after the stage; only the tower is kept.
+Why dense labels rather than CLIP's contrastive captions: docs/methods.md, "Pretraining".
 """
 
 from __future__ import annotations
@@ -37,23 +39,29 @@ class DensePatchObjective(nn.Module):
     label maps' mean cross-entropies (and per-map losses, detached). ``box_weight`` weighs each
     of the four box-edge maps (the other maps weigh 1): at 1, the box edges took 37% of the
     features' variance and colour 7% (results section 6.4), and a language model trained from
-    scratch then failed to read colour."""
+    scratch then failed to read colour. ``attribute_layer`` (a hidden-state index, as LLaVA's
+    ``vision_feature_layer``) is where the colour, shape, size and glyph maps are read; the box
+    maps always read the last layer."""
 
-    def __init__(self, vision_tower: nn.Module, hidden: int, box_weight: float = 1.0) -> None:
+    def __init__(self, vision_tower: nn.Module, hidden: int, box_weight: float = 1.0,
+                 attribute_layer: int = -1) -> None:
         super().__init__()
         if not 0 <= box_weight:
             raise ValueError(f"box_weight must be >= 0, got {box_weight!r}")
         self.vision_tower = vision_tower
+        self.attribute_layer = attribute_layer
         self.heads = nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in LABEL_CLASSES.items()})
         self.weights = {k: box_weight if k.startswith("box_") else 1.0 for k in LABEL_CLASSES}
 
     def forward(self, pixel_values: torch.Tensor, **labels: torch.Tensor) -> dict[str, Any]:
         out = self.vision_tower(pixel_values, output_hidden_states=True)
-        feats = out.hidden_states[-1][:, 1:]  # (B, K, D): patch tokens, CLS dropped as in LLaVA
-        loss = feats.new_zeros(())
+        # (B, K, D) patch tokens, CLS dropped as in LLaVA
+        boxes = out.hidden_states[-1][:, 1:]
+        attributes = out.hidden_states[self.attribute_layer][:, 1:]
+        loss = boxes.new_zeros(())
         logs = {}
         for name, head in self.heads.items():
-            logits = head(feats)  # (B, K, classes)
+            logits = head(boxes if name.startswith("box_") else attributes)  # (B, K, classes)
             target = labels[f"labels_{name}"]  # (B, K)
             ce = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
             loss = loss + self.weights[name] * ce
