@@ -24,7 +24,8 @@ from lookhere.pretrain.recipe import (
 from lookhere.pretrain.vision import DensePatchCollator, DensePatchObjective
 
 CFG = PretrainConfig(size="test", vision=StageConfig(3, 1e-3, 2), align=StageConfig(3, 1e-3, 2),
-                     instruct=StageConfig(3, 1e-3, 2), save_steps=2, tower_stages=("align",))
+                     instruct=StageConfig(3, 1e-3, 2), save_steps=2, tower_stages=("align",),
+                     projector_init="random")  # the "test" LM is narrower than the heads' logits
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +220,10 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "train", "--out", str(tmp_path / "r"), "--stages", "instruct",
               "--size", "test"])
+    assert e.value.code == 2 and "needs a language model of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "train", "--out", str(tmp_path / "r"), "--stages", "instruct",
+              "--size", "test", "--projector-init", "random"])
     assert e.value.code == 2 and "earlier stages" in capsys.readouterr().err
     existing = tmp_path / "e.json"
     existing.write_text("{}")
@@ -270,7 +275,8 @@ def test_torchrun_two_processes(tmp_path):
 
     out = tmp_path / "run"
     torchrun(["-m", "lookhere.cli", "pretrain", "train", "--out", out, "--size", "test",
-              "--vision-steps", "2", "--align-steps", "2", "--instruct-steps", "2",
+              "--projector-init", "random", "--vision-steps", "2", "--align-steps", "2",
+              "--instruct-steps", "2",
               "--vision-batch-size", "2", "--align-batch-size", "2",
               "--instruct-batch-size", "2", "--quiet"])
     for stage in STAGES:
@@ -364,3 +370,69 @@ def test_language_model_reads_both_layers(tmp_path):
         dataclasses.replace(CFG, attribute_layer=-2)  # the "test" tower has one layer
     with pytest.raises(ValueError, match="attribute_layer"):
         PretrainConfig(attribute_layer=0)
+
+
+WIDE = {"hidden": 160, "vision_layers": 2}  # the "test" size with room for the 142 label logits
+
+
+def test_projector_starts_as_the_dense_heads():
+    """init_from_heads: each map's rows of the projector's first layer give that head's logits
+    (read from its own layer), centred and scaled; on the calibration images the maps' variances
+    stand in LOUDNESS's ratios and all labels hold LABEL_SHARE of the layer's variance. Checked
+    in float64 from the hidden states."""
+    from lookhere.pretrain.projector import LABEL_SHARE, LOUDNESS, init_from_heads
+    from lookhere.pretrain.recipe import read_layers
+
+    model, processor = build_tiny("llava", WIDE, seed=0)
+    tower = model.model.vision_tower
+    read_layers(model, [-2, -1], seed=0)
+    torch.manual_seed(0)
+    obj = DensePatchObjective(tower, tower.config.hidden_size, attribute_layer=-2).eval()
+    task = make_task("scenes", seed=0, mode="vision", image_size=56, patch_size=14)
+    pixels = processor.image_processor([task.sample(i).image for i in range(8)],
+                                       return_tensors="pt")["pixel_values"]
+    linear = model.model.multi_modal_projector.linear_1
+    ranges = init_from_heads(model.model.multi_modal_projector, obj, [-2, -1], pixels)
+    with torch.no_grad():
+        states = tower(pixels, output_hidden_states=True).hidden_states
+        feats = torch.cat([states[-2][:, 1:], states[-1][:, 1:]], -1).flatten(0, 1).double()
+        out = feats @ linear.weight.double().T + linear.bias.double()  # (N, rows)
+        var = {}
+        for name, head in obj.heads.items():
+            x = states[-1 if name.startswith("box_") else -2][:, 1:].flatten(0, 1).double()
+            logits = x @ head.weight.double().T + head.bias.double()  # (N, C)
+            a, b = ranges[name]
+            got = out[:, a:b]
+            centred = logits - logits.mean(0)
+            torch.testing.assert_close(got, got.std() / centred.std() * centred, atol=1e-4,
+                                       rtol=1e-3)
+            var[name] = got.var(0).sum()
+        rest = out[:, max(b for _, b in ranges.values()):].var(0).sum()
+    for name in var:
+        assert var[name] / var["colour"] == pytest.approx(LOUDNESS[name] / LOUDNESS["colour"],
+                                                          rel=1e-3)
+    labels = sum(var.values())
+    assert labels / (labels + rest) == pytest.approx(LABEL_SHARE, rel=1e-3)
+    narrow, _ = build_tiny("llava", "test", seed=0)
+    with pytest.raises(ValueError, match="more than the projector's"):
+        init_from_heads(narrow.model.multi_modal_projector,
+                        DensePatchObjective(narrow.model.vision_tower, 32), [-1],
+                        pixels[:, :, :56, :56])
+
+
+def test_vision_stage_leaves_the_projector_from_the_heads(tmp_path):
+    """projector_init='heads': the vision stage's saved model has a new projector, the rest of
+    the language side as built; 'random' on the "test" size is refused up front."""
+    config = dataclasses.replace(CFG, size=WIDE, projector_init="heads",
+                                 vision=StageConfig(2, 1e-3, 2))
+    run(config, tmp_path, stages=["vision"], progress=False)
+    init, _ = build_tiny("llava", WIDE, seed=0)
+    saved, _ = load_stage_model(tmp_path / "vision" / "final")
+    assert not torch.equal(saved.model.multi_modal_projector.linear_1.weight,
+                           init.model.multi_modal_projector.linear_1.weight)
+    assert all(torch.equal(v, _params(init.model.language_model)[k])
+               for k, v in _params(saved.model.language_model).items())
+    with pytest.raises(ValueError, match="needs a language model of at least 142"):
+        dataclasses.replace(CFG, projector_init="heads")
+    with pytest.raises(ValueError, match="projector_init must be one of"):
+        dataclasses.replace(CFG, projector_init="zeros")

@@ -5,14 +5,16 @@ projector alone on captions (stage 1), then the projector and the language model
 instruction mix (stage 2), the tower frozen throughout. lookhere has neither pretrained part, so
 the miniature has three stages (docs/methods.md, "Pretraining"):
 
-1. ``vision``: the CLIP tower alone, dense per-patch labels (`DensePatchObjective`);
+1. ``vision``: the CLIP tower alone, dense per-patch labels (`DensePatchObjective`: colour,
+   shape, size and glyph on one tower layer, the boxes on the last; LLaVA reads both), then the
+   projector's first layer set from the dense heads (`lookhere.pretrain.projector`);
 2. ``align``: captions naming every object with its box; the projector *and* the language model
    trained (a from-scratch language model must learn the language too);
 3. ``instruct``: the Scenes skill mix; projector and language model trained.
 
-LLaVA-1.5 freezes the tower in both; here it trains in the stages of ``tower_stages`` (by
-default both, as LLaVA-OneVision and Qwen2-VL do): the dense objective alone leaves colour too
-faint in the tower's features for the language model to read (docs/results.md, 6.4-6.5).
+LLaVA-1.5 freezes the tower in both, and so does the default here; ``tower_stages`` trains it
+too (as LLaVA-OneVision and Qwen2-VL do), which made the language loss rewrite the tower around
+colour and forget the boxes (docs/results.md, 6.5).
 
 Stages 2-3 use the plain ``transformers.Trainer`` with next-token prediction only: no KLAL and
 no LLL term (the papers' base models never saw them). Every stage draws fresh samples from a
@@ -37,13 +39,17 @@ from lookhere.io import write_json
 from lookhere.models.adapter import get_adapter
 from lookhere.models.tiny import build_tiny, resolve_size, save_tiny
 from lookhere.pretrain.conversation import ConversationCollator
-from lookhere.pretrain.vision import DensePatchCollator, DensePatchObjective
+from lookhere.pretrain.projector import held_out_pixels, init_from_heads
+from lookhere.pretrain.vision import LABEL_CLASSES, DensePatchCollator, DensePatchObjective
 from lookhere.train.arguments import trainer_args
 
 STAGES = ("vision", "align", "instruct")
 STAGE_MODES = {"vision": "vision", "align": "caption", "instruct": "instruct"}
 #: first sample index of each stage in the Scenes stream, so no two stages share a sample
 STAGE_START = {"vision": 0, "align": 10_000_000, "instruct": 20_000_000}
+PROJECTOR_INITS = ("heads", "random")
+#: scenes (after the vision stage's own) whose logits centre and scale the projector's init
+PROJECTOR_INIT_SCENES = 64
 
 
 @dataclass(frozen=True)
@@ -77,15 +83,18 @@ class PretrainConfig:
     vision: StageConfig = field(default_factory=lambda: StageConfig(1500, 2e-3, 32))
     align: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3, 16))
     instruct: StageConfig = field(default_factory=lambda: StageConfig(5000, 1e-3, 16))
-    box_weight: float = field(default=0.1, metadata={
+    box_weight: float = field(default=1.0, metadata={
         "help": "Weight of each of the 4 box-edge maps in the vision stage's dense loss (the "
                 "other 4 maps weigh 1)."})
-    attribute_layer: int = field(default=-1, metadata={
+    attribute_layer: int = field(default=-3, metadata={
         "help": "Tower layer (a hidden-state index, as LLaVA's vision_feature_layer) whose patch "
                 "tokens predict colour, shape, size and glyph in the vision stage; the box maps "
                 "read the last layer. Below -1, the language model reads both layers, "
                 "concatenated (vision_feature_layer=[attribute_layer, -1])."})
-    tower_stages: tuple[str, ...] = field(default=("align", "instruct"), metadata={
+    projector_init: str = field(default="heads", metadata={
+        "help": "How the vision stage leaves the projector: 'heads' (its first layer starts as the "
+                "dense heads, every label map loud; lookhere.pretrain.projector) or 'random'."})
+    tower_stages: tuple[str, ...] = field(default=(), metadata={
         "help": "Next-token stages that train the vision tower too (align, instruct; 'none': "
                 "frozen in both, as LLaVA-1.5)."})
     tower_lr_scale: float = field(default=1.0, metadata={
@@ -115,6 +124,14 @@ class PretrainConfig:
         if any(s not in STAGES[1:] for s in self.tower_stages):
             raise ValueError(f"tower_stages must be among {STAGES[1:]} (or 'none'), got "
                              f"{list(stages)}")
+        if self.projector_init not in PROJECTOR_INITS:
+            raise ValueError(f"projector_init must be one of {PROJECTOR_INITS}, got "
+                             f"{self.projector_init!r}")
+        logits = sum(LABEL_CLASSES.values())
+        if self.projector_init == "heads" and size.hidden < logits:
+            raise ValueError(f"projector_init='heads' needs a language model of at least {logits} "
+                             f"hidden units (one per dense label), the {self.size!r} size has "
+                             f"{size.hidden}: use projector_init='random'")
         if not 0 <= self.box_weight:
             raise ValueError(f"box_weight must be >= 0, got {self.box_weight!r}")
         if self.save_steps < 1 or self.workers < 0 or self.turns < 1:
@@ -249,6 +266,8 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
+    if stage == "vision" and config.projector_init == "heads":
+        init_projector(config, model, processor, trained.eval(), args.world_size)
     record = StageRecord(stage, config.stage(stage).steps, seconds,
                          [r for r in trainer.state.log_history if "loss" in r], resume)
     if trainer.is_world_process_zero():
@@ -257,6 +276,17 @@ def run_stage(config: PretrainConfig, stage: str, out_dir: Path, progress: bool 
         write_json(record.to_json(), stage_dir / "record.json")
     trainer.accelerator.wait_for_everyone()
     return record
+
+
+def init_projector(config: PretrainConfig, model: Any, processor: Any,
+                   objective: DensePatchObjective, world_size: int) -> None:
+    """The projector's first layer from the dense heads, scaled on scenes no stage trains on."""
+    sc = config.stage("vision")
+    task = make_task("scenes", seed=config.data_seed, **config.scenes("vision"))
+    first = STAGE_START["vision"] + sc.steps * sc.batch_size * world_size
+    samples = [task.sample(first + i) for i in range(PROJECTOR_INIT_SCENES)]
+    init_from_heads(model.model.multi_modal_projector, objective, config.feature_layers,
+                    held_out_pixels(processor, samples))
 
 
 def read_layers(model: Any, layers: list[int], seed: int) -> None:
