@@ -40,6 +40,37 @@ def test_cli_modules_import_no_torch():
     assert out.strip() == "[]"
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["heads", "find", "--help"],
+                                  ["--version"]])
+def test_help_and_version_load_no_torch(argv):
+    """`lookhere --help` (and the help of commands whose options need no torch) is quick: only
+    the chosen command's group builds its full parser; every command still shows in the list."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom lookhere.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    if argv == ["--help"]:
+        for command in ("families", "tiny", "data", "eval", "heads", "ground", "demo",
+                        "experiment", "pretrain"):
+            assert f"    {command} " in out
+    if argv == ["--version"]:
+        from lookhere import __version__
+
+        assert out.startswith(f"lookhere {__version__}")
+
+
+def test_unknown_command_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["nosuch"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nosuch'" in err and "pretrain" in err and "families" in err
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda_is_a_clear_error(capsys):
     from lookhere.cli.common import load_model_for_cli

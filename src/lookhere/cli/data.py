@@ -7,9 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+#: the commands this module adds, with their one-line help (`lookhere --help`)
+COMMANDS = {
+    "data": "synthetic datasets",
+}
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="synthetic datasets").add_subparsers(dest="data_command",
+    data = sub.add_parser("data", help=COMMANDS["data"]).add_subparsers(dest="data_command",
                                                                            required=True)
     p = data.add_parser("make", help="write a datasets-loadable folder of a synthetic task")
     p.add_argument("task", help="task name (grid_patch, line_intersection, line_tracing, "

@@ -34,10 +34,16 @@ _MODEL_ONLY = ("limit", "batch_size", "max_new_tokens", "predictions_out", "devi
 _DEFAULTS = {"batch_size": 16, "max_new_tokens": 16}
 
 
+#: the commands this module adds, with their one-line help (`lookhere --help`)
+COMMANDS = {
+    "eval": ("score answers on a dataset folder (from `lookhere data make`); "
+             "`lookhere eval rec`: REC with localization heads"),
+}
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score answers on a dataset folder (from `lookhere data make`)"
-                       "; `lookhere eval rec`: REC with localization heads",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("eval", help=COMMANDS["eval"], description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     # --data and the source are required, checked in _eval: `eval rec` has its own options.
     p.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (required)")
     src = p.add_mutually_exclusive_group()

@@ -15,13 +15,20 @@ from lookhere.cli.options import add_options, build
 SEED = ("train.seed",)  # set by --seeds (the demo: 0)
 
 
+#: the commands this module adds, with their one-line help (`lookhere --help`)
+COMMANDS = {
+    "demo": ("the embedded-model demo (KLAL, localization heads, the logit lens): "
+             "HTML report; these options set the KLAL part"),
+    "experiment": "longer experiments",
+}
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the embedded-model demo (KLAL, localization heads, the "
-                       "logit lens): HTML report; these options set the KLAL part")
+    p = sub.add_parser("demo", help=COMMANDS["demo"])
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="new or empty folder")
     _add_klal_options(p)
     p.set_defaults(run=_demo)
-    exp = sub.add_parser("experiment", help="longer experiments").add_subparsers(
+    exp = sub.add_parser("experiment", help=COMMANDS["experiment"]).add_subparsers(
         dest="experiment", required=True)
     p = exp.add_parser("klal", help="NTP vs NTP+KLAL over seeds (results JSON per seed)")
     p.add_argument("--out", type=Path, required=True, help="folder for <seed>.json files")

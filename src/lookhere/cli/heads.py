@@ -30,17 +30,22 @@ from lookhere.cli.common import (
     resolve_device,
 )
 
+#: the commands this module adds, with their one-line help (`lookhere --help`)
+COMMANDS = {
+    "heads": "localization heads of a model",
+    "ground": "ground expressions with a HeadSpec: boxes (and masks)",
+}
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    heads = sub.add_parser("heads", help="localization heads of a model", description=__doc__,
+    heads = sub.add_parser("heads", help=COMMANDS["heads"], description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p = heads.add_subparsers(dest="heads_command", required=True).add_parser(
         "find", help="score every head on a REC dataset folder and save the top-k as a HeadSpec",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_find_options(p)
     p.set_defaults(run=_find)
-    p = sub.add_parser("ground", help="ground expressions with a HeadSpec: boxes (and masks)",
-                       description=_GROUND_DESCRIPTION)
+    p = sub.add_parser("ground", help=COMMANDS["ground"], description=_GROUND_DESCRIPTION)
     _add_ground_options(p)
     p.set_defaults(run=_ground)
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: the commands this module adds, with their one-line help (`lookhere --help`)
+COMMANDS = {
+    "families": "list the supported model families",
+    "tiny": "build a tiny random-weight model + processor and save it",
+}
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("families", help="list the supported model families")
+    p = sub.add_parser("families", help=COMMANDS["families"])
     p.set_defaults(run=_families)
-    p = sub.add_parser("tiny", help="build a tiny random-weight model + processor and save it")
+    p = sub.add_parser("tiny", help=COMMANDS["tiny"])
     p.add_argument("--family", required=True, help="a family from `lookhere families`")
     p.add_argument("--size", default="heads",
                    help="tiny size preset: heads (default: 4 language layers, enough for "

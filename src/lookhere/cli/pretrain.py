@@ -21,12 +21,18 @@ from lookhere.cli.options import add_options, build
 PROG = "lookhere pretrain"
 
 
+#: the commands this module adds, with their one-line help (`lookhere --help`)
+COMMANDS = {
+    "pretrain": "pretrain a miniature VLM (LLaVA-1.5's recipe), evaluate it, package it",
+}
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from lookhere.experiment.pretrained import PretrainedEvalConfig
     from lookhere.pretrain.recipe import STAGES, PretrainConfig
 
-    cmds = sub.add_parser("pretrain", help="pretrain a miniature VLM (LLaVA-1.5's recipe), "
-                          "evaluate it, package it").add_subparsers(dest="pretrain", required=True)
+    cmds = sub.add_parser("pretrain", help=COMMANDS["pretrain"]).add_subparsers(
+        dest="pretrain", required=True)
     p = cmds.add_parser("train", help="run (or resume) the vision, align and instruct stages")
     p.add_argument("--out", type=Path, required=True, help="run folder (rerun to resume)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
