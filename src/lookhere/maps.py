@@ -34,7 +34,7 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 Threshold = str | float  # a named rule or a fraction of the peak (`segment`)
 MeanRule = Literal["mean", "two_mean"]  # `binarise`: above the mean, or the authors' 2 x mean
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
-_TWO_MEAN_MARGIN = 1e-3  # the authors' code: A - 2 * mean(A) > 0.001
+MARGIN = 1e-3  # the authors' code: a cell is foreground when A - 2 * mean(A) > 0.001
 NAMED_THRESHOLDS = ("mean", "two_mean")
 
 
@@ -129,12 +129,14 @@ def check_map(attn_map: np.ndarray) -> np.ndarray:
 
 
 def binarise(attn_map: np.ndarray, threshold: MeanRule = "mean") -> np.ndarray:
-    """Foreground cells: ``A > mean(A)`` (the paper) or ``A - 2 mean(A) > 0.001`` (the code)."""
+    """Foreground cells: ``A > mean(A)`` (the paper) or ``A - 2 mean(A) > 0.001`` (the code).
+
+    A constant map has none (its float mean can round below the constant)."""
     a = check_map(attn_map)
     if threshold == "mean":
-        return a > a.mean()
+        return a > a.mean() if np.ptp(a) > 0 else np.zeros(a.shape, dtype=bool)
     if threshold == "two_mean":
-        return a - 2.0 * a.mean() > _TWO_MEAN_MARGIN
+        return a - 2.0 * a.mean() > MARGIN
     raise ValueError(f"threshold must be 'mean' or 'two_mean', got {threshold!r}")
 
 

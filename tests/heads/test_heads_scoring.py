@@ -44,14 +44,34 @@ def brute_components(mask):
 
 
 def brute_entropy(a, threshold="mean", weight="area"):
+    if weight == "mass":
+        return authors_reference(a, threshold)
     mean = sum(a.ravel()) / a.size
     mask = a > mean if threshold == "mean" else a - 2 * mean > 1e-3
     comps = brute_components(mask)
     if not comps:
         return math.inf
-    shares = [len(c) if weight == "area" else sum(a[y, x] for y, x in c) for c in comps]
+    shares = [len(c) for c in comps]
     total = sum(shares)
     return -sum(s / total * math.log(s / total) for s in shares if s > 0)
+
+
+def authors_reference(a, threshold="two_mean"):
+    """The authors' ``spatial_entropy`` (seilk/LocalizationHeads), step by step in torch and
+    scipy as they write it, in float64: B = relu(S - k * mean), components of B > 0.001, each
+    component's sum of B over the whole map's sum of B, 0 when no component, inf when no mass."""
+    from scipy.ndimage import label
+
+    s_h = torch.as_tensor(a, dtype=torch.float64)
+    b_h = torch.relu(s_h - (2 if threshold == "two_mean" else 1) * torch.mean(s_h))
+    b_np = b_h.numpy()
+    labeled, num = label((b_np > 0.001).astype(np.int32), structure=np.ones((3, 3)))
+    total = torch.sum(b_h).item()
+    if total <= 0:
+        return math.inf
+    sums = [b_np[labeled == i].sum() for i in range(1, num + 1)]
+    probs = [x / total for x in sums if x > 0]
+    return -sum(p * np.log(p) for p in probs if p > 0) if probs else 0
 
 
 @settings(max_examples=60, deadline=None)
@@ -79,10 +99,43 @@ def test_entropy_known_values():
     b[5, 4] = 1.0  # areas 1 and 2
     assert spatial_entropy(b) == pytest.approx(-(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3)))
     c = np.zeros((6, 6))
-    c[0, 0], c[5, 5] = 3.0, 1.0  # equal areas, masses 3:1
-    assert spatial_entropy(c, weight="mass") == pytest.approx(
-        -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    c[0, 0], c[5, 5] = 3.0, 1.0  # equal areas; the authors' weights relu(A - mean), mean 1/9
+    w = np.array([3.0, 1.0]) - 1 / 9
+    p = w / w.sum()
+    assert spatial_entropy(c, "mean", weight="mass") == pytest.approx(-(p * np.log(p)).sum())
     assert spatial_entropy(np.ones((4, 5))) == math.inf  # nothing above the mean
+
+
+def test_constant_maps_have_no_foreground():
+    """A constant float64 map has no cell above its mean even where the computed mean rounds
+    below the constant (it did for 22-36% of constants), so its entropy is inf, not 0."""
+    rng = np.random.default_rng(0)
+    rounded_below = 0
+    for _ in range(200):
+        a = np.full((int(rng.integers(2, 24)), int(rng.integers(2, 24))), rng.random())
+        rounded_below += a.mean() < a[0, 0]
+        assert spatial_entropy(a) == math.inf and not binarise(a).any()
+    assert rounded_below > 10  # the case the rule guards is really exercised
+
+
+@pytest.mark.parametrize("threshold", ["mean", "two_mean"])
+def test_mass_weight_is_the_authors_code(threshold):
+    """weight="mass" against the transcription of the authors' function on 300 maps: dense,
+    peaky, and low maps whose cells barely clear (or miss) the 0.001 margin, where their code
+    divides by mass outside every component and returns 0.0 with no component."""
+    rng = np.random.default_rng(1)
+    zero_cases = 0
+    for i in range(300):
+        shape = (int(rng.integers(2, 14)), int(rng.integers(2, 14)))
+        a = rng.random(shape)
+        if i % 3 == 1:
+            a = np.where(rng.random(shape) < 0.15, a * 10, a * 0.01)
+        if i % 3 == 2:
+            a = a * 10 ** -rng.uniform(1.5, 3.5)  # B mostly at or below the margin
+        got, want = spatial_entropy(a, threshold, "mass"), authors_reference(a, threshold)
+        assert got == pytest.approx(want, abs=1e-12) or (math.isinf(got) and math.isinf(want))
+        zero_cases += want == 0 and not binarise(a, "two_mean").any()
+    assert zero_cases > 0  # their 0.0-without-component case occurs and is reproduced
 
 
 def test_binarise_rules():

@@ -6,7 +6,8 @@ Pure functions on attention maps, independent of any model:
 - `chord_knee`: the maximum-curvature point of a sorted curve by the chord method (the point
   farthest from the straight line through the first and last points), which gives tau;
 - `spatial_entropy`: binarise a head's map, find 8-connected components, and take the entropy of
-  the components' shares (area by default; the authors' code weighs by attention mass);
+  the components' shares (area by default; ``weight="mass"``: the authors' code exactly,
+  `authors_entropy`);
 - `pooled_entropy`: one entropy per head from the entropies of its maps on several grids of the
   same image (LLaVA-NeXT base + crops, Idefics3 tiles + global), weighted by the head's attention
   mass on each grid;
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from lookhere.io import atomic_path
-from lookhere.maps import MeanRule, binarise, check_map, components
+from lookhere.maps import MARGIN, MeanRule, binarise, check_map, components
 
 Weight = Literal["area", "mass"]
 
@@ -71,25 +72,43 @@ def spatial_entropy(attn_map: np.ndarray, threshold: MeanRule = "mean",
                     weight: Weight = "area") -> float:
     """``H = -sum_n P(C_n) log P(C_n)`` over the foreground's 8-connected components.
 
-    ``P(C_n)`` is the component's share of the foreground area (``weight="area"``, the paper) or
-    of the foreground's attention mass (``"mass"``, the authors' code). Lower is more
-    concentrated; one component gives 0; no foreground gives ``inf``.
+    ``weight="area"`` (the paper): the foreground is `binarise`'s and ``P(C_n)`` the component's
+    share of its area. Lower is more concentrated; one component gives 0; no foreground gives
+    ``inf``. ``weight="mass"`` is the authors' code exactly (`authors_entropy`).
     """
     a = check_map(attn_map)
+    if weight == "mass":
+        return authors_entropy(a, threshold)
+    if weight != "area":
+        raise ValueError(f"weight must be 'area' or 'mass', got {weight!r}")
     labels, n = components(binarise(a, threshold))
     if n == 0:
         return float("inf")
-    if weight == "area":
-        share = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    elif weight == "mass":
-        share = np.bincount(labels.ravel(), weights=a.ravel(), minlength=n + 1)[1:]
-    else:
-        raise ValueError(f"weight must be 'area' or 'mass', got {weight!r}")
-    total = share.sum()
-    if not total > 0:
-        return float("inf")  # mass weighting of a foreground with no mass
-    p = share[share > 0] / total
+    p = np.bincount(labels.ravel(), minlength=n + 1)[1:] / float((labels > 0).sum())
     return float(-(p * np.log(p)).sum())
+
+
+def authors_entropy(attn_map: np.ndarray, threshold: MeanRule = "two_mean") -> float:
+    """The spatial entropy of the authors' code (LocalizationHeads, ``spatial_entropy``).
+
+    ``B = relu(A - t)`` with ``t`` the mean (``"mean"``) or twice it (``"two_mean"``, their
+    code); the components are those of ``B > 0.001``; each weighs its sum of ``B`` divided by
+    the sum of ``B`` over the *whole* map (cells in (0, 0.001] count in the total, not in any
+    component, so the shares need not sum to 1). ``inf`` when ``B`` has no mass; **0.0** when it
+    has mass but no cell clears the margin, which their code returns (a bug: such a head looks
+    perfectly concentrated) and which is kept here only, for exactness.
+    """
+    a = check_map(attn_map)
+    if threshold not in ("mean", "two_mean"):
+        raise ValueError(f"threshold must be 'mean' or 'two_mean', got {threshold!r}")
+    b = np.maximum(a - (2.0 if threshold == "two_mean" else 1.0) * a.mean(), 0.0)
+    total = b.sum()
+    if not total > 0:
+        return float("inf")
+    labels, n = components(b > MARGIN)
+    sums = np.bincount(labels.ravel(), weights=b.ravel(), minlength=n + 1)[1:]
+    p = sums[sums > 0] / total
+    return float(-(p * np.log(p)).sum()) if p.size else 0.0
 
 
 def pooled_entropy(entropies: np.ndarray, masses: np.ndarray) -> np.ndarray:
