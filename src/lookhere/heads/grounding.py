@@ -7,8 +7,9 @@ convex hull, rasterised on the grid, is the pseudo-mask; its bounding box in cel
 box. Both map back to original-image pixels through the grid's `GridGeometry`, so the
 processor's resize, crop and padding are undone (boxes are clipped to the image).
 
-``component="all"`` is the authors' code instead: no largest-component step, the box covers every
-foreground cell and the mask is the binarised grid itself.
+``component="all"`` is the authors' code instead: scipy's default smoothing (a 4-sigma window,
+reflected borders), no largest-component step, the box covers every foreground cell and the mask
+is the binarised grid itself.
 
 A `Grounding` keeps the grid-level pieces (per-head maps, summed heatmap, grid mask) for figures.
 Its pixel-level mask is filled by `lookhere.heads.locate.locate`: a refiner's mask (e.g. SAM,
@@ -22,7 +23,13 @@ from typing import Literal
 
 import numpy as np
 
-from lookhere.maps import convex_hull_mask, largest_component, pixel_mask, smooth
+from lookhere.maps import (
+    authors_smooth,
+    convex_hull_mask,
+    largest_component,
+    pixel_mask,
+    smooth,
+)
 from lookhere.models.layout import GridGeometry
 
 Component = Literal["largest", "all"]
@@ -53,7 +60,8 @@ def ground(maps: np.ndarray, geometry: GridGeometry, sigma: float = 1.0, kernel:
     """Box and pseudo-mask from ``(k, rows, cols)`` (or one ``(rows, cols)``) head maps.
 
     ``component="largest"`` (the paper): the largest foreground component and its convex hull.
-    ``"all"`` (the authors' code): every foreground cell, no hull. ``pixel_mask`` is left None.
+    ``"all"`` (the authors' code): scipy's default smoothing (``kernel`` unused), every
+    foreground cell, no hull. ``pixel_mask`` is left None.
     """
     if component not in ("largest", "all"):
         raise ValueError(f"component must be 'largest' or 'all', got {component!r}")
@@ -64,7 +72,10 @@ def ground(maps: np.ndarray, geometry: GridGeometry, sigma: float = 1.0, kernel:
                          f"got {np.shape(maps)}")
     if not np.isfinite(m).all():
         raise ValueError("maps must be finite")
-    heat = sum(smooth(x, sigma, kernel) for x in m)  # (rows, cols)
+    if component == "all":
+        heat = sum(authors_smooth(x, sigma) for x in m)  # (rows, cols)
+    else:
+        heat = sum(smooth(x, sigma, kernel) for x in m)
     fg = heat > heat.mean()
     if not fg.any():  # a flat map: no evidence anywhere, so the whole grid
         fg = np.ones_like(heat, dtype=bool)
