@@ -41,8 +41,21 @@ def test_tau_is_the_knee_of_the_mean_curve():
     sel = select_heads(s, e)
     assert sel.tau == pytest.approx(chord_knee(s.mean(0)[allowed])[1])
     per = select_heads(s, e, tau="per_sample")
-    want = np.mean([chord_knee(s[i][allowed])[1] for i in range(len(s))])
-    assert per.tau == pytest.approx(want)
+    want = np.mean([authors_elbow(s[i].ravel()) for i in range(len(s))])
+    assert per.tau == pytest.approx(want)  # the authors' code: the knee over every head
+    assert per.counts[:2].sum() == 0  # and layers 0-1 still never chosen
+
+
+def authors_elbow(values):
+    """The authors' ``find_elbow_point`` (their unscaled chord distance over all heads), as the
+    S_img value at the elbow."""
+    y = np.sort(np.asarray(values, dtype=np.float64))
+    points = np.stack([np.arange(len(y)), y], 1)
+    line = points[-1] - points[0]
+    unit = line / np.linalg.norm(line)
+    rel = points - points[0]
+    dist = np.linalg.norm(rel - np.outer(rel @ unit, unit), axis=1)
+    return y[int(np.argmax(dist))]
 
 
 def test_infinite_entropy_is_never_selected_and_shards_merge_exactly():

@@ -5,8 +5,8 @@ entropy of its map. Selection is then a pure function of those ``(N, L, H)`` arr
 computed by several processes merge exactly by concatenation:
 
 1. tau = the chord-method knee of the heads' ``S_img`` averaged over samples and sorted
-   (``tau="mean_curve"``, the paper) or of each sample's own curve (``"per_sample"``, the
-   authors' code); layers 0 and 1 are left out;
+   without layers 0 and 1 (``tau="mean_curve"``, the paper), or of each sample's own curve over
+   every head, layers 0 and 1 dropped afterwards (``"per_sample"``, the authors' code);
 2. per sample, among the heads with ``S_img >= tau``, the ``per_sample`` (10) with the lowest
    finite entropy are counted once (optionally, as in the authors' code, a head whose map has a
    bottom-row cell above ``bottom_row_limit`` is not eligible on that sample);
@@ -110,7 +110,9 @@ def _taus(s_img: np.ndarray, allowed: np.ndarray, tau: TauMode) -> np.ndarray:
     """(N,) the S_img threshold of each sample."""
     if tau == "mean_curve":
         return np.full(len(s_img), chord_knee(s_img.mean(0)[allowed])[1])
-    return np.array([chord_knee(s[allowed])[1] for s in s_img])  # "per_sample"
+    # "per_sample", the authors' code: each sample's knee over *every* head; the skipped layers
+    # drop out afterwards (`allowed` in the eligibility)
+    return np.array([chord_knee(s.ravel())[1] for s in s_img])
 
 
 def _count(entropy: np.ndarray, eligible: np.ndarray, per_sample: int) -> np.ndarray:
