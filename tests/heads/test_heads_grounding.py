@@ -123,32 +123,33 @@ def test_grounding_keeps_maps_and_its_grid():
     assert replace(out, pixel_mask=own).image_mask() is own
 
 
+def reflect_blur(a, sigma):
+    """A separable Gaussian over a 4-sigma window, borders reflected with the edge cell repeated
+    (d c b a | a b c d | d c b a), written out by hand."""
+    radius = int(4 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    w /= w.sum()
+    for axis in (0, 1):
+        n = a.shape[axis]
+        idx = np.arange(-radius, n + radius)
+        idx = np.where(idx < 0, -idx - 1, idx)
+        idx = np.where(idx >= n, 2 * n - idx - 1, idx)
+        padded = np.take(a, idx, axis=axis)
+        a = sum(w[k] * np.take(padded, np.arange(k, k + n), axis=axis)
+                for k in range(2 * radius + 1))
+    return a
+
+
 def test_all_components_smooth_as_the_authors_code():
-    """component="all" smooths as scipy's defaults do (the authors' code): checked against a
-    hand-written separable convolution, a 4-sigma window and borders reflected with the edge
-    cell repeated (d c b a | a b c d | d c b a); the paper path keeps its 7-tap mirrored one."""
+    """component="all" smooths as scipy's defaults do (the authors' code), checked against
+    `reflect_blur`; the paper path keeps its 7-tap mirrored kernel."""
     rng = np.random.default_rng(3)
     g = GridGeometry(rows=6, cols=9, cell_size=(10.0, 10.0), scale=(1.0, 1.0),
                      offset=(0.0, 0.0), image_size=(90, 60))
     maps = rng.random((2, 6, 9))
     for sigma in (0.7, 1.0, 1.6):
-        radius = int(4 * sigma + 0.5)
-        x = np.arange(-radius, radius + 1)
-        w = np.exp(-0.5 * (x / sigma) ** 2)
-        w /= w.sum()
-
-        def blur(a):
-            for axis in (0, 1):
-                n = a.shape[axis]
-                idx = np.arange(-radius, n + radius)
-                idx = np.where(idx < 0, -idx - 1, idx)  # reflect, edge repeated
-                idx = np.where(idx >= n, 2 * n - idx - 1, idx)
-                padded = np.take(a, idx, axis=axis)
-                a = sum(w[k] * np.take(padded, np.arange(k, k + n), axis=axis)
-                        for k in range(2 * radius + 1))
-            return a
-
-        want = blur(maps[0]) + blur(maps[1])
+        want = reflect_blur(maps[0], sigma) + reflect_blur(maps[1], sigma)
         np.testing.assert_allclose(ground(maps, g, sigma=sigma, component="all").heatmap, want,
                                    rtol=1e-12, atol=1e-12)
         assert not np.allclose(ground(maps, g, sigma=sigma).heatmap, want)

@@ -152,6 +152,14 @@ def test_scores_dir_refuses_another_search(tmp_path):
     with pytest.raises(ValueError, match="sample_ids_sha256"):  # same count, other order
         score_samples(model, processor, adapter, ss[::-1], batch_size=2, scores_dir=folder,
                       progress=False)
+    # new weights in the same folder (same path, same model id) are another search
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match="weights_sha256"):
+        score_samples(model, processor, adapter, ss, batch_size=2, scores_dir=folder,
+                      progress=False)
+    with torch.no_grad():
+        next(model.parameters()).sub_(1e-3)
     # a batch file holding other samples is an error, not silently reused
     first = HeadScores.load(folder / "batch_000000.npz")
     HeadScores(first.s_img, first.entropy, first.bottom_row, ("a", "b")).save(

@@ -43,6 +43,7 @@ from lookhere.heads.selection import HeadSpec, TauMode, check_options, select_he
 from lookhere.io import write_json
 from lookhere.maps import MeanRule
 from lookhere.models.adapter import Adapter
+from lookhere.models.fingerprint import weights_digest
 from lookhere.models.layout import ImageLayout
 from lookhere.models.prompt import prefill_prompt
 from lookhere.probe import AttentionProbe
@@ -60,7 +61,8 @@ def score_samples(model: nn.Module, processor: Any, adapter: Adapter, samples: S
 
     Sharded over the ranks when ``torch.distributed`` is initialised (every rank returns all the
     scores); with ``scores_dir``, resumable (see the module docstring). ``model_id`` (default:
-    the model's ``_name_or_path``) goes into the ``scores_dir`` fingerprint.
+    the model's ``_name_or_path``) and a digest of its weights (`weights_digest`: new weights in
+    the same folder are another search) go into the ``scores_dir`` fingerprint.
     """
     _check_args(samples, batch_size, threshold, weight, grids)
     model_id = model_id or getattr(model.config, "_name_or_path", "")
@@ -68,6 +70,7 @@ def score_samples(model: nn.Module, processor: Any, adapter: Adapter, samples: S
     folder = None
     if scores_dir is not None:
         fingerprint = _fingerprint(adapter, samples, batch_size, threshold, weight, grids, model_id)
+        fingerprint["weights_sha256"] = weights_digest(model)
         folder = _open_scores_dir(scores_dir, fingerprint, write=rank == 0)
     indices = range(rank, -(-len(samples) // batch_size), world)  # this rank's batches
     mine: dict[int, HeadScores] = {}
