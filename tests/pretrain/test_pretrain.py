@@ -25,7 +25,8 @@ from lookhere.pretrain.vision import DensePatchCollator, DensePatchObjective
 
 CFG = PretrainConfig(size="test", vision=StageConfig(3, 1e-3, 2), align=StageConfig(3, 1e-3, 2),
                      instruct=StageConfig(3, 1e-3, 2), save_steps=2, tower_stages=("align",),
-                     projector_init="random")  # the "test" LM is narrower than the heads' logits
+                     projector_init="random",  # the "test" LM is narrower than the heads' logits
+                     attribute_layer=-1)  # and its tower has one layer
 
 
 @pytest.fixture(scope="module")
@@ -220,10 +221,14 @@ def test_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "train", "--out", str(tmp_path / "r"), "--stages", "instruct",
               "--size", "test"])
+    assert e.value.code == 2 and "attribute_layer must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "train", "--out", str(tmp_path / "r"), "--stages", "instruct",
+              "--size", "test", "--attribute-layer", "-1"])
     assert e.value.code == 2 and "needs a language model of" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "train", "--out", str(tmp_path / "r"), "--stages", "instruct",
-              "--size", "test", "--projector-init", "random"])
+              "--size", "test", "--projector-init", "random", "--attribute-layer", "-1"])
     assert e.value.code == 2 and "earlier stages" in capsys.readouterr().err
     existing = tmp_path / "e.json"
     existing.write_text("{}")
@@ -257,7 +262,14 @@ def test_model_card(finished, tmp_path):
     assert digest in text and "CMD" in text and "| colour | 4 | 50.0 |" in text
     assert "its box; tower trained)" in text and "skill mix; tower frozen)" in text
     assert '"tower_stages": ["align"]' in text
+    assert "tower layer -1, the box" in text and "projector_init='random'" in text
     assert "| heads | 25.0 | 50.0 | 20.0 | 30.0 |" in text
+    from lookhere.experiment.model_card import render_card
+
+    recipe = json.loads((out / "config.json").read_text())
+    records = {"vision": {"seconds": 6.0, "log": [], "resumed_from": "r/vision/checkpoint-3"}}
+    resumed = render_card(recipe, records, evaluation, "d", 1, None, None)
+    assert "| vision | 3 | 2 | 0.001 | 0.1 (resumed from checkpoint-3) | - |" in resumed
     assert json.loads((card / "eval.json").read_text()) == stored
     # package data: every file readable by all (a model save can leave 0600 files)
     assert all(f.stat().st_mode & 0o444 == 0o444 for f in card.iterdir())
@@ -275,7 +287,8 @@ def test_torchrun_two_processes(tmp_path):
 
     out = tmp_path / "run"
     torchrun(["-m", "lookhere.cli", "pretrain", "train", "--out", out, "--size", "test",
-              "--projector-init", "random", "--vision-steps", "2", "--align-steps", "2",
+              "--projector-init", "random", "--attribute-layer", "-1", "--vision-steps", "2",
+              "--align-steps", "2",
               "--instruct-steps", "2",
               "--vision-batch-size", "2", "--align-batch-size", "2",
               "--instruct-batch-size", "2", "--quiet"])
@@ -370,6 +383,7 @@ def test_language_model_reads_both_layers(tmp_path):
         dataclasses.replace(CFG, attribute_layer=-2)  # the "test" tower has one layer
     with pytest.raises(ValueError, match="attribute_layer"):
         PretrainConfig(attribute_layer=0)
+    assert PretrainConfig().feature_layers == [-3, -1]  # the shipped recipe reads two layers
 
 
 WIDE = {"hidden": 160, "vision_layers": 2}  # the "test" size with room for the 142 label logits
@@ -423,7 +437,7 @@ def test_projector_starts_as_the_dense_heads():
 def test_vision_stage_leaves_the_projector_from_the_heads(tmp_path):
     """projector_init='heads': the vision stage's saved model has a new projector, the rest of
     the language side as built; 'random' on the "test" size is refused up front."""
-    config = dataclasses.replace(CFG, size=WIDE, projector_init="heads",
+    config = dataclasses.replace(CFG, size=WIDE, projector_init="heads", attribute_layer=-2,
                                  vision=StageConfig(2, 1e-3, 2))
     run(config, tmp_path, stages=["vision"], progress=False)
     init, _ = build_tiny("llava", WIDE, seed=0)

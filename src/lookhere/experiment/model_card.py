@@ -61,9 +61,11 @@ def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
     for s in STAGES:
         cfg, rec = recipe[s], records.get(s, {})
         last = rec.get("log", [{}])[-1].get("loss") if rec.get("log") else None
+        minutes = f"{rec.get('seconds', float('nan')) / 60:.1f}"
+        if rec.get("resumed_from"):  # the time before the resume is not in this record
+            minutes += f" (resumed from {Path(rec['resumed_from']).name})"
         rows.append(f"| {s} | {cfg['steps']} | {cfg['batch_size']} | {cfg['lr']:g} | "
-                    f"{rec.get('seconds', float('nan')) / 60:.1f} | "
-                    f"{'-' if last is None else f'{last:.3f}'} |")
+                    f"{minutes} | {'-' if last is None else f'{last:.3f}'} |")
     total = sum(r.get("seconds", 0.0) for r in records.values()) / 60
     tower = {s: "tower trained" if s in recipe.get("tower_stages", ()) else "tower frozen"
              for s in STAGES[1:]}
@@ -73,7 +75,9 @@ def render_card(recipe: dict[str, Any], records: dict[str, dict[str, Any]],
         "A `LlavaForConditionalGeneration` (CLIP vision tower + Llama language model, "
         f"{recipe['size']} preset) made by `lookhere pretrain`, LLaVA-1.5's recipe in miniature "
         "(docs/methods.md, \"Pretraining\"): a vision stage (dense per-patch colour, shape, size "
-        "and glyph labels, and the box of the object under each patch), an alignment stage "
+        f"and glyph labels on tower layer {recipe.get('attribute_layer', -1)}, the box of the "
+        "object under each patch on the last; the projector then started from those heads, "
+        f"projector_init={recipe.get('projector_init', 'random')!r}), an alignment stage "
         f"(captions naming every object with its box; {tower['align']}) and an instruction "
         f"stage (the Scenes skill mix; {tower['instruct']}). Next-token "
         "prediction only: no KLAL and no LLL term. The KLAL benchmark tasks and the experiments' "
