@@ -23,13 +23,8 @@ from lookhere.models.adapter import get_adapter
 from lookhere.models.pretrained import WEIGHTS
 
 FOLDER = WEIGHTS / "llava-mini"
-# No checkpoint has met issue 12's targets yet, so none is committed (docs/results.md 6). The
-# commit that adds the weights deletes this skip: from then on a missing file fails.
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not (FOLDER / "eval.json").is_file(),
-                                 reason="no pretrained checkpoint shipped yet (results 6)")]
-EVALUATION = (json.loads((FOLDER / "eval.json").read_text())
-              if (FOLDER / "eval.json").is_file() else {})
+pytestmark = pytest.mark.usefixtures("one_thread")
+EVALUATION = json.loads((FOLDER / "eval.json").read_text())  # a missing file fails collection
 
 
 def test_folder_matches_its_card():

@@ -1,9 +1,8 @@
 """Checkpoints shipped inside the package, loaded offline by name (``lookhere:<name>``).
 
 ``llava-mini`` is the name of the pretrained miniature LLaVA-1.5 made by `lookhere.pretrain`;
-``lookhere pretrain card`` writes it, with its model card, into ``weights/llava-mini``. No
-checkpoint is committed yet (docs/results.md section 6): until one is, loading it is a clear
-FileNotFoundError.
+``lookhere pretrain card`` writes it, with its model card, into ``weights/llava-mini``
+(docs/results.md 6.6). A missing file (a broken install) is a clear FileNotFoundError.
 """
 
 from __future__ import annotations
