@@ -99,3 +99,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(argv)``: run the CLI on bad input, which must exit 2 with one error line and no
+    traceback; returns that line."""
+    from lookhere.cli import main
+
+    def run(argv):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            main([str(a) for a in argv])
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2, (stop.value.code, err)
+        lines = [x for x in err.splitlines() if x.startswith("lookhere")]
+        assert "Traceback" not in err and lines, err
+        return lines[-1]
+
+    return run

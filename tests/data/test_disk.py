@@ -64,18 +64,17 @@ def test_parallel_equals_serial_and_refuses_overwrite(tmp_path):
         write_dataset("_test_dot", 3, tmp_path / "c", progress=False, size=3)
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, capsys, cli_error):
     assert main(["data", "make", "_test_dot", "--n", "4", "--out", str(tmp_path / "d"),
                  "--set", "image_size=40"]) == 0
     assert read_info(tmp_path / "d")["config"] == {"image_size": 40}
     assert main(["data", "sheet", "_test_dot", "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert Image.open(tmp_path / "s.png").size[0] > 0
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
-        main(["data", "make", "_test_dot", "--n", "2", "--out", str(tmp_path / "e"),
-              "--set", "oops"])
+    assert "KEY=VALUE" in cli_error(["data", "make", "_test_dot", "--n", "2", "--out",
+                                     tmp_path / "e", "--set", "oops"])
 
 
-def test_task_sheet_mix_and_docs_cli(tmp_path, monkeypatch):
+def test_task_sheet_mix_and_docs_cli(tmp_path, monkeypatch, cli_error):
     from lookhere.data.synthetic import make_task
     from lookhere.viz import DOC_SHEETS, contact_sheet, task_sheet
 
@@ -88,10 +87,8 @@ def test_task_sheet_mix_and_docs_cli(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["data", "sheet", "shapes", "--docs", "--n", "4", "--set", "image_size=112"]) == 0
     assert Image.open(tmp_path / "docs" / "sheet_shapes.png").size == (4 * 336, 336 + 56)
-    with pytest.raises(SystemExit, match="--out is required"):
-        main(["data", "sheet", "shapes"])
-    with pytest.raises(SystemExit, match="no docs sheet"):
-        main(["data", "sheet", "_test_dot", "--docs"])
+    assert "--out is required" in cli_error(["data", "sheet", "shapes"])
+    assert "no docs sheet" in cli_error(["data", "sheet", "_test_dot", "--docs"])
 
 
 def test_cli_convert_refs(tmp_path):

@@ -304,7 +304,7 @@ def test_config_errors():
     assert LensExperimentConfig().layers() == (0, 1, 2, 3)  # the "heads" size: 4 layers
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, capsys, cli_error):
     args = ["experiment", "lens", "--out", str(tmp_path), "--seeds", "0", "--quiet",
             "--size", "test4", "--steps", "1", "--batch-size", "2", "--test-samples", "2",
             "--vqa-samples", "2", "--conditions", "lll", "--n-maps", "1", "--lll-weight", "0.5",
@@ -322,5 +322,5 @@ def test_cli(tmp_path, capsys):
     assert "lens mIoU/pointing" in capsys.readouterr().out
     assert main(args) == 0
     assert "skipped" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="threshold"):
-        main([*args[:3], str(tmp_path / "bad"), "--size", "test4", "--threshold", "median"])
+    assert "threshold" in cli_error([*args[:3], tmp_path / "bad", "--size", "test4",
+                                     "--threshold", "median"])

@@ -20,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(prog="lookhere", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lookhere {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback when a command fails")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         if chosen in group.COMMANDS:
@@ -28,4 +30,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, help in group.COMMANDS.items():
                 sub.add_parser(name, help=help, add_help=False)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # a message: one line on stderr, exit 2 as argparse does
+            raise _fail(args.command, stop.code.removeprefix("lookhere: ")) from None
+        raise
+    except Exception as err:  # noqa: BLE001 - the CLI's last line of defence; --debug re-raises
+        if args.debug:
+            raise
+        raise _fail(args.command, f"{err} ({type(err).__name__}; --debug shows where)") from None
+
+
+def _fail(command: str, message: str) -> SystemExit:
+    """Print ``message`` as one ``lookhere <command>: error: ...`` line; exit status 2."""
+    if not message.startswith("lookhere"):
+        message = f"lookhere {command}: error: {message}"
+    print(message, file=sys.stderr)
+    return SystemExit(2)

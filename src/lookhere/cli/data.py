@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lookhere.cli.common import positive_int
+
 #: the commands this module adds, with their one-line help (`lookhere --help`)
 COMMANDS = {
     "data": "synthetic datasets",
@@ -29,6 +31,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "with a restricted unpickler (plain data only)")
     p.add_argument("src", type=Path, help="refs(unc).p or similar")
     p.add_argument("dst", type=Path, nargs="?", help="output .json or .parquet (default: .json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(run=_convert_refs)
     p = data.add_parser("sheet", help="save a contact sheet (PNG) of a task's first samples")
     p.add_argument("task")
@@ -39,8 +42,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "run from the repository root); the options below change it")
     p.add_argument("--n", type=int, default=None, help="samples (default 16)")
     p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
-    p.add_argument("--cols", type=int, default=None, help="samples per row (default 4)")
-    p.add_argument("--cell", type=int, default=None, help="cell side in px (default 256)")
+    p.add_argument("--cols", type=positive_int, default=None,
+                   help="samples per row (default 4)")
+    p.add_argument("--cell", type=positive_int, default=None,
+                   help="cell side in px (default 256)")
     p.add_argument("--mix", type=json.loads, action="append", default=None, metavar="JSON",
                    help="config overrides that share the sheet in order, e.g. --mix "
                    "'{\"mode\": \"rec\"}' --mix '{\"mode\": \"vqa\"}' (repeatable)")
@@ -82,9 +87,15 @@ def _make(args: argparse.Namespace) -> int:
 
 
 def _convert_refs(args: argparse.Namespace) -> int:
-    from lookhere.data.refcoco import main as refcoco_main
+    from lookhere.data import safe_pickle
+    from lookhere.data.refcoco import convert_refs_pickle
 
-    return refcoco_main(["convert", str(args.src)] + ([str(args.dst)] if args.dst else []))
+    try:
+        out = convert_refs_pickle(args.src, args.dst, overwrite=args.overwrite)
+    except (OSError, ValueError, safe_pickle.UnsafePickleError) as err:
+        raise SystemExit(f"lookhere data convert-refs: error: {err}") from None
+    print(out)
+    return 0
 
 
 def _sheet(args: argparse.Namespace) -> int:

@@ -183,6 +183,8 @@ def _ground(args: argparse.Namespace) -> int:
     check_outputs(args, ("out",), prog)
     if args.sam is not None and args.masks_dir is None:
         raise fail("--sam only applies with --masks-dir (SAM refines masks, not boxes)", prog)
+    if args.masks_dir is not None and args.masks_dir.exists() and not args.masks_dir.is_dir():
+        raise fail(f"--masks-dir {args.masks_dir} is a file, not a folder", prog)
     samples = _ground_samples(args, prog)
     model, processor, adapter = load_model_for_cli(args.model, args.device, prog)
     spec = load_spec(args.heads, adapter, prog)
