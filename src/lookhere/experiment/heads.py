@@ -115,6 +115,7 @@ class HeadsExperimentConfig(ExperimentConfig):
         if layers < 3:
             raise ValueError(f"size {self.train.size!r} has {layers} LLM layers; the search "
                              "skips layers 0-1, so it needs at least 3")
+        self.check_klal_layers()
 
     def klal_config(self, condition: str) -> KLALConfig:
         return self.klal if condition == "klal" else self.klal.monitored()

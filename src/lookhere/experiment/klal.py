@@ -92,6 +92,7 @@ class KLALExperimentConfig(ExperimentConfig):
         for task in self.task_options:
             if task not in TASKS:
                 raise ValueError(f"task_options names unknown task {task!r}; tasks: {TASKS}")
+        self.check_klal_layers()
 
     def klal_config(self, condition: str) -> KLALConfig:
         return self.klal.monitored() if condition == "ntp" else self.klal

@@ -82,6 +82,16 @@ class ExperimentConfig:
 
     RENAMED: ClassVar[dict[str, str]] = {}
 
+    def check_klal_layers(self) -> None:
+        """KLAL's layers name layers of the experiment's model: refused before any training,
+        not at its first step."""
+        from lookhere.models.adapter import resolve_layers
+        from lookhere.models.tiny import resolve_size
+
+        klal = getattr(self, "klal", None)
+        if klal is not None and klal.layers is not None:
+            resolve_layers(klal.layers, resolve_size(self.train.size).layers)
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
