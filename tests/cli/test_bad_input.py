@@ -9,6 +9,9 @@ from lookhere.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = [
+    (["ground", "--model", "{W}/model", "--heads", "{W}/heads.json", "--image", "{W}/huge.png",
+      "--text", "x"],
+     "--image {W}/huge.png: 12000x9000 pixels is over the limit"),
     (["tiny", "--family", "nosuch", "--out", "{W}/t1"],
      "unknown family 'nosuch'; supported: llava, q"),
     (["tiny", "--family", "llava", "--size", "huge", "--out", "{W}/t2"],
@@ -293,6 +296,7 @@ def workspace(tmp_path_factory):
     (w / "list.json").write_text("[1, 2]")
     (w / "exists.json").write_text("{}")
     Image.new("RGB", (64, 48), "white").save(w / "img.png")
+    Image.new("1", (12000, 9000)).save(w / "huge.png")  # 108 M pixels in a small file
     return w
 
 

@@ -224,15 +224,16 @@ def _ground_samples(args: argparse.Namespace, prog: str) -> list[Any]:
 
 
 def _image_sample(path: Path, text: str, prog: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    from lookhere.data.image import open_rgb
     from lookhere.data.sample import Geometry, Sample
 
-    try:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise fail(f"--image {path}: {err}", prog) from None
+    try:  # as a viewer shows it: a phone photo's orientation tag applied
+        image = open_rgb(path, exif=True)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+        raise fail(f"--image {message}", prog) from None
     return Sample(image=image, question=text, answer="", structured={}, geometry=Geometry(),
                   id=path.stem)
 

@@ -20,8 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from lookhere.data.image import open_rgb
 from lookhere.data.sample import Geometry, Sample, check_geometry
 from lookhere.io import atomic_dir
 
@@ -139,8 +138,7 @@ def _read_row(folder: Path, line: str) -> Sample:
     image_path = (folder / row["file_name"]).resolve()
     if not image_path.is_relative_to(folder.resolve()):
         raise ValueError(f"file_name {row['file_name']!r} lies outside the dataset folder")
-    with Image.open(image_path) as im:
-        image = im.convert("RGB")
+    image = open_rgb(image_path)
     geometry = Geometry.from_json(json.loads(row["geometry"]))
     check_geometry(geometry, image.size)
     return Sample(image=image, question=row["question"], answer=row["answer"],

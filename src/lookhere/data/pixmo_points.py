@@ -26,6 +26,7 @@ from typing import Any
 
 from PIL import Image
 
+from lookhere.data.image import open_rgb
 from lookhere.data.sample import Geometry, Point, Sample
 
 REQUIRED_COLUMNS = ("image_url", "image_sha256", "points", "label", "count")
@@ -59,8 +60,7 @@ class PixmoPoint:
     n_clipped: int  # points that lay outside the image and were moved onto its edge
 
     def load_image(self) -> Image.Image:
-        with Image.open(self.image_path) as im:
-            return im.convert("RGB")
+        return open_rgb(self.image_path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from PIL import Image
 
 from lookhere.data import safe_pickle
 from lookhere.data.formats import render_box
+from lookhere.data.image import open_rgb
 from lookhere.data.sample import Box, Geometry, Sample, rle_to_mask
 from lookhere.io import atomic_path
 
@@ -204,8 +205,7 @@ def load_image(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
     """The RGB image; checks its size against instances.json (a wrong image folder shows here)."""
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as im:
-        img = im.convert("RGB")
+    img = open_rgb(path)  # COCO's boxes are on the stored pixels: no EXIF rotation
     if size is not None and img.size != tuple(size):
         raise RefCocoFormatError(
             f"{path} is {img.size[0]}x{img.size[1]} but instances.json says {size[0]}x{size[1]}")
