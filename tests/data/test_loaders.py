@@ -312,6 +312,32 @@ def test_safe_pickle_accepts_plain_data_and_rejects_garbage():
         safe_pickle.load("nope.p")
 
 
+def test_safe_pickle_limits_expansion_depth_and_cycles(monkeypatch):
+    """Shared memo references (235 bytes standing for 10^10 values), a 200k-deep nesting and a
+    list that contains itself are refused from the loaded structure, never expanded; shared
+    data within the limits load, and the expanded count is exact (checked at the boundary)."""
+    laughs = [0] * 10
+    for _ in range(9):
+        laughs = [laughs] * 10
+    data = pickle.dumps(laughs, protocol=2)
+    assert len(data) < 300
+    with pytest.raises(safe_pickle.UnsafePickleError, match="expand to more than"):
+        safe_pickle.loads(data)
+    deep = b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b"."  # EMPTY_LIST x n, APPEND x n-1
+    with pytest.raises(safe_pickle.UnsafePickleError, match="nest deeper than 100"):
+        safe_pickle.loads(deep)
+    selfish = b"\x80\x02]q\x00h\x00a."  # a list, memoised, appended to itself
+    with pytest.raises(safe_pickle.UnsafePickleError, match="refer to themselves"):
+        safe_pickle.loads(selfish)
+    shared = [[1, 2, 3]] * 4  # 1 outer + 4 x (1 list + 3 ints) = 17 values when expanded
+    blob = pickle.dumps(shared, protocol=2)
+    monkeypatch.setattr(safe_pickle, "MAX_VALUES", 17)
+    assert safe_pickle.loads(blob) == shared
+    monkeypatch.setattr(safe_pickle, "MAX_VALUES", 16)
+    with pytest.raises(safe_pickle.UnsafePickleError, match="more than 16 values"):
+        safe_pickle.loads(blob)
+
+
 # ---------------------------------------------------------------------------------------------
 # RefCOCO: missing files and wrong schemas
 

@@ -105,20 +105,50 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"refusing a persistent id{_where(self._source)}: plain data only")
 
 
+#: limits on the data a pickle may expand to, checked before anything walks it recursively:
+#: memo references let 235 bytes stand for 10^10 values ("billion laughs"), and a 200k-deep
+#: nesting overflows Python's stack. RefCOCO's largest refs file is ~2 M values, 4 levels deep.
+MAX_VALUES = 20_000_000
+MAX_DEPTH = 100
+
+
 def check_plain(obj: Any, source: str | None = None) -> None:
-    """Raise ``UnsafePickleError`` if ``obj`` holds anything but ``SAFE_TYPES`` (iterative walk)."""
-    stack, seen = [obj], set()
+    """Raise ``UnsafePickleError`` if ``obj`` holds anything but ``SAFE_TYPES``, refers to
+    itself, nests deeper than `MAX_DEPTH`, or expands, shared references counted each time they
+    occur, to more than `MAX_VALUES` values. Iterative, and each shared container is walked once:
+    the expanded size and depth are computed, never expanded."""
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (expanded values, levels) of a container
+    ancestors: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(obj, False)]
     while stack:
-        x = stack.pop()
+        x, finished = stack.pop()
         if type(x) not in SAFE_TYPES:  # exact types: a subclass could carry behaviour
             raise UnsafePickleError(
                 f"unexpected {type(x).__name__} object{_where(source)}: plain data only")
-        if isinstance(x, (dict, list, tuple)):
-            if id(x) in seen:  # memo references can share containers; walk each once
-                continue
-            seen.add(id(x))
-            stack.extend(x.keys() if isinstance(x, dict) else ())
-            stack.extend(x.values() if isinstance(x, dict) else x)
+        if not isinstance(x, (dict, list, tuple)) or (not finished and id(x) in sizes):
+            continue
+        children = [*x.keys(), *x.values()] if isinstance(x, dict) else list(x)
+        if finished:
+            inner = [sizes.get(id(c), (1, 0)) for c in children]
+            size = 1 + sum(n for n, _ in inner)
+            depth = 1 + max((d for _, d in inner), default=0)
+            if size > MAX_VALUES:
+                raise UnsafePickleError(f"the data{_where(source)} expand to more than "
+                                        f"{MAX_VALUES:,} values (shared references counted each "
+                                        "time): refused before expanding them")
+            if depth > MAX_DEPTH:
+                raise UnsafePickleError(f"the data{_where(source)} nest deeper than "
+                                        f"{MAX_DEPTH} levels")
+            sizes[id(x)] = (size, depth)
+            ancestors.discard(id(x))
+            continue
+        if id(x) in ancestors:  # popped while its own walk is pending: it contains itself
+            raise UnsafePickleError(f"the data{_where(source)} refer to themselves")
+        if len(ancestors) > MAX_DEPTH:
+            raise UnsafePickleError(f"the data{_where(source)} nest deeper than {MAX_DEPTH} levels")
+        ancestors.add(id(x))
+        stack.append((x, True))
+        stack.extend((c, False) for c in children)
 
 
 def loads(data: bytes, source: str | None = None, encoding: str = "bytes") -> Any:
