@@ -450,3 +450,27 @@ def test_vision_stage_leaves_the_projector_from_the_heads(tmp_path):
         dataclasses.replace(CFG, projector_init="heads")
     with pytest.raises(ValueError, match="projector_init must be one of"):
         dataclasses.replace(CFG, projector_init="zeros")
+
+
+def test_projector_init_where_tower_and_projector_differ():
+    """After a GPU vision stage the tower sits on the GPU and the projector where the model was
+    built; here a float64 tower stands in for the other device: the init computes on the tower,
+    writes on the projector, and gives the float32 result."""
+    from lookhere.pretrain.projector import init_from_heads
+    from lookhere.pretrain.recipe import read_layers
+
+    task = make_task("scenes", seed=0, mode="vision", image_size=56, patch_size=14)
+    got = []
+    for dtype in (torch.float32, torch.float64):
+        model, processor = build_tiny("llava", WIDE, seed=0)
+        read_layers(model, [-2, -1], seed=0)
+        torch.manual_seed(0)
+        obj = DensePatchObjective(model.model.vision_tower, 32, attribute_layer=-2).eval()
+        obj.to(dtype)  # the tower and heads, not the projector
+        pixels = processor.image_processor([task.sample(i).image for i in range(4)],
+                                           return_tensors="pt")["pixel_values"]
+        init_from_heads(model.model.multi_modal_projector, obj, [-2, -1], pixels)
+        linear = model.model.multi_modal_projector.linear_1
+        assert linear.weight.dtype == torch.float32
+        got.append(linear.weight.detach().clone())
+    torch.testing.assert_close(got[0], got[1], rtol=1e-4, atol=1e-6)

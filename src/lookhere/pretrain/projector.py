@@ -54,19 +54,26 @@ def init_from_heads(projector: torch.nn.Module, objective: DensePatchObjective,
                          f"{linear.out_features} rows")
     if set(loudness) != set(objective.heads):
         raise ValueError(f"loudness must name every map {sorted(objective.heads)}")
-    feats = image_features(objective.vision_tower, pixel_values, layers).flatten(0, 1)  # (N, Din)
+    tower = objective.vision_tower
+    param = next(tower.parameters())
+    # after a GPU vision stage the tower (trained inside the objective) is on the GPU and the
+    # projector still where the model was built: compute on the tower, write on the projector
+    feats = image_features(tower, pixel_values.to(param.device, param.dtype), layers)
+    feats = feats.flatten(0, 1).to(linear.weight.device, linear.weight.dtype)  # (N, Din)
     rest = (feats @ linear.weight[rows:].T).var(0).sum()  # variance of the random rows' output
     budget = rest * LABEL_SHARE / (1 - LABEL_SHARE) / sum(loudness.values())
     ranges, start = {}, 0
     for name, head in objective.heads.items():
         layer = -1 if name.startswith("box_") else objective.attribute_layer
         block = _block(layers, layer, hidden)
-        logits = feats[:, block] @ head.weight.T + head.bias  # (N, C)
+        weight = head.weight.to(feats.device, feats.dtype)  # (C, D)
+        bias = head.bias.to(feats.device, feats.dtype)
+        logits = feats[:, block] @ weight.T + bias  # (N, C)
         scale = (budget * loudness[name] / logits.var(0).sum().clamp_min(1e-12)).sqrt()
         stop = start + head.out_features
         linear.weight[start:stop].zero_()
-        linear.weight[start:stop, block] = scale * head.weight
-        linear.bias[start:stop] = scale * (head.bias - logits.mean(0))
+        linear.weight[start:stop, block] = scale * weight
+        linear.bias[start:stop] = scale * (bias - logits.mean(0))
         ranges[name] = (start, stop)
         start = stop
     return ranges
