@@ -240,3 +240,57 @@ def test_errors_exit_2(env, tmp_path, capsys, case):
     assert exc.value.code == 2 and f"lookhere {prog}: error: " in err and message in err, err
     if case == "non_rec_eval":
         assert "shapes-s0-0000000" in err  # the offending samples are named
+
+
+def test_ground_data_resumes_after_an_interruption(env, tmp_path, monkeypatch, capsys):
+    """`ground --data --out` appends each chunk's records to a hidden partial file as it goes;
+    interrupted after the first chunk (a KeyboardInterrupt, which the CLI does not catch, stands
+    in for a kill), the rerun grounds only the rest and writes what one uninterrupted run
+    writes. A line cut short is grounded again; a partial run of other heads is refused."""
+    import importlib
+
+    import lookhere.cli.heads as cli_heads
+
+    locate_module = importlib.import_module("lookhere.heads.locate")  # the package re-exports
+
+    root = env[0]
+    base = ["ground", "--model", root / "model", "--heads", root / "heads.json", "--data",
+            root / "rec", "--batch-size", "1"]
+    whole = tmp_path / "whole.jsonl"
+    assert main([str(a) for a in [*base, "--out", whole]]) == 0
+    monkeypatch.setattr(cli_heads, "GROUND_CHUNK_BATCHES", 2)  # chunks of 2 samples
+    real, calls = locate_module.locate, []
+
+    def interrupted(model, processor, adapter, spec, samples, **kw):
+        calls.append([s.id for s in samples])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, processor, adapter, spec, samples, **kw)
+
+    out = tmp_path / "g.jsonl"
+    partial = tmp_path / ".g.jsonl.partial"
+    monkeypatch.setattr(locate_module, "locate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(a) for a in [*base, "--out", out]])
+    assert not out.exists() and len(partial.read_text().splitlines()) == 1 + 2
+    with open(partial, "a") as f:
+        f.write('{"id": "cut sho')  # as a kill in the middle of a write leaves it
+    calls.clear()
+    monkeypatch.setattr(locate_module, "locate", lambda *a, **kw: calls.append(
+        [s.id for s in a[4]]) or real(*a, **kw))
+    assert main([str(a) for a in [*base, "--out", out]]) == 0
+    assert sum(len(c) for c in calls) == N - 2  # only what the first run had not finished
+    assert out.read_text() == whole.read_text() and not partial.exists()
+    assert "(2 from an interrupted run)" in capsys.readouterr().out
+    # a partial run made with other heads is never mixed in
+    partial.write_text(json.dumps({"fingerprint": {"heads_sha256": "other"}}) + "\n")
+    out.unlink()
+    err = main_error([str(a) for a in [*base, "--out", out]], capsys)
+    assert "holds an interrupted run with other weights, heads" in err
+
+
+def main_error(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err

@@ -87,7 +87,9 @@ _GROUND_DESCRIPTION = """Ground with a HeadSpec: one expression on an image (--i
 every sample of a dataset folder, whose questions are the expressions (--data). Prints one JSON
 line per sample, {"id", "text", "box"} with the box xyxy in image pixels (no score: grounding
 does not judge), or writes them to --out as JSONL. --masks-dir writes each mask as a PNG at the
-image's size (255 = object): the heads' pseudo-mask upsampled, or SAM's with --sam."""
+image's size (255 = object): the heads' pseudo-mask upsampled, or SAM's with --sam. With --data
+and --out, records are kept chunk by chunk in a hidden .<out>.partial file: after an interruption
+(even kill -9), the same command grounds only what is left."""
 
 
 def _add_ground_options(p: argparse.ArgumentParser) -> None:
@@ -177,8 +179,6 @@ def _distributed(device: str | None) -> tuple[int, str | None, bool]:
 
 
 def _ground(args: argparse.Namespace) -> int:
-    from lookhere.heads.locate import locate
-
     prog = "lookhere ground"
     check_outputs(args, ("out",), prog)
     if args.sam is not None and args.masks_dir is None:
@@ -189,6 +189,37 @@ def _ground(args: argparse.Namespace) -> int:
     model, processor, adapter = load_model_for_cli(args.model, args.device, prog)
     spec = load_spec(args.heads, adapter, prog)
     refiner = load_refiner(args.sam, args.device, prog)
+    if args.out is None:  # to stdout: one pass, nothing to resume
+        for rec in _ground_chunk(args, model, processor, adapter, spec, refiner, samples, prog):
+            print(json.dumps(rec))
+        return 0
+    partial = _Partial(args.out, _ground_fingerprint(args, model, samples))
+    done = partial.open(prog)
+    todo = [s for s in samples if s.id not in done]
+    chunk = args.batch_size * GROUND_CHUNK_BATCHES  # whole batches: the same padding as one run
+    for i in range(0, len(todo), chunk):
+        partial.append(_ground_chunk(args, model, processor, adapter, spec, refiner,
+                                     todo[i:i + chunk], prog))
+    records = partial.records()
+    missing = [s.id for s in samples if s.id not in records]
+    if missing:
+        raise fail(f"{partial.path} lacks {len(missing)} groundings (first: {missing[0]})", prog)
+    _write_jsonl(args.out, [records[s.id] for s in samples])
+    partial.remove()
+    resumed = f" ({len(done)} from an interrupted run)" if done else ""
+    print(f"wrote {len(samples)} groundings to {args.out}{resumed}")
+    return 0
+
+
+#: batches per chunk of `ground --data --out`: each chunk's records are appended to a partial file
+#: as soon as they are made, so a killed run resumes after its last finished chunk
+GROUND_CHUNK_BATCHES = 8
+
+
+def _ground_chunk(args: argparse.Namespace, model: Any, processor: Any, adapter: Any,
+                  spec: Any, refiner: Any, samples: list[Any], prog: str) -> list[dict[str, Any]]:
+    from lookhere.heads.locate import locate
+
     try:
         found = locate(model, processor, adapter, spec, samples, batch_size=args.batch_size,
                        grid=parse_grid(args.grid), refiner=refiner,
@@ -201,13 +232,70 @@ def _ground(args: argparse.Namespace) -> int:
         if args.masks_dir is not None:
             rec["mask"] = str(write_mask(g.pixel_mask, args.masks_dir / mask_name(s.id)))
         records.append(rec)
-    if args.out is None:
-        for rec in records:
-            print(json.dumps(rec))
-    else:
-        _write_jsonl(args.out, records)
-        print(f"wrote {len(records)} groundings to {args.out}")
-    return 0
+    return records
+
+
+def _ground_fingerprint(args: argparse.Namespace, model: Any, samples: list[Any]
+                        ) -> dict[str, Any]:
+    """What a partial run's records depend on: the weights, the heads, the samples, the
+    settings (a rerun with any of them changed starts over, it does not mix)."""
+    import hashlib
+
+    from lookhere.models.fingerprint import weights_digest
+
+    ids = json.dumps([s.id for s in samples]).encode()
+    return {"weights_sha256": weights_digest(model),
+            "heads_sha256": hashlib.sha256(Path(args.heads).read_bytes()).hexdigest(),
+            "samples_sha256": hashlib.sha256(ids).hexdigest(), "grid": args.grid,
+            "batch_size": args.batch_size, "sam": args.sam,
+            "masks_dir": None if args.masks_dir is None else str(args.masks_dir)}
+
+
+class _Partial:
+    """``.<out>.partial``: a JSONL whose first line is the run's fingerprint, then one record per
+    grounded sample, appended and flushed chunk by chunk."""
+
+    def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
+        self.path = out.parent / f".{out.name}.partial"
+        self.fingerprint = fingerprint
+
+    def open(self, prog: str) -> set[str]:
+        """The ids already grounded by an interrupted run of the same settings."""
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+            return set()
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        try:
+            saved = json.loads(lines[0]).get("fingerprint")
+        except (json.JSONDecodeError, AttributeError):
+            saved = None
+        if saved != self.fingerprint:
+            raise fail(f"{self.path} holds an interrupted run with other weights, heads, samples "
+                       "or settings; delete it to start over", prog)
+        kept = self.records()  # rewritten without a line a kill cut short, before appending
+        self.path.write_text(lines[0] + "\n" + "".join(json.dumps(r) + "\n"
+                                                       for r in kept.values()))
+        return set(kept)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for line in self.path.read_text(encoding="utf-8").split("\n")[1:]:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: that sample is grounded again
+            out[rec["id"]] = rec
+        return out
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _ground_samples(args: argparse.Namespace, prog: str) -> list[Any]:
