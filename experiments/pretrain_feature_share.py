@@ -23,6 +23,7 @@ import torch
 from lookhere.data.dataset import TaskDataset
 from lookhere.data.synthetic import make_task
 from lookhere.models.loading import load_model
+from lookhere.pretrain.projector import image_features
 from lookhere.pretrain.recipe import PretrainConfig
 from lookhere.pretrain.vision import DensePatchCollator
 
@@ -60,9 +61,8 @@ def main() -> None:
         layers = model.config.vision_feature_layer
         layers = [layers] if isinstance(layers, int) else list(layers)
         with torch.no_grad():
-            hidden = tower(batch["pixel_values"], output_hidden_states=True).hidden_states
-            read = [hidden[i][:, 1:] for i in layers]  # (B, K, D) patch tokens, as LLaVA reads
-            feats = torch.cat(read, dim=-1)  # (B, K, D * len(layers))
+            read = [image_features(tower, batch["pixel_values"], [i]) for i in layers]
+            feats = torch.cat(read, dim=-1)  # (B, K, D * len(layers)), as LLaVA reads them
             proj = model.model.multi_modal_projector(feats)  # (B, K, hidden)
         on = batch["labels_colour"] != 0
         rows = [("tower", feats)]

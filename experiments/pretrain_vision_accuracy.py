@@ -48,12 +48,11 @@ def main() -> None:
     batch = DensePatchCollator(processor.image_processor, side * side)(samples)
     with torch.no_grad():
         hidden = tower(batch["pixel_values"], output_hidden_states=True).hidden_states
-        boxes, attributes = hidden[-1][:, 1:], hidden[config.attribute_layer][:, 1:]  # (B, K, D)
         print(f"{ckpts[-1]}: {args.n} held-out scenes (seed {config.data_seed + 10_000})")
         print("| map | accuracy on objects % | accuracy on all cells % | mean |error| bins |")
         print("|---|---|---|---|")
         for name in LABEL_CLASSES:
-            feats = boxes if name.startswith("box_") else attributes
+            feats = hidden[objective.layer_of(name)][:, 1:]  # (B, K, D)
             pred = objective.heads[name](feats).argmax(-1)  # (B, K)
             gold = batch[f"labels_{name}"]
             on = gold != 0

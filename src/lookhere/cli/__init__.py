@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from lookhere import __version__
 from lookhere.cli import data, eval, experiment, heads, models, pretrain
+from lookhere.cli.common import fail
 
 GROUPS = (models, data, eval, heads, experiment, pretrain)
 
@@ -43,8 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(command: str, message: str) -> SystemExit:
-    """Print ``message`` as one ``lookhere <command>: error: ...`` line; exit status 2."""
-    if not message.startswith("lookhere"):
-        message = f"lookhere {command}: error: {message}"
-    print(message, file=sys.stderr)
-    return SystemExit(2)
+    """One ``lookhere <command>: error: ...`` line (a message that names its command already is
+    printed as it is); exit status 2."""
+    if message.startswith("lookhere"):
+        print(message, file=sys.stderr)
+        return SystemExit(2)
+    return fail(message, f"lookhere {command}")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lookhere.cli.common import positive_int
+from lookhere.cli.common import fail, positive_int
 
 #: the commands this module adds, with their one-line help (`lookhere --help`)
 COMMANDS = {
@@ -93,7 +93,7 @@ def _convert_refs(args: argparse.Namespace) -> int:
     try:
         out = convert_refs_pickle(args.src, args.dst, overwrite=args.overwrite)
     except (OSError, ValueError, safe_pickle.UnsafePickleError) as err:
-        raise SystemExit(f"lookhere data convert-refs: error: {err}") from None
+        raise fail(str(err), "lookhere data convert-refs") from None
     print(out)
     return 0
 

@@ -273,20 +273,13 @@ class _Partial:
         if saved != self.fingerprint:
             raise fail(f"{self.path} holds an interrupted run with other weights, heads, samples "
                        "or settings; delete it to start over", prog)
-        kept = self.records()  # rewritten without a line a kill cut short, before appending
+        kept = _parse_records(lines[1:])  # rewritten without a line a kill cut short
         self.path.write_text(lines[0] + "\n" + "".join(json.dumps(r) + "\n"
                                                        for r in kept.values()))
         return set(kept)
 
     def records(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for line in self.path.read_text(encoding="utf-8").split("\n")[1:]:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: that sample is grounded again
-            out[rec["id"]] = rec
-        return out
+        return _parse_records(self.path.read_text(encoding="utf-8").split("\n")[1:])
 
     def append(self, records: list[dict[str, Any]]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -296,6 +289,18 @@ class _Partial:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _parse_records(lines: list[str]) -> dict[str, dict[str, Any]]:
+    """Records by id from a partial file's lines after its header."""
+    out = {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: that sample is grounded again
+        out[rec["id"]] = rec
+    return out
 
 
 def _ground_samples(args: argparse.Namespace, prog: str) -> list[Any]:

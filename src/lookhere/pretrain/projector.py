@@ -46,15 +46,14 @@ def init_from_heads(projector: torch.nn.Module, objective: DensePatchObjective,
     the box heads read the last, the others ``objective.attribute_layer``; ``pixel_values``
     (B, 3, H, W) are held-out images whose logits set each map's centre and scale.
     """
-    linear = projector.linear_1
-    hidden = objective.vision_tower.config.hidden_size
+    linear, tower = projector.linear_1, objective.vision_tower
+    hidden = tower.config.hidden_size
     rows = sum(head.out_features for head in objective.heads.values())
     if rows > linear.out_features:
         raise ValueError(f"the heads have {rows} logits, more than the projector's "
                          f"{linear.out_features} rows")
     if set(loudness) != set(objective.heads):
         raise ValueError(f"loudness must name every map {sorted(objective.heads)}")
-    tower = objective.vision_tower
     param = next(tower.parameters())
     # after a GPU vision stage the tower (trained inside the objective) is on the GPU and the
     # projector still where the model was built: compute on the tower, write on the projector
@@ -64,8 +63,7 @@ def init_from_heads(projector: torch.nn.Module, objective: DensePatchObjective,
     budget = rest * LABEL_SHARE / (1 - LABEL_SHARE) / sum(loudness.values())
     ranges, start = {}, 0
     for name, head in objective.heads.items():
-        layer = -1 if name.startswith("box_") else objective.attribute_layer
-        block = _block(layers, layer, hidden)
+        block = _block(layers, objective.layer_of(name), hidden)
         weight = head.weight.to(feats.device, feats.dtype)  # (C, D)
         bias = head.bias.to(feats.device, feats.dtype)
         logits = feats[:, block] @ weight.T + bias  # (N, C)

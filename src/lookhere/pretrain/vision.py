@@ -53,15 +53,17 @@ class DensePatchObjective(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in LABEL_CLASSES.items()})
         self.weights = {k: box_weight if k.startswith("box_") else 1.0 for k in LABEL_CLASSES}
 
+    def layer_of(self, name: str) -> int:
+        """The tower layer (hidden-state index) label map ``name`` is predicted from."""
+        return -1 if name.startswith("box_") else self.attribute_layer
+
     def forward(self, pixel_values: torch.Tensor, **labels: torch.Tensor) -> dict[str, Any]:
-        out = self.vision_tower(pixel_values, output_hidden_states=True)
-        # (B, K, D) patch tokens, CLS dropped as in LLaVA
-        boxes = out.hidden_states[-1][:, 1:]
-        attributes = out.hidden_states[self.attribute_layer][:, 1:]
-        loss = boxes.new_zeros(())
+        hidden = self.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+        loss = pixel_values.new_zeros(())
         logs = {}
         for name, head in self.heads.items():
-            logits = head(boxes if name.startswith("box_") else attributes)  # (B, K, classes)
+            feats = hidden[self.layer_of(name)][:, 1:]  # (B, K, D) patch tokens, CLS dropped
+            logits = head(feats)  # (B, K, classes)
             target = labels[f"labels_{name}"]  # (B, K)
             ce = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
             loss = loss + self.weights[name] * ce
