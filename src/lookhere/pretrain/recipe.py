@@ -82,7 +82,7 @@ class PretrainConfig:
     data_seed: int = field(default=0, metadata={"help": "Seed of the Scenes generator."})
     vision: StageConfig = field(default_factory=lambda: StageConfig(1500, 2e-3, 32))
     align: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3, 16))
-    instruct: StageConfig = field(default_factory=lambda: StageConfig(5000, 1e-3, 16))
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(7000, 1e-3, 32))
     box_weight: float = field(default=1.0, metadata={
         "help": "Weight of each of the 4 box-edge maps in the vision stage's dense loss (the "
                 "other 4 maps weigh 1)."})
