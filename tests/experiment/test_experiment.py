@@ -140,3 +140,32 @@ def test_cli_experiment(tmp_path, capsys, cli_error):
     assert main(args) == 0  # an existing seed file is skipped, not overwritten
     assert "skipped" in capsys.readouterr().out
     assert "weight" in cli_error(["demo", "--out", tmp_path / "d", "--klal-weight", "-1"])
+
+
+def test_fine_tunes_a_checkpoint(tmp_path):
+    """``init`` starts every condition from the checkpoint's weights (not the seed's random
+    ones), reads its shape from its config, and refuses what is not a model folder."""
+    import torch
+
+    from lookhere.experiment.klal import train_one
+
+    model, processor = tiny.build_tiny("llava", "test96", seed=5)
+    tiny.save_tiny(model, processor, tmp_path / "ckpt")
+    spec = TrainSpec(**{**TRAIN, "steps": 1, "lr": 1e-9, "init": str(tmp_path / "ckpt")})
+    assert spec.shape.layers == model.config.text_config.num_hidden_layers
+    assert spec.shape.image_size == 112 and spec.model_name == str(tmp_path / "ckpt")
+    cfg = tiny_config(train=spec, tasks=("grid_patch",))
+    trained, _, record = train_one(cfg, "klal", train_split(cfg, "grid_patch"), tmp_path / "run",
+                                   progress=False)
+    saved = dict(model.named_parameters())
+    name = next(n for n in saved if "embed_tokens" in n)
+    # lr 1e-9: one step leaves the checkpoint's weights (AdamW moves each by <= ~lr)
+    assert torch.allclose(dict(trained.named_parameters())[name].detach().cpu(), saved[name],
+                          atol=1e-6)
+    fresh, _ = TrainSpec(**TRAIN).build_model()  # seed 0's random weights differ
+    assert not torch.allclose(dict(fresh.named_parameters())[name], saved[name], atol=1e-3)
+    assert record["steps"] == 1
+    with pytest.raises(ValueError, match="init .*not a checkpoint"):
+        TrainSpec(**{**TRAIN, "init": str(tmp_path / "missing")})
+    with pytest.raises(ValueError, match="image_size 96 must equal"):
+        TrainSpec(**{**TRAIN, "image_size": 96, "init": str(tmp_path / "ckpt")})

@@ -41,7 +41,6 @@ from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
 from lookhere.losses.config import KLALConfig
 from lookhere.models.adapter import get_adapter
-from lookhere.models.tiny import resolve_size
 from lookhere.targets import TargetConfig
 
 CONDITIONS = ("untrained", "ntp", "klal")
@@ -111,9 +110,9 @@ class HeadsExperimentConfig(ExperimentConfig):
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"baselines must be a subset of {BASELINES}, got {self.baselines}")
-        layers = resolve_size(self.train.size).layers
+        layers = self.train.shape.layers
         if layers < 3:
-            raise ValueError(f"size {self.train.size!r} has {layers} LLM layers; the search "
+            raise ValueError(f"{self.train.model_name!r} has {layers} LLM layers; the search "
                              "skips layers 0-1, so it needs at least 3")
         self.check_klal_layers()
 
@@ -172,7 +171,7 @@ def search_and_ground(config: HeadsExperimentConfig, model: torch.nn.Module, pro
     specs = []
     for r in range(config.search_repeats):
         specs.append(find_heads(model, processor, adapter, search_split(config, r),
-                                model_id=f"tiny-{config.train.family}-{config.train.size}",
+                                model_id=config.train.model_name,
                                 top_k=config.top_k, per_sample=config.per_sample,
                                 batch_size=config.eval_batch_size, progress=progress))
     rec = evaluate_rec(model, processor, adapter, rec_test, specs[0], config.baselines,

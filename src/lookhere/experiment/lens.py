@@ -57,7 +57,6 @@ from lookhere.lens import lens_maps
 from lookhere.losses.config import KLALConfig, LLLConfig
 from lookhere.maps import parse_threshold, peak_cell, pointing, segment
 from lookhere.models.adapter import get_adapter, resolve_layers
-from lookhere.models.tiny import resolve_size
 from lookhere.targets import cell_coverage
 
 CONDITIONS = ("ntp", "lll")
@@ -113,10 +112,10 @@ class LensExperimentConfig(ExperimentConfig):
         if bad or not self.conditions or len(set(self.conditions)) != len(self.conditions):
             raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
                              f"got {self.conditions}")
-        layers = resolve_size(self.train.size).layers
+        layers = self.train.shape.layers
         if not -layers <= self.lll.layer < layers:
-            raise ValueError(f"layer {self.lll.layer} is not a layer of the {self.train.size!r} "
-                             f"model's {layers} LLM layers")
+            raise ValueError(f"layer {self.lll.layer} is not a layer of the "
+                             f"{self.train.model_name!r} model's {layers} LLM layers")
         self.layers()  # validates lens_layers
         parse_threshold(self.threshold)
         if not 0 <= self.smooth_sigma < float("inf"):
@@ -131,7 +130,7 @@ class LensExperimentConfig(ExperimentConfig):
 
     def layers(self) -> tuple[int, ...]:
         """The reported lens layers, non-negative, in the order given."""
-        n = resolve_size(self.train.size).layers
+        n = self.train.shape.layers
         if self.lens_layers.strip() == "all":
             return tuple(range(n))
         try:

@@ -1,10 +1,12 @@
-"""What the experiments share: `TrainSpec` (one tiny model trained from scratch: model, data
-and optimiser), its Trainer plumbing (`training_args`, `fit`), and `ExperimentConfig`, the JSON
-form of an experiment config that nests `TrainSpec` with the loss and target configs."""
+"""What the experiments share: `TrainSpec` (one trained model: a fresh tiny model or a
+checkpoint to fine-tune, data and optimiser), its Trainer plumbing (`training_args`, `fit`), and
+`ExperimentConfig`, the JSON form of an experiment config that nests `TrainSpec` with the loss
+and target configs."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +20,20 @@ from lookhere.train.arguments import trainer_args
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """What an experiment checks of its model before building it."""
+
+    family: str
+    layers: int  # language-model layers
+    heads: int  # attention heads per language-model layer
+    image_size: int  # the vision input side, px
+    patch_size: int
+
+
+@dataclass(frozen=True)
 class TrainSpec:
-    """A tiny VLM trained from scratch: its family and size, the training data seed, and the
+    """The model an experiment trains: a fresh tiny VLM (``family``, ``size``, random weights
+    from ``seed``) or, with ``init``, a checkpoint fine-tuned; the training data seed and the
     optimiser (AdamW, cosine schedule with linear warm-up). Two runs with equal specs train the
     same initial weights on the same batches in the same order."""
 
@@ -34,6 +48,10 @@ class TrainSpec:
     seed: int = field(default=0, metadata={"help": "model init and training seed"})
     data_seed: int = field(default=0, metadata={
         "help": "training data seed; held-out data use data_seed + 10000"})
+    init: str = field(default="", metadata={
+        "help": "fine-tune this checkpoint (a model folder, or lookhere:llava-mini, the shipped "
+                "pretrained miniature) instead of training a fresh tiny model from scratch; its "
+                "architecture replaces family and size"})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -43,10 +61,36 @@ class TrainSpec:
             raise ValueError(f"lr must be in (0, 1), got {self.lr!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        side = resolve_size(self.size).image_size
+        side = self.shape.image_size
         if side != self.image_size:
-            raise ValueError(f"image_size {self.image_size} must equal the {self.size!r} model's "
-                             f"input size {side}")
+            raise ValueError(f"image_size {self.image_size} must equal the {self.model_name!r} "
+                             f"model's input size {side}")
+
+    @property
+    def shape(self) -> ModelShape:
+        """The model's family, layers and input geometry, from the size preset or the
+        checkpoint's config (no weights read)."""
+        if self.init:
+            return checkpoint_shape(self.init)
+        size = resolve_size(self.size)
+        return ModelShape(self.family, size.layers, size.heads, size.image_size, size.patch_size)
+
+    def describe(self, count: str = "a") -> str:
+        """How the models start and train, for reports: ``count`` models "fine-tuned from the
+        checkpoint X" or "tiny <family> models (preset P) trained from scratch"."""
+        shape = self.shape
+        arch = f"{shape.layers} LLM layers of {shape.heads} heads"
+        models = "model" if count.lower() in ("a", "one") else "models"
+        if self.init:
+            return (f"{count} {models} fine-tuned {self.steps} steps from the pretrained "
+                    f"checkpoint {self.init} ({arch})")
+        return (f"{count} tiny {self.family} {models} (preset {self.size}, {arch}) trained "
+                f"{self.steps} steps from scratch")
+
+    @property
+    def model_name(self) -> str:
+        """The checkpoint fine-tuned, or ``tiny-<family>-<size>``."""
+        return self.init or f"tiny-{self.family}-{self.size}"
 
     @property
     def samples(self) -> int:
@@ -54,8 +98,35 @@ class TrainSpec:
         return self.steps * self.batch_size
 
     def build_model(self) -> tuple[torch.nn.Module, Any]:
-        """The initial (model, processor): random weights from ``seed``."""
+        """The initial (model, processor): the checkpoint ``init`` (fp32, SDPA), or random
+        weights from ``seed``."""
+        if self.init:
+            from lookhere.models.loading import load_model
+
+            model, processor, _ = load_model(self.init, dtype=torch.float32)
+            return model, processor
         return build_tiny(self.family, self.size, seed=self.seed)
+
+
+@functools.lru_cache(maxsize=16)
+def checkpoint_shape(name_or_path: str) -> ModelShape:
+    """`ModelShape` of a checkpoint (a folder, a hub id or ``lookhere:<name>``), from its config;
+    an unreadable or unsupported one is a ValueError naming ``init``."""
+    from transformers import AutoConfig
+
+    from lookhere.models.adapter import get_adapter
+    from lookhere.models.pretrained import resolve
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(name_or_path))
+        family = get_adapter(config).family
+        vision = config.vision_config
+        text = config.text_config
+        return ModelShape(family, text.num_hidden_layers, text.num_attention_heads,
+                          vision.image_size, vision.patch_size)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as err:
+        raise ValueError(f"init {name_or_path!r}: not a checkpoint of a supported VLM with one "
+                         f"fixed input size ({err})") from None
 
 
 def training_args(spec: TrainSpec, out_dir: Path, progress: bool = True) -> Any:
@@ -86,11 +157,10 @@ class ExperimentConfig:
         """KLAL's layers name layers of the experiment's model: refused before any training,
         not at its first step."""
         from lookhere.models.adapter import resolve_layers
-        from lookhere.models.tiny import resolve_size
 
         klal = getattr(self, "klal", None)
         if klal is not None and klal.layers is not None:
-            resolve_layers(klal.layers, resolve_size(self.train.size).layers)
+            resolve_layers(klal.layers, self.train.shape.layers)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -90,9 +90,8 @@ def _reading(config: klal.KLALExperimentConfig) -> str:
     if "line_tracing" in opts:
         chance.append("Line Tracing about 30% (3-4 curves)")
     return (
-        f"<p>Each run trains a fresh tiny {train.family} model (size preset {train.size!r}) "
-        f"from scratch for "
-        f"{train.steps} steps of {train.batch_size} samples (seed {train.seed}); NTP and "
+        f"<p>Each run is {train.describe('one')}, batches of {train.batch_size} samples "
+        f"(seed {train.seed}); NTP and "
         f"NTP+KLAL (lambda {config.klal.weight}, query {config.klal.query}) see the same batches "
         f"from the "
         f"same initial weights. The test split ({config.test_samples} samples per task) comes "

@@ -20,7 +20,6 @@ from lookhere.experiment.lens import (
     held_out_splits,
 )
 from lookhere.models.adapter import resolve_layers
-from lookhere.models.tiny import resolve_size
 from lookhere.report.page import plot_attention_maps
 from lookhere.tables import pct
 
@@ -54,11 +53,9 @@ def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> 
     table = (f"<table><thead><tr><th>in %</th>{head}</tr></thead><tbody>{''.join(rows)}"
              "</tbody></table>")
     train = config.train
-    size = resolve_size(train.size)
-    return (f"<p>Three tiny {e(train.family)} models (preset {e(train.size)}, "
-            f"{size.layers} LLM layers of {size.heads} heads): random weights; trained "
-            f"{train.steps} steps from scratch on Shapes VQA with NTP; the same with "
-            f"NTP+KLAL (lambda {config.klal.weight}). Then, "
+    start = ("the checkpoint itself (frozen)" if train.init else "random weights")
+    return (f"<p>Three models: {e(start)}; {e(train.describe('the same'))} on Shapes VQA with "
+            f"NTP; the same with NTP+KLAL (lambda {config.klal.weight}). Then, "
             f"training-free, the top-{config.top_k} localization heads are searched on "
             f"{config.search_samples} Shapes REC prompts (prefill: image, then \"Where is "
             f"&lt;expression&gt;?\"; layers 0-1 skipped), repeated on {config.search_repeats} "
@@ -114,7 +111,7 @@ def lens_section(config: lens.LensExperimentConfig, lres: dict[str, Any]) -> str
     e = html.escape
     conds = [c for c in lens.CONDITIONS if c in lres["conditions"]]
     train = config.train
-    n_layers = resolve_size(train.size).layers
+    n_layers = train.shape.layers
     trained_layer = config.lll.layer % n_layers
     ntp = lres["conditions"].get("ntp", {}).get("train", {})
     ntp_from = (f"reused from {e(ntp['reused_from'])}: the same initial weights, batches and "
@@ -127,8 +124,7 @@ def lens_section(config: lens.LensExperimentConfig, lres: dict[str, Any]) -> str
     shared_note = ("" if not shared else " Words that share their first token (so their maps "
                    "coincide): " + "; ".join(e(" / ".join(ws)) for ws in shared) + ".")
     rule = ": the cells above the map's mean" if config.threshold == "mean" else ""
-    return (f"<p>Two tiny {e(train.family)} models (preset {e(train.size)}, {n_layers} LLM "
-            f"layers), trained {train.steps} steps from scratch on Shapes VQA from the same "
+    return (f"<p>{e(train.describe('Two'))} on Shapes VQA, from the same "
             f"initial weights on the same batches: NTP ({ntp_from}), and NTP + LLL (mu "
             f"{config.lll.weight}, beta {config.lll.beta}, on the output of layer "
             f"{trained_layer}; "
@@ -196,7 +192,7 @@ def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dic
                          "boxes": item["boxes"], "maps": maps, "extent": extent})
         figures["Logit-lens maps p(word | visual token) on held-out Shapes images, per model "
                 f"and layer (L{', L'.join(map(str, chosen))}; the LLL trains layer "
-                f"{config.lll.layer % resolve_size(config.train.size).layers}). The objects "
+                f"{config.lll.layer % config.train.shape.layers}). The objects "
                 f"carrying the "
                 "word are outlined; each map is scaled to its own max (in its title)."] = \
             plot_attention_maps(rows, out_dir / "lens_maps.png",
@@ -211,7 +207,7 @@ def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dic
 def _figure_layers(config: LensExperimentConfig, results: dict[str, Any],
                    layers: Sequence[int] | None) -> list[int]:
     reported = list(results["layers"])
-    n = resolve_size(config.train.size).layers
+    n = config.train.shape.layers
     if layers is not None:
         chosen = list(resolve_layers(layers, n))
         missing = [x for x in chosen if x not in reported]
