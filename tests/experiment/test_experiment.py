@@ -44,18 +44,22 @@ def test_splits_are_disjoint_and_deterministic():
 
 
 @pytest.mark.slow
-def test_demo_writes_report(tmp_path, monkeypatch):
+def test_demo_writes_report(tmp_path):
+    """The demo in two worker processes (spawned, so every part loads the checkpoint from
+    disk, as `make demo` loads the shipped one): all parts, merged as one run of each would
+    return them, the lens reusing the heads' NTP model, the claims table first."""
     out = tmp_path / "demo"
-    monkeypatch.setitem(tiny.TINY_SIZES, "test4", replace(tiny.TINY_SIZES["test"], layers=4,
-                                                          image_size=112))
-    train = dict(size="test4", steps=2, batch_size=2)
-    heads_config = HeadsExperimentConfig(train=TrainSpec(**train), search_samples=4,
+    model, processor = tiny.build_tiny("llava", replace(tiny.TINY_SIZES["test"], layers=4,
+                                                        image_size=112), seed=0)
+    tiny.save_tiny(model, processor, tmp_path / "ckpt")
+    train = TrainSpec(init=str(tmp_path / "ckpt"), image_size=112, steps=2, batch_size=2)
+    heads_config = HeadsExperimentConfig(train=train, search_samples=4,
                                          search_repeats=2, test_samples=3, vqa_samples=2,
                                          eval_batch_size=4, n_maps=2, save_models=True)
-    lens_config = LensExperimentConfig(train=TrainSpec(**train), test_samples=3,
+    lens_config = LensExperimentConfig(train=train, test_samples=3,
                                        vqa_samples=2, eval_batch_size=4, n_maps=2)
-    report = run_demo(out, tiny_config(), progress=False, command="test",
-                      heads_config=heads_config, lens_config=lens_config)
+    report = run_demo(out, tiny_config(train=train), progress=False, command="test",
+                      heads_config=heads_config, lens_config=lens_config, workers=2)
     assert report == out / "report.html"
     results = json.loads((out / "results.json").read_text())
     assert set(results["tasks"]) == {"grid_patch", "line_intersection", "line_tracing"}
@@ -80,12 +84,34 @@ def test_demo_writes_report(tmp_path, monkeypatch):
     assert "The logit lens (NTP vs NTP+LLL)" in html and "reused from the heads part" in html
     assert "shape words, in %" in html and "colour words, in %" in html
     assert results["settings"]["lens"]["train"]["steps"] == 2
+    assert results["settings"]["workers"] == 2
+    timing = results["timing"]
+    assert set(timing["jobs"]) == {"heads ntp + lens", "heads untrained", "heads klal",
+                                   "klal grid_patch", "klal line_intersection",
+                                   "klal line_tracing"}
+    assert html.index("The three claims") < html.index("<h2>Results</h2>")
+    assert "fine-tuned 2 steps from the pretrained checkpoint" in html
     for name in ("attention_maps.png", "attention_ratio.png", "training_curves.png",
                  "heads_maps.png", "heads_each.png", "lens_maps.png", "lens_layers.png"):
         assert (out / name).stat().st_size > 0 and name in html
     assert "| task" in (out / "results.md").read_text()
     with pytest.raises(FileExistsError):
         run_demo(out, tiny_config(), progress=False)
+
+
+def test_demo_in_one_process(tmp_path):
+    """``workers=1`` runs the jobs here, in order; a lens part without a heads part trains its
+    own NTP model; bad ``workers`` is refused before anything runs."""
+    lens_config = LensExperimentConfig(train=TrainSpec(**TRAIN), test_samples=2,
+                                       vqa_samples=2, eval_batch_size=4, n_maps=1,
+                                       lens_layers="0")
+    report = run_demo(tmp_path / "one", tiny_config(tasks=("grid_patch",)), progress=False,
+                      heads_config=None, lens_config=lens_config, workers=1)
+    results = json.loads((report.parent / "results.json").read_text())
+    assert set(results["timing"]["jobs"]) == {"klal grid_patch", "lens ntp+lll"}
+    assert "reused_from" not in results["lens"]["conditions"]["ntp"]["train"]
+    with pytest.raises(ValueError, match="workers must be"):
+        run_demo(tmp_path / "two", tiny_config(), progress=False, workers=0)
 
 
 def test_config_errors():

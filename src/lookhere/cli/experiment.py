@@ -24,9 +24,15 @@ COMMANDS = {
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from lookhere.experiment.klal import KLALExperimentConfig
+    from lookhere.report.demo import DEMO_KLAL
+
     p = sub.add_parser("demo", help=COMMANDS["demo"])
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="new or empty folder")
-    _add_klal_options(p)
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes of one torch thread each, one per core (1: all in this one)")
+    add_options(p, KLALExperimentConfig, skip=SEED, defaults=DEMO_KLAL)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_demo)
     exp = sub.add_parser("experiment", help=COMMANDS["experiment"]).add_subparsers(
         dest="experiment", required=True)
@@ -74,25 +80,27 @@ def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace, seed: int = 0, cls: type | None = None):
-    """The config of one seed: ``cls``'s defaults (`KLALExperimentConfig`), the options given,
+def _config(args: argparse.Namespace, seed: int = 0, cls: type | None = None, base: Any = None):
+    """The config of one seed: ``base`` (``cls()``, `KLALExperimentConfig`), the options given,
     and ``train.seed``."""
     from lookhere.experiment.klal import KLALExperimentConfig
 
     cls = cls or KLALExperimentConfig
     try:
-        config = build(args, cls)
+        config = build(args, cls, base=base)
         return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     except (ValueError, TypeError) as err:
         raise SystemExit(f"lookhere: {err}") from None
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lookhere.report.demo import run_demo
+    from lookhere.report.demo import DEMO_KLAL, run_demo
 
-    config = _config(args)
+    config = _config(args, base=DEMO_KLAL)
+    if args.workers < 1:
+        raise SystemExit(f"lookhere demo: --workers must be >= 1, got {args.workers}")
     try:
-        report = run_demo(args.out, config, progress=not args.quiet)
+        report = run_demo(args.out, config, progress=not args.quiet, workers=args.workers)
     except FileExistsError as err:
         raise SystemExit(f"lookhere demo: {err}") from None
     print(f"report: {report}")

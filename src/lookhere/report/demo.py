@@ -1,20 +1,33 @@
-"""``make demo``: the papers' claims in miniature on the embedded tiny VLM, as one HTML report.
+"""``make demo``: the papers' three claims on the shipped pretrained checkpoint, as one report.
 
-Part 1 (KLAL): NTP vs NTP+KLAL on Grid Patch, Line Intersection and Line Tracing
-(`lookhere.experiment.klal`). Part 2 (localization heads): the heads of tiny models trained on
-Shapes VQA, found training-free and used for REC against baselines
-(`lookhere.experiment.heads`, a shorter run than docs/results.md's). Part 3 (the logit lens):
-NTP vs NTP+LLL on the same Shapes VQA, the lens maps of every shape and colour word segmented
-per layer (`lookhere.experiment.lens`); its NTP model is part 2's, which is the very same
-training (saved under ``heads/models/ntp``), so only NTP+LLL is trained. Writes
-``results.json``, ``results.md``, the figures and ``report.html`` to the output folder.
+Every part starts from ``lookhere:llava-mini`` (docs/results.md 6.7), as the papers start from
+pretrained VLMs:
+
+1. KLAL: NTP vs NTP+KLAL fine-tuning on Grid Patch, Line Intersection and Line Tracing
+   (`lookhere.experiment.klal`);
+2. localization heads: searched training-free in the frozen checkpoint, and again after NTP
+   and NTP+KLAL fine-tuning on Shapes VQA, then used for REC against baselines
+   (`lookhere.experiment.heads`);
+3. the logit lens: NTP vs NTP+LLL fine-tuning on the same Shapes VQA, the lens maps of every
+   shape and colour word segmented per layer (`lookhere.experiment.lens`); its NTP model is
+   part 2's (the very same training, saved under ``heads/models/ntp``).
+
+The parts run as independent jobs (one per KLAL task, one per heads condition; the heads'
+NTP job goes on into the lens part) in ``workers`` processes of one torch thread each: tiny
+models gain nothing from a second thread, and two threads lose their time slices whenever
+another process takes a core. Writes ``results.json``, ``results.md``, the figures and
+``report.html`` (the three claims first, then the sections, and the time per part).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
+import multiprocessing
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +35,7 @@ import torch
 
 from lookhere.data.sample import Geometry, Sample
 from lookhere.experiment import heads, klal, lens
+from lookhere.experiment.training import TrainSpec
 from lookhere.report.page import (
     plot_attention_maps,
     plot_ratio_bars,
@@ -30,51 +44,260 @@ from lookhere.report.page import (
 )
 from lookhere.report.sections import heads_figures, heads_section, lens_figures, lens_section
 
-# The demo's heads part: the experiment's settings with fewer samples and steps (~4 minutes).
-# Its models are saved, so that the lens part reuses the NTP one.
+#: Every part's fine-tuning: the shipped checkpoint, 200 steps of 8 samples.
+DEMO_TRAIN = TrainSpec(init="lookhere:llava-mini", image_size=96, steps=200, batch_size=8)
+#: Grid Patch on a 6 x 6 grid: each cell 2 x 2 of the checkpoint's 12 x 12 patches.
+DEMO_KLAL = klal.KLALExperimentConfig(
+    train=DEMO_TRAIN, test_samples=200,
+    task_options={"grid_patch": {"grid_rows": 6, "grid_cols": 6}})
+# per_sample 3 of the 24 searched heads, as the checkpoint's own evaluation (pretrain eval)
 DEMO_HEADS = heads.HeadsExperimentConfig(
-    train=dataclasses.replace(heads.TRAIN, steps=1000), search_samples=500, search_repeats=2,
-    test_samples=300, vqa_samples=300, save_models=True)
-# The demo's lens part: the training of DEMO_HEADS (so its NTP model is reused).
-DEMO_LENS = lens.LensExperimentConfig(train=DEMO_HEADS.train, test_samples=300, vqa_samples=300)
+    train=DEMO_TRAIN, search_samples=300, search_repeats=1, test_samples=200, vqa_samples=200,
+    per_sample=3, save_models=True)
+DEMO_LENS = lens.LensExperimentConfig(train=DEMO_TRAIN, test_samples=200, vqa_samples=200)
+
+#: The papers' figures the report's first table sets ours against (docs/methods.md).
+PAPER = {
+    "klal": "Grid Patch +16.3 points (Qwen2.5-VL-7B, 28.6 → 44.9%), Line Intersection +7.6 "
+            "(62.6 → 70.2%), and a gain on Line Tracing, over NTP fine-tuning",
+    "heads": "3 heads of frozen LLaVA-1.5-7B: REC Acc@0.5 86.5% on RefCOCO val, far above "
+             "any baseline",
+    "lens": "after LLL, the lens map of a word segments the objects it names (patch-level "
+            "explanations); VQA kept",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One independent piece of the demo: a KLAL task, or a heads condition (with the lens
+    part after the heads' NTP model, which the lens reuses)."""
+
+    part: str  # "klal" or "heads"
+    key: str  # the task or the condition
+
+    @property
+    def name(self) -> str:
+        return f"{self.part} {self.key}" + (" + lens" if self.with_lens else "")
+
+    @property
+    def with_lens(self) -> bool:
+        return self.part == "heads" and self.key == "ntp"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: Job
+    results: dict[str, Any]
+    seconds: float
 
 
 def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = None,
              progress: bool = True, command: str = "make demo",
              heads_config: heads.HeadsExperimentConfig | None = DEMO_HEADS,
-             lens_config: lens.LensExperimentConfig | None = DEMO_LENS) -> Path:
+             lens_config: lens.LensExperimentConfig | None = DEMO_LENS,
+             workers: int = 2) -> Path:
     """Run every part of the demo into ``out_dir`` (must be new or empty); the report's path.
     ``heads_config=None`` / ``lens_config=None`` leave out the localization-heads / lens part.
     The lens part reuses the heads part's NTP model when that part saves its models
     (``save_models``) and trains under the same settings (`lens.ntp_mismatches`); otherwise it
-    trains its own."""
+    trains its own. ``workers``: processes (1: everything in this one, in order)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; remove it or choose another folder")
-    config = config or klal.KLALExperimentConfig()
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    config = config or DEMO_KLAL
+    jobs = plan(config, heads_config)
     start = time.perf_counter()
-    results = klal.run(config, out_dir, progress=progress)
+    done = run_jobs(jobs, config, heads_config, lens_config, out_dir, workers, progress)
+    results = merge(config, heads_config, done)
     sections = [{"title": "How to read this", "html": _reading(config)}]
     figures = _figures(out_dir, config, results)
-    hres = None
     if heads_config is not None:
-        hres = heads.run(heads_config, out_dir / "heads", progress=progress)
-        results["heads"] = hres
         sections.append({"title": "Localization heads (training-free grounding)",
-                         "html": heads_section(heads_config, hres)})
-        figures.update(heads_figures(out_dir, heads_config, hres))
+                         "html": heads_section(heads_config, results["heads"])})
+        figures.update(heads_figures(out_dir, heads_config, results["heads"]))
     if lens_config is not None:
-        trained = reused_ntp(lens_config, heads_config, hres, out_dir / "heads")
-        lres = lens.run(lens_config, out_dir / "lens", progress=progress, trained=trained)
-        results["lens"] = lres
         sections.append({"title": "The logit lens (NTP vs NTP+LLL)",
-                         "html": lens_section(lens_config, lres)})
-        figures.update(lens_figures(out_dir, lens_config, lres))
+                         "html": lens_section(lens_config, results["lens"])})
+        figures.update(lens_figures(out_dir, lens_config, results["lens"]))
+    elapsed = time.perf_counter() - start
+    timing = _timing(done, elapsed, workers)
+    sections.append({"title": "Time per part", "html": _timing_html(timing)})
     results.update(title="lookhere demo: KLAL, localization heads and the logit lens on the "
-                         "embedded tiny VLM",
-                   command=command, settings=_settings(config, heads_config, lens_config),
-                   elapsed_s=time.perf_counter() - start, sections=sections)
+                         f"pretrained {config.train.model_name}",
+                   command=command, settings=_settings(config, heads_config, lens_config, workers),
+                   elapsed_s=elapsed, sections=sections, timing=timing,
+                   lead={"title": "The three claims: the papers and this run",
+                         "html": claims_html(results, config, heads_config, lens_config)})
     return write_report(out_dir, results, figures)
+
+
+def plan(config: klal.KLALExperimentConfig, heads_config: heads.HeadsExperimentConfig | None
+         ) -> list[Job]:
+    """The jobs, the longest first (so two workers finish close together): the heads' NTP job
+    (it trains, searches and then runs the lens part), the KLAL tasks, the other conditions."""
+    head_jobs = [] if heads_config is None else [Job("heads", c) for c in heads_config.conditions]
+    first = [j for j in head_jobs if j.with_lens]
+    return first + [Job("klal", t) for t in config.tasks] + [j for j in head_jobs
+                                                              if not j.with_lens]
+
+
+def run_jobs(jobs: list[Job], config: klal.KLALExperimentConfig,
+             heads_config: heads.HeadsExperimentConfig | None,
+             lens_config: lens.LensExperimentConfig | None, out_dir: Path, workers: int,
+             progress: bool) -> list[JobResult]:
+    """Every job, in ``workers`` processes of one torch thread (spawned: no forked torch state),
+    or here in order when ``workers == 1``. A lens part without a heads NTP job runs last."""
+    args = (config, heads_config, lens_config, out_dir)
+    extra = ([] if lens_config is None or any(j.with_lens for j in jobs)
+             else [Job("lens", "ntp+lll")])
+    jobs = jobs + extra
+    if workers == 1:
+        return [_report(run_job(j, *args, progress=progress), progress, i + 1, len(jobs))
+                for i, j in enumerate(jobs)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                             initializer=_one_thread) as pool:
+        futures = [pool.submit(run_job, j, *args, progress=False) for j in jobs]
+        if progress:
+            print(f"[demo] {len(jobs)} jobs in {min(workers, len(jobs))} processes: "
+                  + ", ".join(j.name for j in jobs), flush=True)
+        return [_report(f.result(), progress, i + 1, len(jobs)) for i, f in enumerate(futures)]
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _report(done: JobResult, progress: bool, i: int, n: int) -> JobResult:
+    if progress:
+        print(f"[demo] {done.job.name}: done in {done.seconds:.0f} s ({i} of {n})", flush=True)
+    return done
+
+
+def run_job(job: Job, config: klal.KLALExperimentConfig,
+            heads_config: heads.HeadsExperimentConfig | None,
+            lens_config: lens.LensExperimentConfig | None, out_dir: Path,
+            progress: bool = True) -> JobResult:
+    """One job's results, in the layout its experiment's ``run`` returns."""
+    start = time.perf_counter()
+    if job.part == "klal":
+        res = klal.run(dataclasses.replace(config, tasks=(job.key,)), out_dir, progress)
+    elif job.part == "lens":
+        res = {"lens": lens.run(lens_config, out_dir / "lens", progress=progress)}
+    else:
+        hc = dataclasses.replace(heads_config, conditions=(job.key,))
+        res = {"heads": heads.run(hc, out_dir / "heads", progress=progress)}
+        if job.with_lens and lens_config is not None:
+            trained = reused_ntp(lens_config, hc, res["heads"], out_dir / "heads")
+            res["lens"] = lens.run(lens_config, out_dir / "lens", progress=progress,
+                                   trained=trained)
+    return JobResult(job, res, time.perf_counter() - start)
+
+
+def merge(config: klal.KLALExperimentConfig, heads_config: heads.HeadsExperimentConfig | None,
+          done: list[JobResult]) -> dict[str, Any]:
+    """The jobs' results as one run of each experiment would have returned them (conditions
+    and tasks in the configs' order)."""
+    results: dict[str, Any] = {"tasks": {}, "examples": {}}
+    by_task = {d.job.key: d.results for d in done if d.job.part == "klal"}
+    for task in config.tasks:
+        results["tasks"][task] = by_task[task]["tasks"][task]
+        results["examples"][task] = by_task[task]["examples"][task]
+    parts = {d.job.key: d.results["heads"] for d in done if d.job.part == "heads"}
+    if heads_config is not None and parts:
+        first = next(iter(parts.values()))
+        hres = {"config": heads_config.to_json(), "conditions": {},
+                "examples": {"ids": first["examples"]["ids"]}}
+        for c in heads_config.conditions:
+            hres["conditions"][c] = parts[c]["conditions"][c]
+            hres["examples"][c] = parts[c]["examples"][c]
+        results["heads"] = hres
+    for d in done:
+        if "lens" in d.results:
+            results["lens"] = d.results["lens"]
+    return results
+
+
+def _timing(done: list[JobResult], elapsed: float, workers: int) -> dict[str, Any]:
+    jobs = {d.job.name: round(d.seconds, 1) for d in done}
+    parts: dict[str, float] = {}
+    for d in done:
+        parts[d.job.part] = parts.get(d.job.part, 0.0) + d.seconds
+    busy = sum(jobs.values())
+    return {"jobs": jobs, "parts": {k: round(v, 1) for k, v in parts.items()},
+            "workers": workers, "wall_s": round(elapsed, 1),
+            "parallel_efficiency": round(busy / (elapsed * workers), 3) if elapsed else None}
+
+
+def _timing_html(timing: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{s:.0f}</td></tr>"
+                   for name, s in timing["jobs"].items())
+    return (f"<p>{timing['workers']} worker process(es) of one torch thread; wall time "
+            f"{timing['wall_s']:.0f} s (report included below it); the jobs' own seconds "
+            f"add up to {sum(timing['jobs'].values()):.0f} (parallel efficiency "
+            f"{timing['parallel_efficiency']}).</p><table><thead><tr><th>job</th>"
+            f"<th>seconds</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def claims_html(results: dict[str, Any], config: klal.KLALExperimentConfig,
+                heads_config: heads.HeadsExperimentConfig | None,
+                lens_config: lens.LensExperimentConfig | None) -> str:
+    """The report's first table: each claim, the paper's figure, and this run's."""
+    e = html.escape
+    rows = [("KLAL fine-tuning beats NTP fine-tuning", PAPER["klal"], _klal_claim(results))]
+    if "heads" in results and heads_config is not None:
+        rows.append(("A few attention heads of the frozen model ground referring expressions",
+                     PAPER["heads"], _heads_claim(results["heads"])))
+    if "lens" in results and lens_config is not None:
+        rows.append(("LLL makes the logit lens segment objects", PAPER["lens"],
+                     _lens_claim(results["lens"], lens_config)))
+    body = "".join(f"<tr><th>{e(c)}</th><td>{e(p)}</td><td>{e(o)}</td></tr>"
+                   for c, p, o in rows)
+    return (f"<table><thead><tr><th>claim</th><th>paper</th><th>this run "
+            f"({e(config.train.model_name)})</th></tr></thead><tbody>{body}</tbody></table>"
+            "<p class=\"meta\">Accuracies in % with 95% bootstrap intervals on held-out data; "
+            "each claim's section below has the details. A short CPU demo: docs/results.md "
+            "has the 3-seed runs.</p>")
+
+
+def _klal_claim(results: dict[str, Any]) -> str:
+    out = []
+    for task, conds in results["tasks"].items():
+        if {"ntp", "klal"} <= set(conds):
+            n, k = conds["ntp"], conds["klal"]
+            apart = k["ci95"][0] > n["ci95"][1]
+            out.append(f"{task.replace('_', ' ')}: {100 * n['accuracy']:.1f} → "
+                       f"{100 * k['accuracy']:.1f}% ({100 * (k['accuracy'] - n['accuracy']):+.1f}"
+                       f"{', intervals apart' if apart else ', intervals overlap'})")
+    return "; ".join(out) or "not run"
+
+
+def _heads_claim(hres: dict[str, Any]) -> str:
+    c = "untrained" if "untrained" in hres["conditions"] else next(iter(hres["conditions"]))
+    methods = hres["conditions"][c]["rec"]["methods"]
+    accs = ", ".join(f"{m.replace('_', ' ')} {100 * v['acc@0.5']:.1f}"
+                     for m, v in methods.items())
+    which = "frozen checkpoint" if c == "untrained" else f"after {c}"
+    return f"{which}: Acc@0.5 {accs}"
+
+
+def _lens_claim(lres: dict[str, Any], config: lens.LensExperimentConfig) -> str:
+    conds = lres["conditions"]
+    layer = str(config.lll.layer % config.train.shape.layers)
+    out = []
+    for c in ("ntp", "lll"):
+        if c in conds:
+            miou = conds[c]["lens"].get(layer, {}).get("all", {}).get("mIoU")
+            vqa = conds[c]["vqa"]["accuracy"]
+            out.append(f"{lens.LABELS.get(c, c)}: mIoU {_pct(miou)} at layer {layer}, VQA "
+                       f"{100 * vqa:.1f}")
+    return "; ".join(out)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _reading(config: klal.KLALExperimentConfig) -> str:
@@ -147,7 +370,8 @@ def _boxes(s: Sample) -> list[tuple[float, float, float, float]]:
 
 def _settings(config: klal.KLALExperimentConfig,
               heads_config: heads.HeadsExperimentConfig | None = None,
-              lens_config: lens.LensExperimentConfig | None = None) -> dict[str, Any]:
+              lens_config: lens.LensExperimentConfig | None = None,
+              workers: int = 1) -> dict[str, Any]:
     import transformers
 
     return {"klal": config.to_json(),
@@ -155,7 +379,7 @@ def _settings(config: klal.KLALExperimentConfig,
             "lens": None if lens_config is None else lens_config.to_json(),
             "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "threads": torch.get_num_threads(),
+            "machine": platform.machine(), "workers": workers, "threads_per_worker": 1,
             "cuda": torch.cuda.is_available()}
 
 

@@ -9,7 +9,8 @@ are ignored; a missing required key raises ValueError naming where it was expect
                    "attention_ratio": {"mean": float, "ci95": [lo, hi], "values": [float, ...]},
                    "train": {"steps": int, "seconds": float,
                              "log": [{"step": int, "ntp_loss": float, "klal_loss": float}]}}}},
-               "sections": [{"title": str, "html": str}]}          # optional, html is trusted
+               "sections": [{"title": str, "html": str}],          # optional, html is trusted
+               "lead": {"title": str, "html": str}}                # optional, shown first
 
 Conditions "ntp" and "klal" are labelled "NTP" and "NTP+KLAL"; any other key is its own label.
 Percentages are rounded half up from the decimal form of the value (0.3125 -> "31.3"), so the
@@ -524,6 +525,12 @@ def _markdown(results: Mapping, figures: list[tuple[str, str]]) -> str:
             f"{_NOTE}\n\n{figs}## Settings\n\n```json\n{settings}\n```\n")
 
 
+def _lead(results: Mapping) -> list[tuple[str, str]]:
+    """The optional section shown first (``results["lead"]``, ``{"title", "html"}``)."""
+    lead = results.get("lead")
+    return [] if lead is None else _sections({"sections": [lead]})
+
+
 def _html(results: Mapping, figures: list[tuple[str, str]]) -> str:
     e = html.escape
     title = e(str(results["title"]))
@@ -536,7 +543,8 @@ def _html(results: Mapping, figures: list[tuple[str, str]]) -> str:
             f"<h1>{title}</h1>\n"
             f'<p class="meta">Command: <code>{e(str(results["command"]))}</code> &middot; '
             f"elapsed {e(_duration(float(results['elapsed_s'])))}</p>\n"
-            f"<h2>Results</h2>\n{_html_table(results)}\n<p class=\"meta\">{e(_NOTE)}</p>\n"
+            + "".join(f"<h2>{e(t)}</h2>\n{body}\n" for t, body in _lead(results))
+            + f"<h2>Results</h2>\n{_html_table(results)}\n<p class=\"meta\">{e(_NOTE)}</p>\n"
             + (f"<h2>Figures</h2>\n{figs}" if figs else "") + secs
             + f"<h2>Settings</h2>\n<details><summary>Settings (JSON)</summary>\n"
             f"<pre>{settings}</pre>\n</details>\n</body>\n</html>\n")
@@ -553,6 +561,7 @@ def write_report(out_dir: str | Path, results: Mapping, figures: Mapping[str, st
     _number(results["elapsed_s"], "results['elapsed_s']", lo=0)
     _table(results)  # validates the tasks before anything is written
     _sections(results)
+    _lead(results)
     figs = _figure_paths(out_dir, figures)
     write_json(_jsonable(results), out_dir / "results.json")
     with atomic_path(out_dir / "results.md") as tmp:
