@@ -90,7 +90,7 @@ def test_demo_writes_report(tmp_path):
                                    "klal grid_patch", "klal line_intersection",
                                    "klal line_tracing"}
     assert html.index("The three claims") < html.index("<h2>Results</h2>")
-    assert "fine-tuned 2 steps from the pretrained checkpoint" in html
+    assert "fine-tuned 2 steps (lr 0.001) from the pretrained checkpoint" in html
     for name in ("attention_maps.png", "attention_ratio.png", "training_curves.png",
                  "heads_maps.png", "heads_each.png", "lens_maps.png", "lens_layers.png"):
         assert (out / name).stat().st_size > 0 and name in html

@@ -267,3 +267,22 @@ def test_write_report_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="'html'"):
         write_report(out, r, {})
     assert not out.exists()  # nothing written when the input is bad
+
+
+def test_lead_table_comes_first_in_both_formats(tmp_path):
+    """``results["lead"]``: a table before the results, in report.html (escaped) and in
+    results.md (pipes escaped); rows of the wrong width are refused before anything is
+    written."""
+    r = _results()
+    r["lead"] = {"title": "The claims", "columns": ["claim", "paper", "ours"],
+                 "rows": [["KLAL <helps>", "+16.3", "a | b"]], "note": "n"}
+    page = write_report(tmp_path / "a", r, {}).read_text()
+    assert page.index("The claims") < page.index("<h2>Results</h2>")
+    assert "<th>KLAL &lt;helps&gt;</th><td>+16.3</td><td>a | b</td>" in page
+    md = (tmp_path / "a" / "results.md").read_text()
+    assert "| KLAL <helps> | +16.3 | a \\| b |" in md
+    assert md.index("## The claims") < md.index(results_table(r))
+    r["lead"]["rows"] = [["only two", "cells"]]
+    with pytest.raises(ValueError, match="lists of 3 cells"):
+        write_report(tmp_path / "b", r, {})
+    assert not (tmp_path / "b").exists()

@@ -1,8 +1,9 @@
 """The NTP vs NTP+KLAL experiment on synthetic tasks (the KLAL paper's tables 1-2, figures 3-4).
 
-For each task and each condition, a fresh tiny VLM (same seed, so the same initial weights) is
-trained from scratch on the same training samples for the same number of steps, then evaluated
-on a held-out test split drawn from a different seed and never used for any choice:
+For each task and each condition, the same initial weights (a fresh tiny VLM of one seed, or the
+checkpoint of ``TrainSpec.init``) are trained on the same training samples for the same number
+of steps, then evaluated on a held-out test split drawn from a different seed and never used
+for any choice:
 
 - accuracy (greedy generation, parsed answers) with a bootstrap 95% interval, parse failures;
 - the attention ratio of the answer token (target tokens / all visual tokens), per sample;
@@ -116,7 +117,8 @@ def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
 
 def train_one(config: Any, condition: str, train: SampleList, out_dir: Path,
               progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """A fresh tiny model trained under one condition: (model, processor, training record).
+    """The spec's model (fresh, or the ``init`` checkpoint) trained under one condition:
+    (model, processor, training record).
     ``config``: any experiment config with ``train``, ``target`` and ``klal_config``."""
     from lookhere.train.trainer import GroundingTrainer
 
@@ -127,7 +129,7 @@ def train_one(config: Any, condition: str, train: SampleList, out_dir: Path,
         data_collator=GroundingCollator(processor, adapter, target_config=config.target),
         klal=config.klal_config(condition),
     )
-    return trainer.model, processor, fit(trainer, config.train.steps)
+    return trainer.model, processor, fit(trainer, config.train.steps, progress)
 
 
 def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True,

@@ -222,7 +222,8 @@ def _check_trained(config: LensExperimentConfig, trained: dict[str, Trained]) ->
 
 def train_one(config: LensExperimentConfig, condition: str, train: SampleList, out_dir: Path,
               progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """A fresh tiny model trained under one condition: (model, processor, training record).
+    """The spec's model (fresh, or the ``init`` checkpoint) trained under one condition:
+    (model, processor, training record).
 
     `lookhere.experiment.klal.train_one`'s recipe with the condition's `LLLConfig` given to both
     the collator and the trainer (KLAL off: weight 0, not monitored)."""
@@ -237,7 +238,7 @@ def train_one(config: LensExperimentConfig, condition: str, train: SampleList, o
         data_collator=GroundingCollator(processor, adapter, targets=False, lll=lll),
         klal=KLALConfig(weight=0.0), lll=lll,
     )
-    record = fit(trainer, config.train.steps)
+    record = fit(trainer, config.train.steps, progress)
     return trainer.model, processor, {**record, "lll": dataclasses.asdict(lll)}
 
 

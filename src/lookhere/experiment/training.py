@@ -82,10 +82,10 @@ class TrainSpec:
         arch = f"{shape.layers} LLM layers of {shape.heads} heads"
         models = "model" if count.lower() in ("a", "one") else "models"
         if self.init:
-            return (f"{count} {models} fine-tuned {self.steps} steps from the pretrained "
-                    f"checkpoint {self.init} ({arch})")
+            return (f"{count} {models} fine-tuned {self.steps} steps (lr {self.lr:g}) from the "
+                    f"pretrained checkpoint {self.init} ({arch})")
         return (f"{count} tiny {self.family} {models} (preset {self.size}, {arch}) trained "
-                f"{self.steps} steps from scratch")
+                f"{self.steps} steps (lr {self.lr:g}) from scratch")
 
     @property
     def model_name(self) -> str:
@@ -136,8 +136,13 @@ def training_args(spec: TrainSpec, out_dir: Path, progress: bool = True) -> Any:
                         data_seed=spec.data_seed, progress=progress, log_points=30)
 
 
-def fit(trainer: Any, steps: int) -> dict[str, Any]:
-    """Train; the record: steps, seconds, and the logged losses."""
+def fit(trainer: Any, steps: int, progress: bool = True) -> dict[str, Any]:
+    """Train; the record: steps, seconds, and the logged losses (printed only with
+    ``progress``: without its bar, the Trainer would print every logged dict)."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     trainer.train()
     return {"steps": steps, "seconds": time.perf_counter() - start,

@@ -10,7 +10,8 @@ are ignored; a missing required key raises ValueError naming where it was expect
                    "train": {"steps": int, "seconds": float,
                              "log": [{"step": int, "ntp_loss": float, "klal_loss": float}]}}}},
                "sections": [{"title": str, "html": str}],          # optional, html is trusted
-               "lead": {"title": str, "html": str}}                # optional, shown first
+               "lead": {"title": str, "columns": [str, ...],       # optional, shown first
+                        "rows": [[str, ...], ...], "note": str}}
 
 Conditions "ntp" and "klal" are labelled "NTP" and "NTP+KLAL"; any other key is its own label.
 Percentages are rounded half up from the decimal form of the value (0.3125 -> "31.3"), so the
@@ -521,14 +522,45 @@ def _markdown(results: Mapping, figures: list[tuple[str, str]]) -> str:
     settings = json.dumps(_jsonable(results["settings"]), indent=2)
     figs = "".join(f"![{c}]({quote(p)})\n\n" for c, p in figures)
     return (f"# {results['title']}\n\n`{results['command']}`, "
-            f"{_duration(float(results['elapsed_s']))}\n\n{results_table(results)}\n"
+            f"{_duration(float(results['elapsed_s']))}\n\n{_lead_markdown(results)}"
+            f"{results_table(results)}\n"
             f"{_NOTE}\n\n{figs}## Settings\n\n```json\n{settings}\n```\n")
 
 
-def _lead(results: Mapping) -> list[tuple[str, str]]:
-    """The optional section shown first (``results["lead"]``, ``{"title", "html"}``)."""
+def _lead(results: Mapping) -> dict[str, Any] | None:
+    """The optional table shown first (``results["lead"]``), validated."""
     lead = results.get("lead")
-    return [] if lead is None else _sections({"sections": [lead]})
+    if lead is None:
+        return None
+    for key in ("title", "columns", "rows", "note"):
+        _get(lead, key, "results['lead']")
+    width = len(lead["columns"])
+    if any(not isinstance(r, list | tuple) or len(r) != width for r in lead["rows"]):
+        raise ValueError(f"results['lead']['rows'] must be lists of {width} cells (the columns)")
+    return lead
+
+
+def _lead_html(results: Mapping) -> str:
+    lead = _lead(results)
+    if lead is None:
+        return ""
+    e = html.escape
+    head = "".join(f"<th>{e(str(c))}</th>" for c in lead["columns"])
+    rows = "".join("<tr><th>" + e(str(r[0])) + "</th>"
+                   + "".join(f"<td>{e(str(c))}</td>" for c in r[1:]) + "</tr>"
+                   for r in lead["rows"])
+    return (f"<h2>{e(str(lead['title']))}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>"
+            f"{rows}</tbody></table>\n<p class=\"meta\">{e(str(lead['note']))}</p>\n")
+
+
+def _lead_markdown(results: Mapping) -> str:
+    lead = _lead(results)
+    if lead is None:
+        return ""
+    cell = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+    rows = "".join("| " + " | ".join(cell(c) for c in r) + " |\n" for r in lead["rows"])
+    return (f"## {lead['title']}\n\n| " + " | ".join(cell(c) for c in lead["columns"])
+            + " |\n|" + "---|" * len(lead["columns"]) + f"\n{rows}\n{lead['note']}\n\n")
 
 
 def _html(results: Mapping, figures: list[tuple[str, str]]) -> str:
@@ -543,7 +575,7 @@ def _html(results: Mapping, figures: list[tuple[str, str]]) -> str:
             f"<h1>{title}</h1>\n"
             f'<p class="meta">Command: <code>{e(str(results["command"]))}</code> &middot; '
             f"elapsed {e(_duration(float(results['elapsed_s'])))}</p>\n"
-            + "".join(f"<h2>{e(t)}</h2>\n{body}\n" for t, body in _lead(results))
+            + _lead_html(results)
             + f"<h2>Results</h2>\n{_html_table(results)}\n<p class=\"meta\">{e(_NOTE)}</p>\n"
             + (f"<h2>Figures</h2>\n{figs}" if figs else "") + secs
             + f"<h2>Settings</h2>\n<details><summary>Settings (JSON)</summary>\n"
