@@ -3,7 +3,9 @@
     python experiments/summarise.py runs/experiments/klal_seeds [more folders ...]
 
 Each folder holds seed<N>.json files; every (task, condition) gets accuracy (mean and sd over
-seeds, and each seed's value with its bootstrap 95% interval) and the attention ratio.
+seeds, and each seed's value with its bootstrap 95% interval) and the attention ratio; every
+task with both conditions, the difference KLAL - NTP per seed and its mean with a 95%
+t-interval over seeds (paired: the same seed's two runs share weights and batches).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def table(folder: Path) -> str:
     config = KLALExperimentConfig.from_json(first["settings"]["klal"])
     train, klal = config.train, config.klal
     lines = [f"### {folder.name}", "",
-             f"Settings: family `{train.family}`, size `{train.size}`, "
+             f"Settings: {_model(train)}, "
              f"{train.steps} steps × batch {train.batch_size}, lr "
              f"{train.lr}, λ {klal.weight}, query "
              f"`{klal.query}`, {config.test_samples} test samples per task; "
@@ -59,7 +61,33 @@ def table(folder: Path) -> str:
             fails = statistics.mean(e["parse_failure_rate"] for e in entries)
             lines.append(f"| {task} | {cond} | {_mean_sd(acc)} | {per_seed} | {ratio} | "
                          f"{100 * fails:.1f} |")
-    return "\n".join(lines) + "\n"
+    diffs = [_difference(task, [runs[s]["tasks"].get(task, {}) for s in seeds])
+             for task in first["tasks"]]
+    return "\n".join(lines + [""] + [d for d in diffs if d]) + "\n"
+
+
+def _model(train) -> str:
+    if train.init:
+        return f"fine-tuned from `{train.init}` ({train.image_size} px)"
+    return f"family `{train.family}`, size `{train.size}`"
+
+
+# two-sided 97.5% quantiles of Student's t for 1..9 degrees of freedom
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262)
+
+
+def _difference(task: str, per_seed: list[dict]) -> str:
+    """``KLAL - NTP`` per seed and the mean with its 95% t-interval (points)."""
+    d = [100 * (c["klal"]["accuracy"] - c["ntp"]["accuracy"]) for c in per_seed
+         if {"ntp", "klal"} <= set(c)]
+    if not d:
+        return ""
+    text = f"{task}: KLAL − NTP per seed {', '.join(f'{x:+.1f}' for x in d)} points"
+    if 2 <= len(d) <= len(_T975) + 1:
+        half = _T975[len(d) - 2] * statistics.stdev(d) / len(d) ** 0.5
+        text += (f"; mean {statistics.mean(d):+.1f}, 95% t-interval "
+                 f"[{statistics.mean(d) - half:+.1f}, {statistics.mean(d) + half:+.1f}]")
+    return text + "."
 
 
 if __name__ == "__main__":
