@@ -40,12 +40,14 @@ class TrainSpec:
     family: str = field(default="llava", metadata={"help": "model family (architecture)"})
     size: str = field(default="demo", metadata={"help": "tiny size preset (models.tiny)"})
     image_size: int = field(default=112, metadata={
-        "help": "image side in px; must equal the tiny model's input size"})
+        "help": "image side in px; must equal the model's input size"})
     steps: int = field(default=1000, metadata={"help": "optimizer steps per trained model"})
     batch_size: int = field(default=8, metadata={"help": "samples per step"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "linear warm-up share"})
-    seed: int = field(default=0, metadata={"help": "model init and training seed"})
+    seed: int = field(default=0, metadata={
+        "help": "model init and training seed; fine-tuning a checkpoint (init), also the order "
+                "of the batches, the only thing a seed can change there"})
     data_seed: int = field(default=0, metadata={
         "help": "training data seed; held-out data use data_seed + 10000"})
     init: str = field(default="", metadata={
@@ -133,7 +135,15 @@ def training_args(spec: TrainSpec, out_dir: Path, progress: bool = True) -> Any:
     """The experiments' `TrainingArguments` (AdamW, cosine with warm-up, no checkpoints)."""
     return trainer_args(out_dir, steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr,
                         warmup_ratio=spec.warmup_ratio, seed=spec.seed,
-                        data_seed=spec.data_seed, progress=progress, log_points=30)
+                        data_seed=sampler_seed(spec), progress=progress, log_points=30)
+
+
+def sampler_seed(spec: TrainSpec) -> int:
+    """The Trainer's ``data_seed`` (the order of the batches). A fresh model's seed already
+    changes its initial weights, and its runs keep the data seed's order (as before ``init``
+    existed); a checkpoint's weights are fixed, so there the seed shuffles the batches, or
+    every seed would repeat the same run."""
+    return spec.data_seed + spec.seed if spec.init else spec.data_seed
 
 
 def fit(trainer: Any, steps: int, progress: bool = True) -> dict[str, Any]:
