@@ -128,6 +128,11 @@ class LensExperimentConfig(ExperimentConfig):
             return self.lll
         return dataclasses.replace(self.lll, weight=0.0, monitor=True)
 
+    @property
+    def trained_layer(self) -> int:
+        """The layer the LLL term trains, non-negative."""
+        return self.lll.layer % self.train.shape.layers
+
     def layers(self) -> tuple[int, ...]:
         """The reported lens layers, non-negative, in the order given."""
         n = self.train.shape.layers

@@ -74,19 +74,16 @@ PAPER = {
 
 @dataclass(frozen=True)
 class Job:
-    """One independent piece of the demo: a KLAL task, or a heads condition (with the lens
-    part after the heads' NTP model, which the lens reuses)."""
+    """One independent piece of the demo: a KLAL task, a heads condition (the NTP one going on
+    into the lens part, which reuses its model), or the lens part alone."""
 
-    part: str  # "klal" or "heads"
-    key: str  # the task or the condition
+    part: str  # "klal", "heads" or "lens"
+    key: str  # the task, the condition, or "ntp+lll"
+    with_lens: bool = False  # a heads job that runs the lens part after it
 
     @property
     def name(self) -> str:
         return f"{self.part} {self.key}" + (" + lens" if self.with_lens else "")
-
-    @property
-    def with_lens(self) -> bool:
-        return self.part == "heads" and self.key == "ntp"
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,7 @@ def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = Non
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     config = config or DEMO_KLAL
-    jobs = plan(config, heads_config)
+    jobs = plan(config, heads_config, lens_config)
     start = time.perf_counter()
     done = run_jobs(jobs, config, heads_config, lens_config, out_dir, workers, progress)
     results = merge(config, heads_config, done)
@@ -137,14 +134,17 @@ def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = Non
     return write_report(out_dir, results, figures)
 
 
-def plan(config: klal.KLALExperimentConfig, heads_config: heads.HeadsExperimentConfig | None
-         ) -> list[Job]:
+def plan(config: klal.KLALExperimentConfig, heads_config: heads.HeadsExperimentConfig | None,
+         lens_config: lens.LensExperimentConfig | None) -> list[Job]:
     """The jobs, the longest first (so two workers finish close together): the heads' NTP job
-    (it trains, searches and then runs the lens part), the KLAL tasks, the other conditions."""
-    head_jobs = [] if heads_config is None else [Job("heads", c) for c in heads_config.conditions]
-    first = [j for j in head_jobs if j.with_lens]
-    return first + [Job("klal", t) for t in config.tasks] + [j for j in head_jobs
-                                                              if not j.with_lens]
+    (it trains, searches and then runs the lens part), the KLAL tasks, the other conditions;
+    without a heads NTP job, the lens part alone, last."""
+    conditions = () if heads_config is None else heads_config.conditions
+    lens_after_ntp = lens_config is not None and "ntp" in conditions
+    first = [Job("heads", "ntp", with_lens=lens_after_ntp)] if "ntp" in conditions else []
+    rest = [Job("heads", c) for c in conditions if c != "ntp"]
+    alone = [Job("lens", "ntp+lll")] if lens_config is not None and not lens_after_ntp else []
+    return first + [Job("klal", t) for t in config.tasks] + rest + alone
 
 
 def run_jobs(jobs: list[Job], config: klal.KLALExperimentConfig,
@@ -152,11 +152,8 @@ def run_jobs(jobs: list[Job], config: klal.KLALExperimentConfig,
              lens_config: lens.LensExperimentConfig | None, out_dir: Path, workers: int,
              progress: bool) -> list[JobResult]:
     """Every job, in ``workers`` processes of one torch thread (spawned: no forked torch state),
-    or here in order when ``workers == 1``. A lens part without a heads NTP job runs last."""
+    or here in order when ``workers == 1``."""
     args = (config, heads_config, lens_config, out_dir)
-    extra = ([] if lens_config is None or any(j.with_lens for j in jobs)
-             else [Job("lens", "ntp+lll")])
-    jobs = jobs + extra
     if workers == 1:
         return [_report(run_job(j, *args, progress=progress), progress, i + 1, len(jobs))
                 for i, j in enumerate(jobs)]
@@ -193,7 +190,7 @@ def run_job(job: Job, config: klal.KLALExperimentConfig,
     else:
         hc = dataclasses.replace(heads_config, conditions=(job.key,))
         res = {"heads": heads.run(hc, out_dir / "heads", progress=progress)}
-        if job.with_lens and lens_config is not None:
+        if job.with_lens:
             trained = reused_ntp(lens_config, hc, res["heads"], out_dir / "heads")
             res["lens"] = lens.run(lens_config, out_dir / "lens", progress=progress,
                                    trained=trained)
@@ -288,7 +285,7 @@ def _heads_claim(hres: dict[str, Any]) -> str:
 
 def _lens_claim(lres: dict[str, Any], config: lens.LensExperimentConfig) -> str:
     conds = lres["conditions"]
-    layer = str(config.lll.layer % config.train.shape.layers)
+    layer = str(config.trained_layer)
     out = []
     for c in ("ntp", "lll"):
         if c in conds:

@@ -111,8 +111,7 @@ def lens_section(config: lens.LensExperimentConfig, lres: dict[str, Any]) -> str
     e = html.escape
     conds = [c for c in lens.CONDITIONS if c in lres["conditions"]]
     train = config.train
-    n_layers = train.shape.layers
-    trained_layer = config.lll.layer % n_layers
+    trained_layer = config.trained_layer
     ntp = lres["conditions"].get("ntp", {}).get("train", {})
     ntp_from = (f"reused from {e(ntp['reused_from'])}: the same initial weights, batches and "
                 "steps, so the very same model" if ntp.get("reused_from") else "trained here")
@@ -192,7 +191,7 @@ def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dic
                          "boxes": item["boxes"], "maps": maps, "extent": extent})
         figures["Logit-lens maps p(word | visual token) on held-out Shapes images, per model "
                 f"and layer (L{', L'.join(map(str, chosen))}; the LLL trains layer "
-                f"{config.lll.layer % config.train.shape.layers}). The objects "
+                f"{config.trained_layer}). The objects "
                 f"carrying the "
                 "word are outlined; each map is scaled to its own max (in its title)."] = \
             plot_attention_maps(rows, out_dir / "lens_maps.png",
@@ -214,7 +213,7 @@ def _figure_layers(config: LensExperimentConfig, results: dict[str, Any],
         if missing:
             raise ValueError(f"layers {missing} were not reported (reported: {reported})")
         return chosen
-    trained = config.lll.layer % n
+    trained = config.trained_layer
     last = trained if trained in reported else reported[-1]
     return list(dict.fromkeys([reported[(len(reported) - 1) // 2], last]))
 
