@@ -6,8 +6,9 @@ from dataclasses import replace
 import pytest
 
 from lookhere.cli import main
+from lookhere.eval.scoring import score_answer
 from lookhere.experiment.heads import HeadsExperimentConfig
-from lookhere.experiment.klal import KLALExperimentConfig, held_out_split, train_split
+from lookhere.experiment.klal import TASKS, KLALExperimentConfig, held_out_split, train_split
 from lookhere.experiment.lens import LensExperimentConfig
 from lookhere.experiment.training import TrainSpec
 from lookhere.models import tiny
@@ -31,7 +32,7 @@ def test96(monkeypatch):
 
 
 def test_splits_are_disjoint_and_deterministic():
-    cfg = tiny_config()
+    cfg = tiny_config(tasks=TASKS)
     for task in cfg.tasks:
         train = train_split(cfg, task).samples
         test = held_out_split(cfg, task)
@@ -41,6 +42,24 @@ def test_splits_are_disjoint_and_deterministic():
         again = held_out_split(cfg, task)
         assert [s.image.tobytes() for s in again] == [s.image.tobytes() for s in test]
         assert not {s.image.tobytes() for s in train} & {s.image.tobytes() for s in test}
+
+
+def test_real_data_analogues():
+    """``rec`` (RefCOCO's analogue) trains on Shapes boxes, ``point`` (PixMo-Points') on the gold
+    point alone, from a Scenes stream pretraining never drew (seed 0 trained the checkpoint);
+    every gold answer scores correct on its own sample and a far one does not."""
+    cfg = tiny_config(tasks=("rec", "point"))
+    rec, point = (train_split(cfg, t).samples for t in cfg.tasks)
+    assert all(s.task == "shapes" and s.geometry.boxes for s in rec)
+    assert all(s.id.startswith("scenes-s20000-") for s in point)
+    for s in point:
+        assert s.question.startswith("Point to") and s.geometry.mask is None
+        assert s.geometry.points == [tuple(p) for p in s.structured["points"]]
+    for task in cfg.tasks:
+        for s in held_out_split(cfg, task):
+            assert score_answer(s, s.answer).correct
+            far = "[0.99, 0.99, 1.00, 1.00]" if task == "rec" else "[0.00, 0.00]"
+            assert not score_answer(s, far).correct
 
 
 @pytest.mark.slow

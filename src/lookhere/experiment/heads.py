@@ -36,7 +36,7 @@ from lookhere.data.synthetic import make_task
 from lookhere.eval.rec import BASELINES, evaluate_rec
 from lookhere.eval.runner import evaluate
 from lookhere.experiment.klal import train_one
-from lookhere.experiment.training import ExperimentConfig, TrainSpec
+from lookhere.experiment.training import ExperimentConfig, TrainSpec, shapes_defaults
 from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
 from lookhere.losses.config import KLALConfig
@@ -47,14 +47,6 @@ CONDITIONS = ("untrained", "ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # held-out VQA and REC come from seed data_seed + this
 SEARCH_SEED_OFFSET = 20_000  # the search's REC samples come from seed data_seed + this
 VQA_ANSWER_TOKENS = 4  # "purple</s>" and the like
-
-
-def shapes_defaults(image_size: int) -> dict[str, Any]:
-    """Shapes settings at the model's input size: 2-4 objects, radii 0.10 / 0.16 of the side so
-    a small object (22 px at 112 px) spans about two 14 px patches and an IoU of 0.5 is
-    reachable on the 8x8 grid (docs/results.md)."""
-    return {"image_size": image_size, "min_objects": 2, "max_objects": 4,
-            "small_radius": 0.10, "large_radius": 0.16}
 
 
 #: The experiment's training: 4 LLM layers (the search skips layers 0-1), 1,500 steps.

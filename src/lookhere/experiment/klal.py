@@ -1,5 +1,11 @@
 """The NTP vs NTP+KLAL experiment on synthetic tasks (the KLAL paper's tables 1-2, figures 3-4).
 
+Tasks: the paper's three synthetic benchmarks (Grid Patch, Line Intersection, Line Tracing)
+and analogues of its two real datasets: ``rec`` (RefCOCO: Shapes referring expressions answered
+with a box, the KLAL target the box) and ``point`` (PixMo-Points: "Point to ..." on Scenes,
+answered with a point, the KLAL target the gold point's cell; scored by the point falling inside
+the object's mask).
+
 For each task and each condition, the same initial weights (a fresh tiny VLM of one seed, or the
 checkpoint of ``TrainSpec.init``) are trained on the same training samples for the same number
 of steps, then evaluated on a held-out test split drawn from a different seed and never used
@@ -15,6 +21,7 @@ compute is equal: both run the same steps on the same batches; KLAL adds the pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,19 +32,39 @@ import torch
 
 from lookhere.collate import GroundingCollator
 from lookhere.data.dataset import SampleList, TaskDataset
-from lookhere.data.sample import Sample
+from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
 from lookhere.eval.runner import evaluate
-from lookhere.experiment.training import ExperimentConfig, TrainSpec, fit, training_args
+from lookhere.experiment.training import (
+    ExperimentConfig,
+    TrainSpec,
+    fit,
+    shapes_defaults,
+    training_args,
+)
 from lookhere.losses.config import KLALConfig
 from lookhere.models.adapter import get_adapter
 from lookhere.targets import TargetConfig
 
-TASKS = ("grid_patch", "line_intersection", "line_tracing")
+#: the paper's synthetic benchmarks (the default, and the demo's), then the real-data analogues
+BENCHMARKS = ("grid_patch", "line_intersection", "line_tracing")
+TASKS = (*BENCHMARKS, "rec", "point")
+#: the generator of each task whose name is not its generator's
+GENERATORS = {"rec": "shapes", "point": "scenes"}
 CONDITIONS = ("ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # test samples come from seed data_seed + this: disjoint streams
-# Longest answer in tokens (content + end), so generation stops early: "row 8, column 8</s>".
-ANSWER_TOKENS = {"grid_patch": 10, "line_intersection": 3, "line_tracing": 3}
+#: Scenes trains the shipped checkpoint from seed 0: fine-tuning draws from seed data_seed +
+#: this, a stream pretraining never used (test: data_seed + TEST_SEED_OFFSET, as its eval)
+FINETUNE_SEED_OFFSET = 20_000
+# Longest answer in tokens (content + end), so generation stops early: "row 8, column 8</s>";
+# a box or point is written digit by digit (the pretrained evaluation's budget).
+ANSWER_TOKENS = {"grid_patch": 10, "line_intersection": 3, "line_tracing": 3, "rec": 32,
+                 "point": 32}
+
+
+def generator(task: str) -> str:
+    """The synthetic generator of ``task`` (the name its samples and scores carry)."""
+    return GENERATORS.get(task, task)
 
 
 def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
@@ -45,7 +72,8 @@ def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
 
     Grid Patch is scaled to what a ~1M-parameter model trained from scratch can learn in minutes:
     cells of 2x2 patches (4x4 at 112 px) and 2 distractors, without the grid preamble (a short
-    question). The line tasks keep their generators' defaults.
+    question). The line tasks keep their generators' defaults; ``rec`` draws the other
+    experiments' Shapes scenes, ``point`` the pretrained evaluation's Scenes (2-4 objects).
     """
     grid = max(1, image_size // 28)
     return {
@@ -53,6 +81,9 @@ def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
                        "num_distractors": 2, "describe_grid": False},
         "line_intersection": {"image_size": image_size},
         "line_tracing": {"image_size": image_size},
+        "rec": {**shapes_defaults(image_size), "mode": "rec"},
+        "point": {"image_size": image_size, "mode": "instruct", "max_objects": 4,
+                  "skills": ("point",)},
     }
 
 
@@ -62,7 +93,9 @@ class KLALExperimentConfig(ExperimentConfig):
 
     train: TrainSpec = field(default_factory=TrainSpec, metadata={
         "prefix": "", "help": "the tiny model and its training, the same in every condition"})
-    tasks: tuple[str, ...] = field(default=TASKS, metadata={"help": "synthetic tasks to run"})
+    tasks: tuple[str, ...] = field(default=BENCHMARKS, metadata={
+        "help": f"tasks to run, of {', '.join(TASKS)} ('rec', 'point': the analogues of RefCOCO "
+                "and PixMo-Points)"})
     conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
         "help": "'ntp' (KLAL weight 0, monitored) and/or 'klal' (the `klal` term)"})
     klal: KLALConfig = field(default_factory=KLALConfig, metadata={
@@ -71,7 +104,7 @@ class KLALExperimentConfig(ExperimentConfig):
         "help": "KLAL target-map weights (target cells, their neighbour ring, the floor)"})
     test_samples: int = field(default=500, metadata={"help": "held-out test samples per task"})
     eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch size"})
-    max_new_tokens: int = field(default=16, metadata={
+    max_new_tokens: int = field(default=32, metadata={
         "help": "generation budget per answer (capped by the task's longest answer)"})
     n_maps: int = field(default=3, metadata={"help": "test images per task in the map figure"})
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
@@ -105,12 +138,21 @@ def task_config(config: KLALExperimentConfig, task: str) -> dict[str, Any]:
 
 
 def train_split(config: KLALExperimentConfig, task: str) -> SampleList:
-    t = make_task(task, seed=config.train.data_seed, **task_config(config, task))
-    return TaskDataset(t, config.train.samples).materialise()
+    seed = config.train.data_seed + (FINETUNE_SEED_OFFSET if generator(task) == "scenes" else 0)
+    t = make_task(generator(task), seed=seed, **task_config(config, task))
+    samples = TaskDataset(t, config.train.samples).materialise()
+    if task == "point":  # PixMo-Points has points only: the target is the gold point's cell
+        samples = SampleList([_point_target(s) for s in samples.samples])
+    return samples
+
+
+def _point_target(sample: Sample) -> Sample:
+    points = [(float(x), float(y)) for x, y in sample.structured["points"]]
+    return dataclasses.replace(sample, geometry=Geometry(points=points))
 
 
 def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
-    t = make_task(task, seed=config.train.data_seed + TEST_SEED_OFFSET,
+    t = make_task(generator(task), seed=config.train.data_seed + TEST_SEED_OFFSET,
                   **task_config(config, task))
     return list(TaskDataset(t, config.test_samples).materialise().samples)
 
@@ -160,10 +202,10 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
                            batch_size=config.eval_batch_size,
                            max_new_tokens=min(config.max_new_tokens, ANSWER_TOKENS[task]),
                            n_maps=config.n_maps, query=config.klal.query, progress=progress)
-            score = res.scores.tasks[task].to_json()
+            score = res.scores.tasks[generator(task)].to_json()
+            ratio = res.attention_ratio.get(generator(task))
             entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
-                     "attention_ratio": (res.attention_ratio[task].to_json()
-                                         if task in res.attention_ratio else {}),
+                     "attention_ratio": ratio.to_json() if ratio is not None else {},
                      "train": record,
                      "predictions": dict(list(res.predictions.items())[:20])}
             results["tasks"][task][condition] = entry

@@ -51,8 +51,14 @@ from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
 from lookhere.data.synthetic.shapes import ShapesConfig, object_mask
 from lookhere.eval.rec import ious_from_counts, mask_counts
-from lookhere.experiment.heads import TEST_SEED_OFFSET, shapes_defaults, vqa_accuracy
-from lookhere.experiment.training import ExperimentConfig, TrainSpec, fit, training_args
+from lookhere.experiment.heads import TEST_SEED_OFFSET, vqa_accuracy
+from lookhere.experiment.training import (
+    ExperimentConfig,
+    TrainSpec,
+    fit,
+    shapes_defaults,
+    training_args,
+)
 from lookhere.lens import lens_maps
 from lookhere.losses.config import KLALConfig, LLLConfig
 from lookhere.maps import parse_threshold, peak_cell, pointing, segment

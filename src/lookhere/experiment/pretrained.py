@@ -28,7 +28,8 @@ from lookhere.data.synthetic import make_task
 from lookhere.eval.rec import BASELINES, RecScore, evaluate_rec
 from lookhere.eval.runner import generate_answers
 from lookhere.eval.scoring import TaskScore, score_predictions
-from lookhere.experiment.heads import SEARCH_SEED_OFFSET, TEST_SEED_OFFSET, shapes_defaults
+from lookhere.experiment.heads import SEARCH_SEED_OFFSET, TEST_SEED_OFFSET
+from lookhere.experiment.training import shapes_defaults
 from lookhere.heads.search import find_heads
 from lookhere.models.adapter import get_adapter
 from lookhere.tables import pct
