@@ -43,6 +43,7 @@ from lookhere.report.page import (
     write_report,
 )
 from lookhere.report.sections import heads_figures, heads_section, lens_figures, lens_section
+from lookhere.tables import pct
 
 #: Every part's fine-tuning: the shipped checkpoint, 150 steps of 8 samples (the demo's 10
 #: minutes on 2 cores; docs/results.md has longer runs). The KLAL tasks are new to the
@@ -291,13 +292,9 @@ def _lens_claim(lres: dict[str, Any], config: lens.LensExperimentConfig) -> str:
         if c in conds:
             miou = conds[c]["lens"].get(layer, {}).get("all", {}).get("mIoU")
             vqa = conds[c]["vqa"]["accuracy"]
-            out.append(f"{lens.LABELS.get(c, c)}: mIoU {_pct(miou)} at layer {layer}, VQA "
-                       f"{100 * vqa:.1f}")
+            out.append(f"{lens.LABELS.get(c, c)}: mIoU {pct(miou, missing='n/a')} at layer "
+                       f"{layer}, VQA {100 * vqa:.1f}")
     return "; ".join(out)
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _reading(config: klal.KLALExperimentConfig) -> str:
