@@ -209,12 +209,12 @@ def test_fine_tunes_a_checkpoint(tmp_path):
                           atol=1e-6)
     fresh, _ = TrainSpec(**TRAIN).build_model()  # seed 0's random weights differ
     assert not torch.allclose(dict(fresh.named_parameters())[name], saved[name], atol=1e-3)
-    assert record["steps"] == 1
+    assert record.steps == 1
     # the weights are fixed, so the seed orders the batches: seeds 0 and 1 are two runs
     pool = train_split(tiny_config(train=replace(spec, steps=20)), "grid_patch")  # 40 samples
     logs = [train_one(tiny_config(train=replace(spec, lr=1e-3, steps=2, seed=seed),
                                   tasks=("grid_patch",)), "ntp", pool, tmp_path / f"s{seed}",
-                      progress=False)[2]["log"][0]["loss"] for seed in (0, 1, 0)]
+                      progress=False)[2].log[0]["loss"] for seed in (0, 1, 0)]
     assert logs[0] != logs[1] and logs[0] == logs[2]
     with pytest.raises(ValueError, match="init .*not a checkpoint"):
         TrainSpec(**{**TRAIN, "init": str(tmp_path / "missing")})

@@ -22,7 +22,7 @@ from lookhere.experiment.lens import (
     reference_scores,
     train_split,
 )
-from lookhere.experiment.training import TrainSpec
+from lookhere.experiment.training import TrainRecord, TrainSpec
 from lookhere.lens import lens_maps
 from lookhere.models import get_adapter, tiny
 from lookhere.report.sections import lens_figures
@@ -224,7 +224,7 @@ def test_heads_ntp_model_is_the_lens_ntp_model(finished, tmp_path):
     assert lens.ntp_mismatches(cfg, hcfg) == []
     model, processor, record = heads.prepare_model(hcfg, "ntp", heads.train_split(hcfg),
                                                    tmp_path, progress=False)
-    assert "klal_loss" in record["log"][0] and "lll_loss" not in record["log"][0]
+    assert "klal_loss" in record.log[0] and "lll_loss" not in record.log[0]
     ours = dict(models["ntp"][0].named_parameters())
     theirs = dict(model.named_parameters())
     init = dict(tiny.build_tiny("llava", "test4", seed=0)[0].named_parameters())
@@ -237,14 +237,14 @@ def test_heads_ntp_model_is_the_lens_ntp_model(finished, tmp_path):
     entry, trained_here = again["conditions"]["ntp"], res["conditions"]["ntp"]
     assert entry["lens"] == trained_here["lens"] and entry["vqa"] == trained_here["vqa"]
     assert again["examples"]["maps"]["ntp"] == res["examples"]["maps"]["ntp"]
-    assert entry["train"]["reused_from"] == "heads" and entry["train"]["log"] == record["log"]
+    assert entry["train"]["reused_from"] == "heads" and entry["train"]["log"] == record.log
     assert entry["train"]["lll"]["weight"] == 0 and entry["train"]["lll"]["monitor"] is False
 
 
 def test_trained_errors(finished):
     cfg, _, _, models, _ = finished
     hcfg = HeadsExperimentConfig(train=TrainSpec(**TRAIN))
-    given = lens.Trained(*models["ntp"], {"steps": 2}, hcfg)
+    given = lens.Trained(*models["ntp"], TrainRecord(steps=2), hcfg)
     other_data = replace(hcfg, train=replace(hcfg.train, data_seed=1))
     cases = [({"lll": given}, cfg, "only the 'ntp'"),
              ({"ntp": given}, replace(cfg, conditions=("lll",)), "not in config.conditions"),

@@ -141,8 +141,9 @@ def _lens(args: argparse.Namespace) -> int:
 
 
 def _per_condition_seeds(args: argparse.Namespace, experiment: Any, cls: type) -> int:
-    """Run an experiment module (``run``, ``summary_line(condition, entry)``) once per seed into
-    ``<out>/seed<N>.json``, skipping seeds already written."""
+    """Run an experiment module (``run``, a typed result with ``conditions`` and ``to_json``;
+    ``summary_line(condition, entry)``) once per seed into ``<out>/seed<N>.json``, skipping
+    seeds already written."""
     from lookhere.io import write_json
 
     for seed in args.seeds:
@@ -153,9 +154,11 @@ def _per_condition_seeds(args: argparse.Namespace, experiment: Any, cls: type) -
         config = _config(args, seed, cls)
         start = time.perf_counter()
         results = experiment.run(config, args.out / f"seed{seed}", progress=not args.quiet)
-        results.update(elapsed_s=time.perf_counter() - start)
-        write_json(results, path)
-        for condition, entry in results["conditions"].items():
+        data = results.to_json() if hasattr(results, "to_json") else dict(results)
+        write_json({**data, "elapsed_s": time.perf_counter() - start}, path)
+        conditions = results.conditions if hasattr(results, "conditions") else \
+            results["conditions"]
+        for condition, entry in conditions.items():
             print(f"seed {seed} {condition}: {experiment.summary_line(condition, entry)}")
     print(json.dumps({"written": str(args.out)}))
     return 0

@@ -37,6 +37,7 @@ from lookhere.data.synthetic import make_task
 from lookhere.eval.runner import evaluate
 from lookhere.experiment.training import (
     ExperimentConfig,
+    TrainRecord,
     TrainSpec,
     fit,
     shapes_defaults,
@@ -158,7 +159,7 @@ def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
 
 
 def train_one(config: Any, condition: str, train: SampleList, out_dir: Path,
-              progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+              progress: bool = True) -> tuple[torch.nn.Module, Any, TrainRecord]:
     """The spec's model (fresh, or the ``init`` checkpoint) trained under one condition:
     (model, processor, training record).
     ``config``: any experiment config with ``train``, ``target`` and ``klal_config``."""
@@ -206,7 +207,7 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
             ratio = res.attention_ratio.get(generator(task))
             entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
                      "attention_ratio": ratio.to_json() if ratio is not None else {},
-                     "train": record,
+                     "train": record.to_json(),
                      "predictions": dict(list(res.predictions.items())[:20])}
             results["tasks"][task][condition] = entry
             results["examples"][task]["maps"][condition] = {

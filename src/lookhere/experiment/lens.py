@@ -54,6 +54,7 @@ from lookhere.eval.rec import ious_from_counts, mask_counts
 from lookhere.experiment.heads import TEST_SEED_OFFSET, vqa_accuracy
 from lookhere.experiment.training import (
     ExperimentConfig,
+    TrainRecord,
     TrainSpec,
     fit,
     shapes_defaults,
@@ -197,7 +198,7 @@ class Trained:
 
     model: torch.nn.Module
     processor: Any
-    record: dict[str, Any]
+    record: TrainRecord
     config: Any
     source: str = ""
 
@@ -232,7 +233,7 @@ def _check_trained(config: LensExperimentConfig, trained: dict[str, Trained]) ->
 
 
 def train_one(config: LensExperimentConfig, condition: str, train: SampleList, out_dir: Path,
-              progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+              progress: bool = True) -> tuple[torch.nn.Module, Any, TrainRecord]:
     """The spec's model (fresh, or the ``init`` checkpoint) trained under one condition:
     (model, processor, training record).
 
@@ -250,7 +251,7 @@ def train_one(config: LensExperimentConfig, condition: str, train: SampleList, o
         klal=KLALConfig(weight=0.0), lll=lll,
     )
     record = fit(trainer, config.train.steps, progress)
-    return trainer.model, processor, {**record, "lll": dataclasses.asdict(lll)}
+    return trainer.model, processor, dataclasses.replace(record, lll=dataclasses.asdict(lll))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -417,8 +418,8 @@ def run(config: LensExperimentConfig, out_dir: str | Path, progress: bool = True
             from lookhere.models.tiny import save_tiny
 
             save_tiny(model, processor, out_dir / "models" / condition)
-        entry: dict[str, Any] = {"train": record, "vqa": vqa_accuracy(model, processor, vqa_test,
-                                                                      config, progress)}
+        entry: dict[str, Any] = {"train": record.to_json(), "vqa": vqa_accuracy(
+            model, processor, vqa_test, config, progress).to_json()}
         entry["lens"], results["examples"]["maps"][condition] = lens_scores(
             config, model, processor, lens_test)
         entry["seconds"] = time.perf_counter() - start
@@ -432,7 +433,7 @@ def run(config: LensExperimentConfig, out_dir: str | Path, progress: bool = True
 
 def _prepare(config: LensExperimentConfig, condition: str, train: SampleList | None,
              trained: dict[str, Trained], out_dir: Path, progress: bool
-             ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+             ) -> tuple[torch.nn.Module, Any, TrainRecord]:
     """The condition's model: the given one, or trained here."""
     if condition in trained:
         given = trained[condition]
@@ -440,8 +441,8 @@ def _prepare(config: LensExperimentConfig, condition: str, train: SampleList | N
             print(f"[lens] {condition}: reusing the model from {given.source or 'the caller'}",
                   flush=True)
         lll = dataclasses.replace(config.lll_config(condition), monitor=False)
-        return given.model, given.processor, {**given.record, "lll": dataclasses.asdict(lll),
-                                              "reused_from": given.source}
+        return given.model, given.processor, dataclasses.replace(
+            given.record, lll=dataclasses.asdict(lll), reused_from=given.source)
     if progress:
         print(f"[lens] {condition}: training ({config.train.steps} steps)", flush=True)
     return train_one(config, condition, train, out_dir / "runs" / condition, progress)

@@ -210,12 +210,10 @@ def merge(config: klal.KLALExperimentConfig, heads_config: heads.HeadsExperiment
     parts = {d.job.key: d.results["heads"] for d in done if d.job.part == "heads"}
     if heads_config is not None and parts:
         first = next(iter(parts.values()))
-        hres = {"config": heads_config.to_json(), "conditions": {},
-                "examples": {"ids": first["examples"]["ids"]}}
-        for c in heads_config.conditions:
-            hres["conditions"][c] = parts[c]["conditions"][c]
-            hres["examples"][c] = parts[c]["examples"][c]
-        results["heads"] = hres
+        order = heads_config.conditions
+        results["heads"] = heads.HeadsResult(
+            heads_config, {c: parts[c].conditions[c] for c in order}, first.example_ids,
+            {c: parts[c].examples[c] for c in order})
     for d in done:
         if "lens" in d.results:
             results["lens"] = d.results["lens"]
@@ -275,10 +273,10 @@ def _klal_claim(results: dict[str, Any]) -> str:
     return "; ".join(out) or "not run"
 
 
-def _heads_claim(hres: dict[str, Any]) -> str:
-    c = "untrained" if "untrained" in hres["conditions"] else next(iter(hres["conditions"]))
-    methods = hres["conditions"][c]["rec"]["methods"]
-    accs = ", ".join(f"{m.replace('_', ' ')} {100 * v['acc@0.5']:.1f}"
+def _heads_claim(hres: heads.HeadsResult) -> str:
+    c = "untrained" if "untrained" in hres.conditions else next(iter(hres.conditions))
+    methods = hres.conditions[c].rec.methods
+    accs = ", ".join(f"{m.replace('_', ' ')} {100 * v.acc_at_iou:.1f}"
                      for m, v in methods.items())
     which = "frozen checkpoint" if c == "untrained" else f"after {c}"
     return f"{which}: Acc@0.5 {accs}"
@@ -381,7 +379,7 @@ def _settings(config: klal.KLALExperimentConfig,
 
 
 def reused_ntp(config: lens.LensExperimentConfig, heads_config: heads.HeadsExperimentConfig | None,
-               hres: dict[str, Any] | None, heads_dir: Path) -> dict[str, lens.Trained]:
+               hres: heads.HeadsResult | None, heads_dir: Path) -> dict[str, lens.Trained]:
     """``{"ntp": the heads part's saved NTP model}`` for `lens.run`, when it is the lens part's
     NTP training (both run 'ntp', same training settings, models saved); else ``{}``."""
     if (heads_config is None or hres is None or not heads_config.save_models
@@ -392,5 +390,5 @@ def reused_ntp(config: lens.LensExperimentConfig, heads_config: heads.HeadsExper
 
     model, processor, _ = load_model(str(heads_dir / "models" / "ntp"), dtype=torch.float32)
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # where the Trainer trains
-    return {"ntp": lens.Trained(model, processor, hres["conditions"]["ntp"]["train"],
+    return {"ntp": lens.Trained(model, processor, hres.conditions["ntp"].train,
                                 heads_config, source="the heads part")}

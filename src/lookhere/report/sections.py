@@ -28,25 +28,24 @@ METHOD_LABELS = {"heads": "localization heads", "all_heads": "all heads (mean)",
                  "random_heads": "random heads", "centre": "centre box", "text": "box as text"}
 
 
-def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> str:
+def heads_section(config: heads.HeadsExperimentConfig, hres: heads.HeadsResult) -> str:
     """The heads part's HTML: what was run, then one REC table per model."""
     e = html.escape
-    conds = hres["conditions"]
-    methods = list(next(iter(conds.values()))["rec"]["methods"])
+    conds = hres.conditions
+    methods = list(next(iter(conds.values())).rec.methods)
     head = "".join(f"<th>{e(HEADS_LABELS.get(c, c))}</th>" for c in conds)
     rows = []
-    for metric, label in (("acc@0.5", "Acc@0.5"), ("pointing", "pointing game"),
-                          ("mean_iou", "mean box IoU"), ("mIoU", "mask mIoU")):
+    for metric, label in (("acc_at_iou", "Acc@0.5"), ("pointing", "pointing game"),
+                          ("mean_iou", "mean box IoU"), ("miou", "mask mIoU")):
         for m in methods:
-            cells = "".join(f"<td>{pct(conds[c]['rec']['methods'][m].get(metric))}</td>"
+            cells = "".join(f"<td>{pct(getattr(conds[c].rec.methods[m], metric))}</td>"
                             for c in conds)
             rows.append(f"<tr><th>{e(label)}: {e(METHOD_LABELS.get(m, m))}</th>{cells}</tr>")
-    extra = [("VQA accuracy (held-out)", lambda c: pct(c["vqa"]["accuracy"])),
-             ("heads found (layer, head)", lambda c: e(str([tuple(h) for h in
-                                                            c["spec"]["heads"]]))),
-             ("tau (S_img knee)", lambda c: f"{c['spec']['tau']:.3f}"),
+    extra = [("VQA accuracy (held-out)", lambda c: pct(c.vqa.accuracy)),
+             ("heads found (layer, head)", lambda c: e(str([tuple(h) for h in c.spec.heads]))),
+             ("tau (S_img knee)", lambda c: f"{c.spec.tau:.3f}"),
              ("search repeats agreeing (mean overlap)",
-              lambda c: f"{c['stability']['mean_overlap']:.2f}")]
+              lambda c: f"{c.stability.mean_overlap:.2f}")]
     for label, fn in extra:
         rows.append(f"<tr><th>{e(label)}</th>" + "".join(f"<td>{fn(conds[c])}</td>"
                                                           for c in conds) + "</tr>")
@@ -68,25 +67,25 @@ def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> 
             f"per-head diagnosis and the discussion.</p>")
 
 
-def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: dict[str, Any]
+def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: heads.HeadsResult
                   ) -> dict[str, Path]:
     """The summed maps per model, and each found head's map (the paper's figure 1)."""
-    ex = hres["examples"]
+    ex = hres.examples
     test = {s.id: s for s in heads.held_out_splits(
-        dataclasses.replace(config, test_samples=len(ex["ids"]), vqa_samples=1))[1]}
-    conds = [c for c in hres["conditions"] if c in ex]
+        dataclasses.replace(config, test_samples=len(hres.example_ids), vqa_samples=1))[1]}
+    conds = [c for c in hres.conditions if c in ex]
     summed, per_head = [], []
-    for sid in ex["ids"]:
+    for sid in hres.example_ids:
         s = test[sid]
         title = s.structured["expression"]
         summed.append({"image": s.image, "title": title, "boxes": list(s.geometry.boxes),
-                       "maps": {HEADS_LABELS[c]: ex[c][sid]["heatmap"] for c in conds},
-                       "predicted": {HEADS_LABELS[c]: ex[c][sid]["box"] for c in conds}})
+                       "maps": {HEADS_LABELS[c]: ex[c][sid].heatmap for c in conds},
+                       "predicted": {HEADS_LABELS[c]: ex[c][sid].box for c in conds}})
         best = "klal" if "klal" in conds else conds[-1]
-        spec = hres["conditions"][best]["spec"]
+        spec = hres.conditions[best].spec
         per_head.append({"image": s.image, "title": title, "boxes": list(s.geometry.boxes),
                          "maps": {f"{HEADS_LABELS[best]} L{h[0]}H{h[1]}": m
-                                  for h, m in zip(spec["heads"], ex[best][sid]["maps"],
+                                  for h, m in zip(spec.heads, ex[best][sid].maps,
                                                   strict=True)}})
     return {
         "Localization heads on held-out Shapes expressions: the found heads' smoothed maps "
