@@ -8,7 +8,13 @@ import pytest
 from lookhere.cli import main
 from lookhere.eval.scoring import score_answer
 from lookhere.experiment.heads import HeadsExperimentConfig
-from lookhere.experiment.klal import TASKS, KLALExperimentConfig, held_out_split, train_split
+from lookhere.experiment.klal import (
+    TASKS,
+    KLALExperimentConfig,
+    KLALResult,
+    held_out_split,
+    train_split,
+)
 from lookhere.experiment.lens import LensExperimentConfig
 from lookhere.experiment.training import TrainSpec
 from lookhere.models import tiny
@@ -182,6 +188,10 @@ def test_cli_experiment(tmp_path, capsys, cli_error):
     data = json.loads((tmp_path / "seed0.json").read_text())
     assert data["settings"]["klal"]["tasks"] == ["line_intersection"]
     assert set(data["tasks"]["line_intersection"]) == {"ntp", "klal"}
+    back = KLALResult.from_json(data)  # the typed result reads its file back, to the same JSON
+    assert json.loads(json.dumps(back.to_json())) == {k: data[k] for k in ("tasks", "examples")}
+    entry = back.tasks["line_intersection"]["klal"]
+    assert entry.train.steps == 1 and entry.n == 2 and "klal_loss" in entry.train.log[0]
     assert main(args) == 0  # an existing seed file is skipped, not overwritten
     assert "skipped" in capsys.readouterr().out
     assert "weight" in cli_error(["demo", "--out", tmp_path / "d", "--klal-weight", "-1"])

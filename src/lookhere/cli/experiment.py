@@ -120,9 +120,8 @@ def _klal(args: argparse.Namespace) -> int:
         config = _config(args, seed)
         start = time.perf_counter()
         results = klal.run(config, args.out / f"seed{seed}", progress=not args.quiet)
-        results.update(settings={"klal": config.to_json()},
-                       elapsed_s=time.perf_counter() - start)
-        write_json(results, path)
+        write_json({**results.to_json(), "settings": {"klal": config.to_json()},
+                    "elapsed_s": time.perf_counter() - start}, path)
         print(f"seed {seed}: {klal.summary_line(results)} -> {path}")
     print(json.dumps({"written": str(args.out)}))
     return 0

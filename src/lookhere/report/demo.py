@@ -90,7 +90,7 @@ class Job:
 @dataclass(frozen=True)
 class JobResult:
     job: Job
-    results: dict[str, Any]
+    results: dict[str, Any]  # part -> its experiment's typed result ("klal", "heads", "lens")
     seconds: float
 
 
@@ -182,10 +182,11 @@ def run_job(job: Job, config: klal.KLALExperimentConfig,
             heads_config: heads.HeadsExperimentConfig | None,
             lens_config: lens.LensExperimentConfig | None, out_dir: Path,
             progress: bool = True) -> JobResult:
-    """One job's results, in the layout its experiment's ``run`` returns."""
+    """One job's results: each part it ran, as its experiment's ``run`` returns it."""
     start = time.perf_counter()
     if job.part == "klal":
-        res = klal.run(dataclasses.replace(config, tasks=(job.key,)), out_dir, progress)
+        res = {"klal": klal.run(dataclasses.replace(config, tasks=(job.key,)), out_dir,
+                                progress)}
     elif job.part == "lens":
         res = {"lens": lens.run(lens_config, out_dir / "lens", progress=progress)}
     else:
@@ -201,12 +202,12 @@ def run_job(job: Job, config: klal.KLALExperimentConfig,
 def merge(config: klal.KLALExperimentConfig, heads_config: heads.HeadsExperimentConfig | None,
           done: list[JobResult]) -> dict[str, Any]:
     """The jobs' results as one run of each experiment would have returned them (conditions
-    and tasks in the configs' order)."""
-    results: dict[str, Any] = {"tasks": {}, "examples": {}}
-    by_task = {d.job.key: d.results for d in done if d.job.part == "klal"}
-    for task in config.tasks:
-        results["tasks"][task] = by_task[task]["tasks"][task]
-        results["examples"][task] = by_task[task]["examples"][task]
+    and tasks in the configs' order): the KLAL part as the report's JSON (``tasks``,
+    ``examples``), the others typed under ``heads`` and ``lens``."""
+    by_task = {d.job.key: d.results["klal"] for d in done if d.job.part == "klal"}
+    results: dict[str, Any] = klal.KLALResult(
+        {t: by_task[t].tasks[t] for t in config.tasks},
+        {t: by_task[t].examples[t] for t in config.tasks}).to_json()
     parts = {d.job.key: d.results["heads"] for d in done if d.job.part == "heads"}
     if heads_config is not None and parts:
         first = next(iter(parts.values()))
