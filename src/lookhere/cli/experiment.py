@@ -153,11 +153,8 @@ def _per_condition_seeds(args: argparse.Namespace, experiment: Any, cls: type) -
         config = _config(args, seed, cls)
         start = time.perf_counter()
         results = experiment.run(config, args.out / f"seed{seed}", progress=not args.quiet)
-        data = results.to_json() if hasattr(results, "to_json") else dict(results)
-        write_json({**data, "elapsed_s": time.perf_counter() - start}, path)
-        conditions = results.conditions if hasattr(results, "conditions") else \
-            results["conditions"]
-        for condition, entry in conditions.items():
+        write_json({**results.to_json(), "elapsed_s": time.perf_counter() - start}, path)
+        for condition, entry in results.conditions.items():
             print(f"seed {seed} {condition}: {experiment.summary_line(condition, entry)}")
     print(json.dumps({"written": str(args.out)}))
     return 0

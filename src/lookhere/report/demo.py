@@ -283,14 +283,14 @@ def _heads_claim(hres: heads.HeadsResult) -> str:
     return f"{which}: Acc@0.5 {accs}"
 
 
-def _lens_claim(lres: dict[str, Any], config: lens.LensExperimentConfig) -> str:
-    conds = lres["conditions"]
-    layer = str(config.trained_layer)
+def _lens_claim(lres: lens.LensResult, config: lens.LensExperimentConfig) -> str:
+    conds = lres.conditions
+    layer = config.trained_layer
     out = []
     for c in ("ntp", "lll"):
         if c in conds:
-            miou = conds[c]["lens"].get(layer, {}).get("all", {}).get("mIoU")
-            vqa = conds[c]["vqa"]["accuracy"]
+            miou = getattr(conds[c].lens.get(layer, {}).get("all"), "mIoU", None)
+            vqa = conds[c].vqa.accuracy
             out.append(f"{lens.LABELS.get(c, c)}: mIoU {pct(miou, missing='n/a')} at layer "
                        f"{layer}, VQA {100 * vqa:.1f}")
     return "; ".join(out)
