@@ -119,10 +119,12 @@ class LensExperimentConfig(ExperimentConfig):
         if bad or not self.conditions or len(set(self.conditions)) != len(self.conditions):
             raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
                              f"got {self.conditions}")
-        layers = self.train.shape.layers
-        if not -layers <= self.lll.layer < layers:
+        try:
+            self.trained_layer  # noqa: B018 - resolves lll.layer, refusing one the model lacks
+        except ValueError:
             raise ValueError(f"layer {self.lll.layer} is not a layer of the "
-                             f"{self.train.model_name!r} model's {layers} LLM layers")
+                             f"{self.train.model_name!r} model's {self.train.shape.layers} LLM "
+                             "layers") from None
         self.layers()  # validates lens_layers
         parse_threshold(self.threshold)
         if not 0 <= self.smooth_sigma < float("inf"):
@@ -137,8 +139,8 @@ class LensExperimentConfig(ExperimentConfig):
 
     @property
     def trained_layer(self) -> int:
-        """The layer the LLL term trains, non-negative."""
-        return self.lll.layer % self.train.shape.layers
+        """The layer the LLL term trains, non-negative (`resolve_layers`)."""
+        return resolve_layers([self.lll.layer], self.train.shape.layers)[0]
 
     def layers(self) -> tuple[int, ...]:
         """The reported lens layers, non-negative, in the order given."""
