@@ -30,17 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lookhere.data.dataset import SampleList, TaskDataset
+from lookhere.data.dataset import SampleList
 from lookhere.data.sample import Sample
-from lookhere.data.synthetic import make_task
 from lookhere.eval.rec import BASELINES, RecResult, evaluate_rec
 from lookhere.eval.runner import evaluate
 from lookhere.experiment.klal import train_one
 from lookhere.experiment.training import (
     ExperimentConfig,
+    ShapesExperiment,
     TrainRecord,
     TrainSpec,
-    shapes_defaults,
 )
 from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
@@ -60,7 +59,7 @@ TRAIN = TrainSpec(size="heads", steps=1500)
 
 
 @dataclass(frozen=True)
-class HeadsExperimentConfig(ExperimentConfig):
+class HeadsExperimentConfig(ShapesExperiment, ExperimentConfig):
     """Localization heads of tiny VLMs trained with NTP and NTP+KLAL (defaults: the experiment;
     `make demo` runs a shorter version)."""
 
@@ -117,8 +116,6 @@ class HeadsExperimentConfig(ExperimentConfig):
     def klal_config(self, condition: str) -> KLALConfig:
         return self.klal if condition == "klal" else self.klal.monitored()
 
-    def shapes(self, mode: str) -> dict[str, Any]:
-        return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}
 
 
 # --------------------------------------------------------------------------- results
@@ -227,27 +224,22 @@ class HeadsResult:
                     for c, per in ex.items() if c != "ids"})
 
 
-def _split(config: HeadsExperimentConfig, mode: str, seed: int, n: int, start: int = 0
-           ) -> list[Sample]:
-    task = make_task("shapes", seed=seed, **config.shapes(mode))
-    return list(TaskDataset(task, n, start).materialise().samples)
-
-
 def train_split(config: HeadsExperimentConfig) -> SampleList:
-    return SampleList(_split(config, "vqa", config.train.data_seed, config.train.samples))
+    return SampleList(config.shapes_samples("vqa", config.train.data_seed, config.train.samples))
 
 
 def held_out_splits(config: HeadsExperimentConfig) -> tuple[list[Sample], list[Sample]]:
     """(held-out VQA, held-out REC), from the test seed."""
     seed = config.train.data_seed + TEST_SEED_OFFSET
-    return (_split(config, "vqa", seed, config.vqa_samples),
-            _split(config, "rec", seed, config.test_samples))
+    return (config.shapes_samples("vqa", seed, config.vqa_samples),
+            config.shapes_samples("rec", seed, config.test_samples))
 
 
 def search_split(config: HeadsExperimentConfig, repeat: int) -> list[Sample]:
     """The ``repeat``-th disjoint set of REC samples for the head search."""
     n = config.search_samples
-    return _split(config, "rec", config.train.data_seed + SEARCH_SEED_OFFSET, n, repeat * n)
+    return config.shapes_samples("rec", config.train.data_seed + SEARCH_SEED_OFFSET, n,
+                                 repeat * n)
 
 
 def prepare_model(config: HeadsExperimentConfig, condition: str, train: SampleList | None,

@@ -46,18 +46,17 @@ import numpy as np
 import torch
 
 from lookhere.data.concepts import concept_ids, sample_concepts
-from lookhere.data.dataset import SampleList, TaskDataset
+from lookhere.data.dataset import SampleList
 from lookhere.data.sample import Geometry, Sample
-from lookhere.data.synthetic import make_task
 from lookhere.data.synthetic.shapes import ShapesConfig, object_mask
 from lookhere.eval.rec import ious_from_counts, mask_counts
 from lookhere.experiment.heads import TEST_SEED_OFFSET, VQAScore, vqa_accuracy
 from lookhere.experiment.training import (
     ExperimentConfig,
+    ShapesExperiment,
     TrainRecord,
     TrainSpec,
     fit,
-    shapes_defaults,
     training_args,
 )
 from lookhere.lens import lens_maps
@@ -74,7 +73,7 @@ TRAIN = TrainSpec(size="heads", steps=1500)
 
 
 @dataclass(frozen=True)
-class LensExperimentConfig(ExperimentConfig):
+class LensExperimentConfig(ShapesExperiment, ExperimentConfig):
     """Lens segmentation of tiny VLMs trained with NTP and NTP+LLL (defaults: the experiment)."""
 
     RENAMED = {"mu": "lll.weight"}  # results files before the nesting
@@ -157,9 +156,6 @@ class LensExperimentConfig(ExperimentConfig):
         except ValueError as err:
             raise ValueError(f"lens_layers: {err}") from None
 
-    def shapes(self, mode: str) -> dict[str, Any]:
-        return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}
-
     def vocabulary(self) -> dict[str, tuple[str, ...]]:
         """Concept words per type: the generator's shape and colour words."""
         cfg = ShapesConfig(**self.shapes("vqa"))
@@ -169,20 +165,17 @@ class LensExperimentConfig(ExperimentConfig):
 # --------------------------------------------------------------------------- data
 
 
-def _split(config: LensExperimentConfig, seed: int, n: int) -> list[Sample]:
-    task = make_task("shapes", seed=seed, **config.shapes("vqa"))
-    return list(TaskDataset(task, n).materialise().samples)
-
-
 def train_split(config: LensExperimentConfig) -> SampleList:
-    return SampleList(_split(config, config.train.data_seed, config.train.samples))
+    return SampleList(config.shapes_samples("vqa", config.train.data_seed,
+                                            config.train.samples))
 
 
 def held_out_splits(config: LensExperimentConfig) -> tuple[list[Sample], list[Sample]]:
     """(held-out VQA questions, held-out lens images), both from seed data_seed + 10000: the
     same scene stream, so the first images of the two coincide (both are held out)."""
     seed = config.train.data_seed + TEST_SEED_OFFSET
-    return _split(config, seed, config.vqa_samples), _split(config, seed, config.test_samples)
+    return (config.shapes_samples("vqa", seed, config.vqa_samples),
+            config.shapes_samples("vqa", seed, config.test_samples))
 
 
 # --------------------------------------------------------------------------- training

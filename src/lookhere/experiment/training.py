@@ -232,6 +232,24 @@ def _owner(nested: dict[str, type], key: str, cls: type) -> str:
     return f"{owners[0]}.{key}"
 
 
+class ShapesExperiment:
+    """What the experiments on Shapes (heads, lens) share: the generator settings from the
+    config's ``train`` (its image size) and ``shapes_options``, and their samples."""
+
+    def shapes(self, mode: str) -> dict[str, Any]:
+        """The Shapes settings in ``mode`` ('vqa' or 'rec'): `shapes_defaults`, then the
+        overrides."""
+        return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}
+
+    def shapes_samples(self, mode: str, seed: int, n: int, start: int = 0) -> list[Any]:
+        """Samples ``start .. start + n`` of the Shapes stream of ``seed`` in ``mode``."""
+        from lookhere.data.dataset import TaskDataset
+        from lookhere.data.synthetic import make_task
+
+        task = make_task("shapes", seed=seed, **self.shapes(mode))
+        return list(TaskDataset(task, n, start).materialise().samples)
+
+
 def shapes_defaults(image_size: int) -> dict[str, Any]:
     """Shapes settings at the model's input size: 2-4 objects, radii 0.10 / 0.16 of the side so
     a small object (22 px at 112 px) spans about two 14 px patches and an IoU of 0.5 is
