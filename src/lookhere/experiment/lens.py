@@ -185,8 +185,9 @@ def held_out_splits(config: LensExperimentConfig) -> tuple[list[Sample], list[Sa
 class Trained:
     """A model trained elsewhere, given to `run` for the ``ntp`` condition.
 
-    ``config`` is the config it was trained under (e.g. a `HeadsExperimentConfig`: its 'ntp'
-    model is NTP with KLAL only monitored), which `run` checks against its own with
+    ``config`` is the Shapes experiment's config it was trained under (e.g. a
+    `HeadsExperimentConfig`: its 'ntp' model is NTP with KLAL only monitored), which `run`
+    checks against its own with
     `ntp_mismatches`; the caller vouches that the model was trained with NTP alone (auxiliary
     terms at weight 0). ``record`` is its training record (``steps``, ``seconds``, ``log``);
     ``source`` names where it comes from, for the results."""
@@ -194,21 +195,23 @@ class Trained:
     model: torch.nn.Module
     processor: Any
     record: TrainRecord
-    config: Any
+    config: ShapesExperiment
     source: str = ""
 
 
-def ntp_mismatches(config: LensExperimentConfig, other: Any) -> list[str]:
-    """The training settings in which ``other`` (any experiment config) differs from
-    ``config``, as ``"name: other's != config's"``; empty when NTP under ``other`` trains the
-    same model on the same batches as this experiment's 'ntp' condition: the same `TrainSpec`
-    (initial weights, batches and their order, optimiser and schedule) and Shapes VQA settings."""
-    theirs_train = getattr(other, "train", None)
-    out = [f"{f.name}: {getattr(theirs_train, f.name, '<missing>')!r} != "
-           f"{getattr(config.train, f.name)!r}" for f in dataclasses.fields(TrainSpec)
-           if getattr(theirs_train, f.name, None) != getattr(config.train, f.name)]
-    shapes = getattr(other, "shapes", None)
-    theirs = shapes("vqa") if callable(shapes) else "<missing>"
+def ntp_mismatches(config: LensExperimentConfig, other: ShapesExperiment) -> list[str]:
+    """The training settings in which ``other`` (another Shapes experiment's config) differs
+    from ``config``, as ``"name: other's != config's"``; empty when NTP under ``other`` trains
+    the same model on the same batches as this experiment's 'ntp' condition: the same
+    `TrainSpec` (initial weights, batches and their order, optimiser and schedule) and Shapes
+    VQA settings."""
+    if not isinstance(other, ShapesExperiment):
+        raise TypeError(f"trained config must be a Shapes experiment's config (heads or lens), "
+                        f"got {type(other).__name__}")
+    out = [f"{f.name}: {getattr(other.train, f.name)!r} != {getattr(config.train, f.name)!r}"
+           for f in dataclasses.fields(TrainSpec)
+           if getattr(other.train, f.name) != getattr(config.train, f.name)]
+    theirs = other.shapes("vqa")
     if theirs != config.shapes("vqa"):
         out.append(f"Shapes VQA settings: {theirs!r} != {config.shapes('vqa')!r}")
     return out

@@ -236,6 +236,10 @@ class ShapesExperiment:
     """What the experiments on Shapes (heads, lens) share: the generator settings from the
     config's ``train`` (its image size) and ``shapes_options``, and their samples."""
 
+    # the fields of the config dataclasses this is mixed into
+    train: TrainSpec
+    shapes_options: dict[str, Any]
+
     def shapes(self, mode: str) -> dict[str, Any]:
         """The Shapes settings in ``mode`` ('vqa' or 'rec'): `shapes_defaults`, then the
         overrides."""

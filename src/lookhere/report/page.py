@@ -531,8 +531,9 @@ def _markdown(results: Mapping, figures: list[tuple[str, str]]) -> str:
 
 
 def _lead(results: Mapping) -> dict[str, Any] | None:
-    """The optional table shown first (``results["lead"]``), validated."""
-    lead = results.get("lead")
+    """The optional table shown first (``results["lead"]``, a mapping or a typed table with
+    ``to_json``), validated."""
+    lead = _jsonable(results.get("lead"))
     if lead is None:
         return None
     for key in ("title", "columns", "rows", "note"):
