@@ -39,28 +39,89 @@ def test_cli_modules_import_no_torch():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["heads", "find", "--help"],
-                                  ["--version"]])
-def test_help_and_version_load_no_torch(argv):
-    """`lookhere --help` (and the help of commands whose options need no torch) is quick: only
-    the chosen command's group builds its full parser; every command still shows in the list."""
+#: Commands whose --help still imports torch: their options come from config dataclasses that
+#: live in torch-importing modules (experiment.*, pretrain.recipe), and building their defaults
+#: reads the models layer (size presets, a checkpoint's config). Moving those configs into
+#: torch-free modules is the remaining part of issue 17's point 6.
+STILL_HEAVY = ("demo", "experiment klal", "experiment heads", "experiment lens",
+               "pretrain train", "pretrain eval")
+
+#: Prints every command path of the parser (walked, not listed), those whose --help it printed
+#: and whether torch or transformers were imported by then. argv: the paths to leave out, or
+#: after "--only", the only ones to print.
+_WALK = """
+import argparse, contextlib, io, json, sys
+from lookhere.cli import main, parser
+
+def paths(p, prefix=()):
+    yield prefix
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from paths(sub, (*prefix, name))
+
+only = sys.argv[1:2] == ["--only"]
+given = {tuple(a.split()) for a in sys.argv[1 + only:]}
+every = list(paths(parser()))
+seen = []
+for path in every:
+    if (path in given) != only:
+        continue
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            main([*path, "--help"])
+        except SystemExit as stop:
+            assert stop.code == 0, (path, stop.code)
+    assert out.getvalue().startswith("usage: lookhere"), (path, out.getvalue())
+    seen.append(" ".join(path))
+print(json.dumps({"every": [" ".join(p) for p in every], "seen": seen,
+                  "heavy": sorted(m for m in ("torch", "transformers") if m in sys.modules)}))
+"""
+
+
+def _walk(*args: str) -> dict:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom lookhere.cli import main\ntry:\n    main(sys.argv[1:])\n"
+    out = subprocess.run([sys.executable, "-c", _WALK, *args], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_every_help_loads_no_torch():
+    """Building the parser and printing --help for every command (the root, each group and
+    each subcommand, walked from the parser) imports neither torch nor transformers: the
+    robust form of '--help in under 1.5 s' (docs/benchmarks.md has the seconds)."""
+    from lookhere.cli import GROUPS
+
+    walked = _walk(*STILL_HEAVY)
+    assert walked["heavy"] == []
+    assert set(walked["seen"]) == set(walked["every"]) - set(STILL_HEAVY)
+    assert set(STILL_HEAVY) <= set(walked["every"])  # each one left out is a command
+    commands = {c for group in GROUPS for c in group.COMMANDS}
+    assert commands - set(STILL_HEAVY) <= set(walked["seen"])
+    assert {"", "heads find", "pretrain card", "experiment"} <= set(walked["seen"])
+
+
+@pytest.mark.xfail(strict=True, reason="their configs live in torch-importing modules")
+def test_experiment_and_pretrain_help_load_no_torch():
+    walked = _walk("--only", *STILL_HEAVY)
+    assert set(walked["seen"]) == set(STILL_HEAVY)
+    assert walked["heavy"] == []
+
+
+def test_version_loads_no_torch():
+    import subprocess
+    import sys
+
+    from lookhere import __version__
+
+    code = ("import sys\nfrom lookhere.cli import main\ntry:\n    main(['--version'])\n"
             "except SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out.strip().splitlines()[-1] == "[]"
-    if argv == ["--help"]:
-        for command in ("families", "tiny", "data", "eval", "heads", "ground", "demo",
-                        "experiment", "pretrain"):
-            assert f"    {command} " in out
-    if argv == ["--version"]:
-        from lookhere import __version__
-
-        assert out.startswith(f"lookhere {__version__}")
+    assert out.startswith(f"lookhere {__version__}\n") and out.strip().endswith("[]")
 
 
 def test_unknown_command_lists_every_command(capsys):

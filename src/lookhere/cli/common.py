@@ -11,6 +11,35 @@ from pathlib import Path
 from typing import Any
 
 
+class LazyParser(argparse.ArgumentParser):
+    """A command's parser whose arguments ``build(parser)`` adds only when that command is
+    parsed or its help printed. The experiment and pretraining options come from config
+    dataclasses in modules that import torch: built for every parser, they would make
+    ``lookhere --help`` (and every other command's) import it. Subparsers of a LazyParser are
+    LazyParsers (argparse's default ``parser_class``), without ``build`` unless given one."""
+
+    def __init__(self, *args: Any, build: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._build = build
+
+    def _built(self) -> None:
+        if self._build is not None:
+            build, self._build = self._build, None
+            build(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._built()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._built()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._built()
+        return super().format_usage()
+
+
 def add_device(p: argparse.ArgumentParser, prefix: str = "", suffix: str = "") -> None:
     p.add_argument("--device", metavar="DEV",
                    help=f"{prefix}torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,53 +25,61 @@ COMMANDS = {
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Each command's options are built when it is parsed (`cli.common.LazyParser`: the
+    configs' modules import torch)."""
+    sub.add_parser("demo", help=COMMANDS["demo"], build=_demo_options)
+    exp = sub.add_parser("experiment", help=COMMANDS["experiment"]).add_subparsers(
+        dest="experiment", required=True)
+    exp.add_parser("klal", help="NTP vs NTP+KLAL over seeds (results JSON per seed)",
+                   build=_seeded_options(_klal_config, _klal))
+    exp.add_parser("heads", help="localization heads of tiny models trained on Shapes VQA "
+                   "(NTP, NTP+KLAL, untrained): search, stability, REC vs baselines",
+                   build=_seeded_options(_heads_config, _heads))
+    exp.add_parser("lens", help="logit-lens segmentation of tiny models trained on Shapes "
+                   "VQA with NTP and NTP+LLL: mIoU, pointing, VQA accuracy",
+                   build=_seeded_options(_lens_config, _lens))
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
     from lookhere.experiment.klal import KLALExperimentConfig
     from lookhere.report.demo import DEMO_KLAL
 
-    p = sub.add_parser("demo", help=COMMANDS["demo"])
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="new or empty folder")
     p.add_argument("--workers", type=int, default=2,
                    help="processes of one torch thread each, one per core (1: all in this one)")
     add_options(p, KLALExperimentConfig, skip=SEED, defaults=DEMO_KLAL)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_demo)
-    exp = sub.add_parser("experiment", help=COMMANDS["experiment"]).add_subparsers(
-        dest="experiment", required=True)
-    p = exp.add_parser("klal", help="NTP vs NTP+KLAL over seeds (results JSON per seed)")
-    p.add_argument("--out", type=Path, required=True, help="folder for <seed>.json files")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
-    _add_klal_options(p)
-    p.set_defaults(run=_klal)
-    p = exp.add_parser("heads", help="localization heads of tiny models trained on Shapes VQA "
-                       "(NTP, NTP+KLAL, untrained): search, stability, REC vs baselines")
-    p.add_argument("--out", type=Path, required=True, help="folder for <seed>.json files")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
-    _add_heads_options(p)
-    p.set_defaults(run=_heads)
-    p = exp.add_parser("lens", help="logit-lens segmentation of tiny models trained on Shapes "
-                       "VQA with NTP and NTP+LLL: mIoU, pointing, VQA accuracy")
-    p.add_argument("--out", type=Path, required=True, help="folder for <seed>.json files")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
-    _add_lens_options(p)
-    p.set_defaults(run=_lens)
 
 
-def _add_lens_options(p: argparse.ArgumentParser) -> None:
+def _seeded_options(config: Callable[[], type], run: Callable[[argparse.Namespace], int]
+                    ) -> Callable[[argparse.ArgumentParser], None]:
+    """The builder of an experiment command: ``--out``, ``--seeds`` and the options of its
+    config class (``config()``, imported when the command is parsed)."""
+    def build(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, required=True, help="folder for <seed>.json files")
+        p.add_argument("--seeds", type=int, nargs="+", default=[0], help="model/training seeds")
+        _add_config_options(p, config())
+        p.set_defaults(run=run)
+    return build
+
+
+def _lens_config() -> type:
     from lookhere.experiment.lens import LensExperimentConfig
 
-    _add_config_options(p, LensExperimentConfig)
+    return LensExperimentConfig
 
 
-def _add_heads_options(p: argparse.ArgumentParser) -> None:
+def _heads_config() -> type:
     from lookhere.experiment.heads import HeadsExperimentConfig
 
-    _add_config_options(p, HeadsExperimentConfig)
+    return HeadsExperimentConfig
 
 
-def _add_klal_options(p: argparse.ArgumentParser) -> None:
+def _klal_config() -> type:
     from lookhere.experiment.klal import KLALExperimentConfig
 
-    _add_config_options(p, KLALExperimentConfig)
+    return KLALExperimentConfig
 
 
 def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
@@ -120,9 +129,8 @@ def _klal(args: argparse.Namespace) -> int:
         config = _config(args, seed)
         start = time.perf_counter()
         results = klal.run(config, args.out / f"seed{seed}", progress=not args.quiet)
-        results.update(settings={"klal": config.to_json()},
-                       elapsed_s=time.perf_counter() - start)
-        write_json(results, path)
+        write_json({**results.to_json(), "settings": {"klal": config.to_json()},
+                    "elapsed_s": time.perf_counter() - start}, path)
         print(f"seed {seed}: {klal.summary_line(results)} -> {path}")
     print(json.dumps({"written": str(args.out)}))
     return 0
@@ -141,8 +149,9 @@ def _lens(args: argparse.Namespace) -> int:
 
 
 def _per_condition_seeds(args: argparse.Namespace, experiment: Any, cls: type) -> int:
-    """Run an experiment module (``run``, ``summary_line(condition, entry)``) once per seed into
-    ``<out>/seed<N>.json``, skipping seeds already written."""
+    """Run an experiment module (``run``, a typed result with ``conditions`` and ``to_json``;
+    ``summary_line(condition, entry)``) once per seed into ``<out>/seed<N>.json``, skipping
+    seeds already written."""
     from lookhere.io import write_json
 
     for seed in args.seeds:
@@ -153,9 +162,8 @@ def _per_condition_seeds(args: argparse.Namespace, experiment: Any, cls: type) -
         config = _config(args, seed, cls)
         start = time.perf_counter()
         results = experiment.run(config, args.out / f"seed{seed}", progress=not args.quiet)
-        results.update(elapsed_s=time.perf_counter() - start)
-        write_json(results, path)
-        for condition, entry in results["conditions"].items():
+        write_json({**results.to_json(), "elapsed_s": time.perf_counter() - start}, path)
+        for condition, entry in results.conditions.items():
             print(f"seed {seed} {condition}: {experiment.summary_line(condition, entry)}")
     print(json.dumps({"written": str(args.out)}))
     return 0

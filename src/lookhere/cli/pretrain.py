@@ -28,12 +28,21 @@ COMMANDS = {
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from lookhere.experiment.pretrained import PretrainedEvalConfig
-    from lookhere.pretrain.recipe import STAGES, PretrainConfig
-
+    """Each command's options are built when it is parsed (`cli.common.LazyParser`: the
+    configs' modules import torch)."""
     cmds = sub.add_parser("pretrain", help=COMMANDS["pretrain"]).add_subparsers(
         dest="pretrain", required=True)
-    p = cmds.add_parser("train", help="run (or resume) the vision, align and instruct stages")
+    cmds.add_parser("train", help="run (or resume) the vision, align and instruct stages",
+                    build=_train_options)
+    cmds.add_parser("eval", help="VQA per type, skills, REC as text and localization heads "
+                    "on held-out data", build=_eval_options)
+    cmds.add_parser("card", help="package a finished run with its model card",
+                    build=_card_options)
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from lookhere.pretrain.recipe import STAGES, PretrainConfig
+
     p.add_argument("--out", type=Path, required=True, help="run folder (rerun to resume)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                    help="stages to run, in order (default: all)")
@@ -41,15 +50,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_options(p, PretrainConfig)  # the stages' fields: --vision-steps, --align-lr, ...
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train)
-    p = cmds.add_parser("eval", help="VQA per type, skills, REC as text and localization heads "
-                        "on held-out data")
+
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
+    from lookhere.experiment.pretrained import PretrainedEvalConfig
+
     p.add_argument("--model", required=True, help="model folder, or lookhere:llava-mini")
     p.add_argument("--out", type=Path, required=True, help="new JSON file for the results")
     add_options(p, PretrainedEvalConfig)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_eval)
-    p = cmds.add_parser("card", help="package a finished run with its model card")
+
+
+def _card_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", dest="run_dir", type=Path, required=True,
                    help="the `pretrain train` run folder")
     p.add_argument("--eval", type=Path, required=True, help="`pretrain eval` JSON of its model")

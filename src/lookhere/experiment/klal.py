@@ -34,9 +34,10 @@ from lookhere.collate import GroundingCollator
 from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
-from lookhere.eval.runner import evaluate
+from lookhere.eval.runner import AttentionMap, RatioSummary, evaluate
 from lookhere.experiment.training import (
     ExperimentConfig,
+    TrainRecord,
     TrainSpec,
     fit,
     shapes_defaults,
@@ -132,6 +133,73 @@ class KLALExperimentConfig(ExperimentConfig):
         return self.klal.monitored() if condition == "ntp" else self.klal
 
 
+@dataclass(frozen=True)
+class KLALEntry:
+    """One (task, condition): held-out accuracy (with its 95% bootstrap interval and the share
+    of unparsable answers), the answer token's attention ratio, the training record and the
+    first 20 predictions."""
+
+    accuracy: float
+    ci95: list[float]  # [low, high]
+    parse_failure_rate: float
+    n: int
+    attention_ratio: RatioSummary | None  # None: no sample had a target (JSON: {})
+    train: TrainRecord
+    predictions: dict[str, str]  # sample id -> answer, the first 20
+
+    def to_json(self) -> dict[str, Any]:
+        ratio = self.attention_ratio
+        return {"accuracy": self.accuracy, "ci95": self.ci95,
+                "parse_failure_rate": self.parse_failure_rate, "n": self.n,
+                "attention_ratio": ratio.to_json() if ratio is not None else {},
+                "train": self.train.to_json(), "predictions": self.predictions}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KLALEntry:
+        ratio = data["attention_ratio"]
+        return cls(data["accuracy"], data["ci95"], data["parse_failure_rate"], data["n"],
+                   RatioSummary.from_json(ratio) if ratio else None,
+                   TrainRecord.from_json(data["train"]), data["predictions"])
+
+
+@dataclass(frozen=True)
+class KLALExamples:
+    """A task's figure: its first test samples' ids and each condition's answer-token maps."""
+
+    ids: list[str]
+    maps: dict[str, dict[str, AttentionMap]]  # condition -> sample id -> map
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ids": self.ids, "maps": {c: {i: m.to_json() for i, m in per.items()}
+                                          for c, per in self.maps.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KLALExamples:
+        return cls(list(data["ids"]), {c: {i: AttentionMap.from_json(m) for i, m in per.items()}
+                                       for c, per in data["maps"].items()})
+
+
+@dataclass(frozen=True)
+class KLALResult:
+    """`run`'s result, per task (in the config's order): a `KLALEntry` per condition and the
+    `KLALExamples`. JSON: ``{"tasks": {task: {condition: ...}}, "examples": {task: ...}}``, the
+    report's schema (`lookhere.report.page`)."""
+
+    tasks: dict[str, dict[str, KLALEntry]]
+    examples: dict[str, KLALExamples]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tasks": {t: {c: e.to_json() for c, e in per.items()}
+                          for t, per in self.tasks.items()},
+                "examples": {t: ex.to_json() for t, ex in self.examples.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KLALResult:
+        return cls({t: {c: KLALEntry.from_json(e) for c, e in per.items()}
+                    for t, per in data["tasks"].items()},
+                   {t: KLALExamples.from_json(ex) for t, ex in data["examples"].items()})
+
+
 def task_config(config: KLALExperimentConfig, task: str) -> dict[str, Any]:
     """The generator settings of ``task``: defaults at the image size, then the overrides."""
     return {**_task_defaults(config.train.image_size)[task], **config.task_options.get(task, {})}
@@ -158,7 +226,7 @@ def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
 
 
 def train_one(config: Any, condition: str, train: SampleList, out_dir: Path,
-              progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+              progress: bool = True) -> tuple[torch.nn.Module, Any, TrainRecord]:
     """The spec's model (fresh, or the ``init`` checkpoint) trained under one condition:
     (model, processor, training record).
     ``config``: any experiment config with ``train``, ``target`` and ``klal_config``."""
@@ -175,16 +243,16 @@ def train_one(config: Any, condition: str, train: SampleList, out_dir: Path,
 
 
 def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True,
-        on_result: Callable[[str, str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train and evaluate every (task, condition); returns the results dict (report schema)."""
+        on_result: Callable[[str, str, KLALEntry], None] | None = None) -> KLALResult:
+    """Train and evaluate every (task, condition)."""
     out_dir = Path(out_dir)
-    results: dict[str, Any] = {"tasks": {}, "examples": {}}
+    result = KLALResult({}, {})
     for task in config.tasks:
         train = train_split(config, task)
         test = held_out_split(config, task)
-        results["tasks"][task] = {}
-        examples = [s.id for s in test[: config.n_maps]]
-        results["examples"][task] = {"ids": examples, "maps": {}}
+        result.tasks[task] = {}
+        examples = result.examples[task] = KLALExamples([s.id for s in test[: config.n_maps]],
+                                                        {})
         for condition in config.conditions:
             if progress:
                 print(f"[klal] {task}: training {condition} ({config.train.steps} steps)",
@@ -202,24 +270,21 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
                            batch_size=config.eval_batch_size,
                            max_new_tokens=min(config.max_new_tokens, ANSWER_TOKENS[task]),
                            n_maps=config.n_maps, query=config.klal.query, progress=progress)
-            score = res.scores.tasks[generator(task)].to_json()
-            ratio = res.attention_ratio.get(generator(task))
-            entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
-                     "attention_ratio": ratio.to_json() if ratio is not None else {},
-                     "train": record,
-                     "predictions": dict(list(res.predictions.items())[:20])}
-            results["tasks"][task][condition] = entry
-            results["examples"][task]["maps"][condition] = {
-                i: m.to_json() for i, m in res.maps.items()}
+            score = res.scores.tasks[generator(task)]
+            entry = KLALEntry(score.accuracy, list(score.ci95), score.parse_failure_rate,
+                              score.n, res.attention_ratio.get(generator(task)), record,
+                              dict(list(res.predictions.items())[:20]))
+            result.tasks[task][condition] = entry
+            examples.maps[condition] = dict(res.maps)
             if on_result is not None:
                 on_result(task, condition, entry)
             if progress:
-                r = entry["attention_ratio"].get("mean", float("nan"))
-                print(f"[klal] {task} {condition}: accuracy {entry['accuracy']:.3f} "
-                      f"{entry['ci95']}, attention ratio {r:.2f}", flush=True)
-    return results
+                r = entry.attention_ratio.mean if entry.attention_ratio else float("nan")
+                print(f"[klal] {task} {condition}: accuracy {entry.accuracy:.3f} "
+                      f"{entry.ci95}, attention ratio {r:.2f}", flush=True)
+    return result
 
 
-def summary_line(results: dict[str, Any]) -> str:
-    return json.dumps({t: {c: round(v["accuracy"], 3) for c, v in conds.items()}
-                       for t, conds in results["tasks"].items()})
+def summary_line(result: KLALResult) -> str:
+    return json.dumps({t: {c: round(e.accuracy, 3) for c, e in conds.items()}
+                       for t, conds in result.tasks.items()})

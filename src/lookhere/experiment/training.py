@@ -146,7 +146,26 @@ def sampler_seed(spec: TrainSpec) -> int:
     return spec.data_seed + spec.seed if spec.init else spec.data_seed
 
 
-def fit(trainer: Any, steps: int, progress: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainRecord:
+    """How a model of an experiment was trained, as its results file records it (``train``):
+    a field that is None is left out of the JSON (an untrained control is ``{"steps": 0}``)."""
+
+    steps: int  # optimizer steps
+    seconds: float | None = None  # wall time of the training
+    log: list[dict[str, float]] | None = None  # the Trainer's logged records with a loss
+    lll: dict[str, Any] | None = None  # the condition's `LLLConfig` (the lens experiment)
+    reused_from: str | None = None  # where a model trained elsewhere comes from
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainRecord:
+        return cls(**data)
+
+
+def fit(trainer: Any, steps: int, progress: bool = True) -> TrainRecord:
     """Train; the record: steps, seconds, and the logged losses (printed only with
     ``progress``: without its bar, the Trainer would print every logged dict)."""
     if not progress:
@@ -155,8 +174,8 @@ def fit(trainer: Any, steps: int, progress: bool = True) -> dict[str, Any]:
         trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     trainer.train()
-    return {"steps": steps, "seconds": time.perf_counter() - start,
-            "log": [r for r in trainer.state.log_history if "loss" in r]}
+    return TrainRecord(steps, time.perf_counter() - start,
+                       [r for r in trainer.state.log_history if "loss" in r])
 
 
 class ExperimentConfig:
@@ -211,6 +230,28 @@ def _owner(nested: dict[str, type], key: str, cls: type) -> str:
     if len(owners) != 1:
         raise ValueError(f"{cls.__name__}.from_json: unknown key {key!r}")
     return f"{owners[0]}.{key}"
+
+
+class ShapesExperiment:
+    """What the experiments on Shapes (heads, lens) share: the generator settings from the
+    config's ``train`` (its image size) and ``shapes_options``, and their samples."""
+
+    # the fields of the config dataclasses this is mixed into
+    train: TrainSpec
+    shapes_options: dict[str, Any]
+
+    def shapes(self, mode: str) -> dict[str, Any]:
+        """The Shapes settings in ``mode`` ('vqa' or 'rec'): `shapes_defaults`, then the
+        overrides."""
+        return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}
+
+    def shapes_samples(self, mode: str, seed: int, n: int, start: int = 0) -> list[Any]:
+        """Samples ``start .. start + n`` of the Shapes stream of ``seed`` in ``mode``."""
+        from lookhere.data.dataset import TaskDataset
+        from lookhere.data.synthetic import make_task
+
+        task = make_task("shapes", seed=seed, **self.shapes(mode))
+        return list(TaskDataset(task, n, start).materialise().samples)
 
 
 def shapes_defaults(image_size: int) -> dict[str, Any]:

@@ -236,6 +236,16 @@ def resized_size(size: Any, w: int, h: int) -> tuple[int, int]:
     raise ValueError(f"unsupported image processor size {size}")
 
 
+def canvas_size(batch: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) of the processed images (``pixel_values``' last two dims); a ValueError
+    naming the tensor when the batch lacks it (a batch of ``input_ids`` alone)."""
+    pixels = batch.get("pixel_values")
+    if not isinstance(pixels, torch.Tensor):
+        raise ValueError("batch has no 'pixel_values'; pass the processor's output with images")
+    h, w = pixels.shape[-2:]
+    return int(h), int(w)
+
+
 def count_image_blocks(pos: torch.Tensor, per_image: int, b: int) -> int:
     """Images in one sample whose image tokens form contiguous blocks of ``per_image``."""
     n = len(pos) // per_image
