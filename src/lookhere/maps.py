@@ -22,13 +22,14 @@ and the experiments binarise and segment maps the same way. A heatmap is one val
 from __future__ import annotations
 
 from numbers import Real
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from lookhere.models.layout import GridGeometry
+if TYPE_CHECKING:  # annotations only: configs parse thresholds here without torch
+    from lookhere.models.layout import GridGeometry
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 Threshold = str | float  # a named rule or a fraction of the peak (`segment`)
