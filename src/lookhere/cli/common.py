@@ -14,9 +14,10 @@ from typing import Any
 class LazyParser(argparse.ArgumentParser):
     """A command's parser whose arguments ``build(parser)`` adds only when that command is
     parsed or its help printed. The experiment and pretraining options come from config
-    dataclasses in modules that import torch: built for every parser, they would make
-    ``lookhere --help`` (and every other command's) import it. Subparsers of a LazyParser are
-    LazyParsers (argparse's default ``parser_class``), without ``build`` unless given one."""
+    dataclasses whose defaults are built and checked (the Shapes generator's settings, the
+    shipped checkpoint's config): built for every parser, they would slow down every other
+    command. Subparsers of a LazyParser are LazyParsers (argparse's default ``parser_class``),
+    without ``build`` unless given one."""
 
     def __init__(self, *args: Any, build: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

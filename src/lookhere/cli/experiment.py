@@ -25,8 +25,9 @@ COMMANDS = {
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Each command's options are built when it is parsed (`cli.common.LazyParser`: the
-    configs' modules import torch)."""
+    """Each command's options are built when it is parsed or its help printed
+    (`cli.common.LazyParser`): its config builds its defaults, which the other commands need not
+    pay for."""
     sub.add_parser("demo", help=COMMANDS["demo"], build=_demo_options)
     exp = sub.add_parser("experiment", help=COMMANDS["experiment"]).add_subparsers(
         dest="experiment", required=True)
@@ -41,8 +42,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo_options(p: argparse.ArgumentParser) -> None:
-    from lookhere.experiment.klal import KLALExperimentConfig
-    from lookhere.report.demo import DEMO_KLAL
+    from lookhere.experiment.config import KLALExperimentConfig
+    from lookhere.report.demo_config import DEMO_KLAL
 
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="new or empty folder")
     p.add_argument("--workers", type=int, default=2,
@@ -65,19 +66,19 @@ def _seeded_options(config: Callable[[], type], run: Callable[[argparse.Namespac
 
 
 def _lens_config() -> type:
-    from lookhere.experiment.lens import LensExperimentConfig
+    from lookhere.experiment.config import LensExperimentConfig
 
     return LensExperimentConfig
 
 
 def _heads_config() -> type:
-    from lookhere.experiment.heads import HeadsExperimentConfig
+    from lookhere.experiment.config import HeadsExperimentConfig
 
     return HeadsExperimentConfig
 
 
 def _klal_config() -> type:
-    from lookhere.experiment.klal import KLALExperimentConfig
+    from lookhere.experiment.config import KLALExperimentConfig
 
     return KLALExperimentConfig
 
@@ -92,7 +93,7 @@ def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
 def _config(args: argparse.Namespace, seed: int = 0, cls: type | None = None, base: Any = None):
     """The config of one seed: ``base`` (``cls()``, `KLALExperimentConfig`), the options given,
     and ``train.seed``."""
-    from lookhere.experiment.klal import KLALExperimentConfig
+    from lookhere.experiment.config import KLALExperimentConfig
 
     cls = cls or KLALExperimentConfig
     try:
@@ -103,7 +104,8 @@ def _config(args: argparse.Namespace, seed: int = 0, cls: type | None = None, ba
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lookhere.report.demo import DEMO_KLAL, run_demo
+    from lookhere.report.demo import run_demo
+    from lookhere.report.demo_config import DEMO_KLAL
 
     config = _config(args, base=DEMO_KLAL)
     if args.workers < 1:

@@ -28,8 +28,8 @@ COMMANDS = {
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Each command's options are built when it is parsed (`cli.common.LazyParser`: the
-    configs' modules import torch)."""
+    """Each command's options are built when it is parsed or its help printed
+    (`cli.common.LazyParser`)."""
     cmds = sub.add_parser("pretrain", help=COMMANDS["pretrain"]).add_subparsers(
         dest="pretrain", required=True)
     cmds.add_parser("train", help="run (or resume) the vision, align and instruct stages",
@@ -41,7 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    from lookhere.pretrain.recipe import STAGES, PretrainConfig
+    from lookhere.pretrain.config import STAGES, PretrainConfig
 
     p.add_argument("--out", type=Path, required=True, help="run folder (rerun to resume)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
@@ -53,7 +53,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_options(p: argparse.ArgumentParser) -> None:
-    from lookhere.experiment.pretrained import PretrainedEvalConfig
+    from lookhere.experiment.config import PretrainedEvalConfig
 
     p.add_argument("--model", required=True, help="model folder, or lookhere:llava-mini")
     p.add_argument("--out", type=Path, required=True, help="new JSON file for the results")

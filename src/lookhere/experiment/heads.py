@@ -23,7 +23,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,90 +32,23 @@ import torch
 
 from lookhere.data.dataset import SampleList
 from lookhere.data.sample import Sample
-from lookhere.eval.rec import BASELINES, RecResult, evaluate_rec
+from lookhere.eval.rec import RecResult, evaluate_rec
 from lookhere.eval.runner import evaluate
+from lookhere.experiment.config import HEADS_CONDITIONS as CONDITIONS  # noqa: F401
+from lookhere.experiment.config import HEADS_TRAIN as TRAIN  # noqa: F401
+from lookhere.experiment.config import HeadsExperimentConfig
 from lookhere.experiment.klal import train_one
 from lookhere.experiment.training import (
-    ExperimentConfig,
-    ShapesExperiment,
     TrainRecord,
-    TrainSpec,
 )
 from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
 from lookhere.heads.selection import HeadSpec
-from lookhere.losses.config import KLALConfig
 from lookhere.models.adapter import get_adapter
-from lookhere.targets import TargetConfig
 
-CONDITIONS = ("untrained", "ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # held-out VQA and REC come from seed data_seed + this
 SEARCH_SEED_OFFSET = 20_000  # the search's REC samples come from seed data_seed + this
 VQA_ANSWER_TOKENS = 4  # "purple</s>" and the like
-
-
-#: The experiment's training: 4 LLM layers (the search skips layers 0-1), 1,500 steps.
-TRAIN = TrainSpec(size="heads", steps=1500)
-
-
-@dataclass(frozen=True)
-class HeadsExperimentConfig(ShapesExperiment, ExperimentConfig):
-    """Localization heads of tiny VLMs trained with NTP and NTP+KLAL (defaults: the experiment;
-    `make demo` runs a shorter version)."""
-
-    train: TrainSpec = field(default_factory=lambda: TRAIN, metadata={
-        "prefix": "", "help": "the tiny model and its training (its size needs > 2 LLM layers: "
-                              "layers 0-1 are never searched)"})
-    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
-        "help": f"models to search: {CONDITIONS}"})
-    klal: KLALConfig = field(default_factory=KLALConfig, metadata={
-        "help": "the 'klal' model's KLAL term (the others: the same at weight 0, monitored)"})
-    target: TargetConfig = field(default_factory=TargetConfig, metadata={
-        "help": "KLAL target-map weights"})
-    search_samples: int = field(default=1000, metadata={
-        "help": "REC samples per head search (the paper: 1,000)"})
-    search_repeats: int = field(default=3, metadata={
-        "help": "searches on disjoint sample sets, for the heads' stability (the first one "
-                "gives the heads used)"})
-    test_samples: int = field(default=500, metadata={"help": "held-out REC expressions"})
-    vqa_samples: int = field(default=500, metadata={"help": "held-out VQA questions"})
-    top_k: int = field(default=3, metadata={"help": "localization heads kept (the paper: 3)"})
-    per_sample: int = field(default=2, metadata={
-        "help": "lowest-entropy heads counted per sample. The paper counts 10 of ~1,000 heads; "
-                "10 of the tiny model's 8 candidates would count every head above tau and "
-                "void the entropy criterion, so 2 (docs/results.md)"})
-    baselines: tuple[str, ...] = field(default=BASELINES, metadata={
-        "help": f"REC baselines: {BASELINES}"})
-    eval_batch_size: int = field(default=50, metadata={"help": "search / evaluation batch"})
-    n_maps: int = field(default=4, metadata={"help": "held-out examples in the figures"})
-    shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "overrides of the Shapes generator settings (both VQA and REC)"})
-    save_models: bool = field(default=False, metadata={
-        "help": "save each trained model under out/models/<condition>"})
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "conditions", tuple(self.conditions))
-        object.__setattr__(self, "baselines", tuple(self.baselines))
-        for name in ("search_samples", "search_repeats", "test_samples", "vqa_samples", "top_k",
-                     "per_sample", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad or not self.conditions:
-            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
-                             f"got {self.conditions}")
-        bad = [b for b in self.baselines if b not in BASELINES]
-        if bad:
-            raise ValueError(f"baselines must be a subset of {BASELINES}, got {self.baselines}")
-        layers = self.train.shape.layers
-        if layers < 3:
-            raise ValueError(f"{self.train.model_name!r} has {layers} LLM layers; the search "
-                             "skips layers 0-1, so it needs at least 3")
-        self.check_klal_layers()
-
-    def klal_config(self, condition: str) -> KLALConfig:
-        return self.klal if condition == "klal" else self.klal.monitored()
-
 
 
 # --------------------------------------------------------------------------- results

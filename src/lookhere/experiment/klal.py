@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +35,22 @@ from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
 from lookhere.eval.runner import AttentionMap, RatioSummary, evaluate
+from lookhere.experiment.config import (  # noqa: F401 (the config, named here too)
+    BENCHMARKS,
+    TASKS,
+    KLALExperimentConfig,
+)
+from lookhere.experiment.config import KLAL_CONDITIONS as CONDITIONS  # noqa: F401
 from lookhere.experiment.training import (
-    ExperimentConfig,
     TrainRecord,
-    TrainSpec,
     fit,
     shapes_defaults,
     training_args,
 )
-from lookhere.losses.config import KLALConfig
 from lookhere.models.adapter import get_adapter
-from lookhere.targets import TargetConfig
 
-#: the paper's synthetic benchmarks (the default, and the demo's), then the real-data analogues
-BENCHMARKS = ("grid_patch", "line_intersection", "line_tracing")
-TASKS = (*BENCHMARKS, "rec", "point")
 #: the generator of each task whose name is not its generator's
 GENERATORS = {"rec": "shapes", "point": "scenes"}
-CONDITIONS = ("ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # test samples come from seed data_seed + this: disjoint streams
 #: Scenes trains the shipped checkpoint from seed 0: fine-tuning draws from seed data_seed +
 #: this, a stream pretraining never used (test: data_seed + TEST_SEED_OFFSET, as its eval)
@@ -86,51 +84,6 @@ def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
         "point": {"image_size": image_size, "mode": "instruct", "max_objects": 4,
                   "skills": ("point",)},
     }
-
-
-@dataclass(frozen=True)
-class KLALExperimentConfig(ExperimentConfig):
-    """One NTP vs NTP+KLAL comparison (defaults: `make demo`)."""
-
-    train: TrainSpec = field(default_factory=TrainSpec, metadata={
-        "prefix": "", "help": "the tiny model and its training, the same in every condition"})
-    tasks: tuple[str, ...] = field(default=BENCHMARKS, metadata={
-        "help": f"tasks to run, of {', '.join(TASKS)} ('rec', 'point': the analogues of RefCOCO "
-                "and PixMo-Points)"})
-    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
-        "help": "'ntp' (KLAL weight 0, monitored) and/or 'klal' (the `klal` term)"})
-    klal: KLALConfig = field(default_factory=KLALConfig, metadata={
-        "help": "the 'klal' condition's KLAL term ('ntp': the same at weight 0, monitored)"})
-    target: TargetConfig = field(default_factory=TargetConfig, metadata={
-        "help": "KLAL target-map weights (target cells, their neighbour ring, the floor)"})
-    test_samples: int = field(default=500, metadata={"help": "held-out test samples per task"})
-    eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch size"})
-    max_new_tokens: int = field(default=32, metadata={
-        "help": "generation budget per answer (capped by the task's longest answer)"})
-    n_maps: int = field(default=3, metadata={"help": "test images per task in the map figure"})
-    task_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
-        "help": "per-task generator overrides, e.g. {'grid_patch': {'num_distractors': 1}}"})
-    save_models: bool = field(default=False, metadata={
-        "help": "save each trained model under out/models/<task>/<condition>"})
-
-    def __post_init__(self) -> None:
-        for name in ("test_samples", "eval_batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        bad = [t for t in self.tasks if t not in TASKS]
-        if bad or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad or not self.conditions:
-            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
-                             f"got {self.conditions}")
-        for task in self.task_options:
-            if task not in TASKS:
-                raise ValueError(f"task_options names unknown task {task!r}; tasks: {TASKS}")
-        self.check_klal_layers()
-
-    def klal_config(self, condition: str) -> KLALConfig:
-        return self.klal.monitored() if condition == "ntp" else self.klal
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,13 @@ import torch
 from lookhere.data.concepts import concept_ids, sample_concepts
 from lookhere.data.dataset import SampleList
 from lookhere.data.sample import Geometry, Sample
-from lookhere.data.synthetic.shapes import ShapesConfig, object_mask
+from lookhere.data.synthetic.shapes import object_mask
 from lookhere.eval.rec import ious_from_counts, mask_counts
+from lookhere.experiment.config import LENS_CONDITIONS as CONDITIONS  # noqa: F401
+from lookhere.experiment.config import LENS_TRAIN as TRAIN  # noqa: F401
+from lookhere.experiment.config import LensExperimentConfig
 from lookhere.experiment.heads import TEST_SEED_OFFSET, VQAScore, vqa_accuracy
 from lookhere.experiment.training import (
-    ExperimentConfig,
     ShapesExperiment,
     TrainRecord,
     TrainSpec,
@@ -60,108 +62,13 @@ from lookhere.experiment.training import (
     training_args,
 )
 from lookhere.lens import lens_maps
-from lookhere.losses.config import KLALConfig, LLLConfig
+from lookhere.losses.config import KLALConfig
 from lookhere.maps import parse_threshold, peak_cell, pointing, segment
-from lookhere.models.adapter import get_adapter, resolve_layers
+from lookhere.models.adapter import get_adapter
 from lookhere.targets import cell_coverage
 
-CONDITIONS = ("ntp", "lll")
 KINDS = ("shape", "colour")  # concept types: the object attribute that gives the word
 LABELS = {"ntp": "NTP", "lll": "NTP+LLL"}
-#: The experiment's training: the heads experiment's (4 LLM layers, 1,500 steps).
-TRAIN = TrainSpec(size="heads", steps=1500)
-
-
-@dataclass(frozen=True)
-class LensExperimentConfig(ShapesExperiment, ExperimentConfig):
-    """Lens segmentation of tiny VLMs trained with NTP and NTP+LLL (defaults: the experiment)."""
-
-    RENAMED = {"mu": "lll.weight"}  # results files before the nesting
-
-    train: TrainSpec = field(default_factory=lambda: TRAIN, metadata={
-        "prefix": "", "help": "the tiny model and its training, the same in both conditions"})
-    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
-        "help": f"models to train: {CONDITIONS} ('ntp': LLL weight 0, monitored)"})
-    lll: LLLConfig = field(default_factory=LLLConfig, metadata={
-        "help": "the 'lll' model's LLL term ('ntp': the same at weight 0, monitored); its "
-                "token_rule also picks the concept tokens of the evaluation"})
-    test_samples: int = field(default=300, metadata={
-        "help": "held-out images whose concepts are segmented"})
-    vqa_samples: int = field(default=300, metadata={"help": "held-out VQA questions"})
-    eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch"})
-    n_maps: int = field(default=4, metadata={"help": "held-out images in the figure"})
-    shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "overrides of the Shapes generator settings (training and held-out)"})
-    lens_layers: str = field(default="all", metadata={
-        "help": "layers whose lens maps are scored: 'all' or comma-separated indices, e.g. "
-                "'1,-1' (on the command line, a list that starts with a minus needs '=': "
-                "--lens-layers=-1,1)"})
-    threshold: str = field(default="mean", metadata={
-        "help": "segmentation threshold: 'mean' (cells above the map's mean), 'two_mean', or "
-                "a fraction of the map's max in (0, 1), e.g. '0.5'"})
-    smooth_sigma: float = field(default=0.0, metadata={
-        "help": "Gaussian smoothing of the maps before segmentation and pointing (0: none)"})
-    largest_component: bool = field(default=False, metadata={
-        "help": "keep only the largest 8-connected component (off: a word may name several "
-                "objects)"})
-    save_models: bool = field(default=False, metadata={
-        "help": "save each trained model under out/models/<condition>"})
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "conditions", tuple(self.conditions))
-        for name in ("test_samples", "vqa_samples", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_maps < 0:
-            raise ValueError(f"n_maps must be >= 0, got {self.n_maps}")
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad or not self.conditions or len(set(self.conditions)) != len(self.conditions):
-            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
-                             f"got {self.conditions}")
-        try:
-            self.trained_layer  # noqa: B018 - resolves lll.layer, refusing one the model lacks
-        except ValueError:
-            raise ValueError(f"layer {self.lll.layer} is not a layer of the "
-                             f"{self.train.model_name!r} model's {self.train.shape.layers} LLM "
-                             "layers") from None
-        self.layers()  # validates lens_layers
-        parse_threshold(self.threshold)
-        if not 0 <= self.smooth_sigma < float("inf"):
-            raise ValueError(f"smooth_sigma must be finite and >= 0, got {self.smooth_sigma}")
-        ShapesConfig(**self.shapes("vqa"))  # validates shapes_options
-
-    def lll_config(self, condition: str) -> LLLConfig:
-        """``lll``: the `lll` term; ``ntp``: the same at weight 0, still computed and logged."""
-        if condition == "lll":
-            return self.lll
-        return dataclasses.replace(self.lll, weight=0.0, monitor=True)
-
-    @property
-    def trained_layer(self) -> int:
-        """The layer the LLL term trains, non-negative (`resolve_layers`)."""
-        return resolve_layers([self.lll.layer], self.train.shape.layers)[0]
-
-    def layers(self) -> tuple[int, ...]:
-        """The reported lens layers, non-negative, in the order given."""
-        n = self.train.shape.layers
-        if self.lens_layers.strip() == "all":
-            return tuple(range(n))
-        try:
-            chosen = [int(v) for v in self.lens_layers.split(",")]
-        except ValueError:
-            raise ValueError(f"lens_layers must be 'all' or comma-separated layer indices, got "
-                             f"{self.lens_layers!r}") from None
-        try:
-            return resolve_layers(chosen, n)
-        except ValueError as err:
-            raise ValueError(f"lens_layers: {err}") from None
-
-    def vocabulary(self) -> dict[str, tuple[str, ...]]:
-        """Concept words per type: the generator's shape and colour words."""
-        cfg = ShapesConfig(**self.shapes("vqa"))
-        return {"shape": tuple(cfg.shapes), "colour": tuple(cfg.colours)}
-
-
 # --------------------------------------------------------------------------- data
 
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy.interpolate import BSpline
 
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic.base import SyntheticTask, register_task
@@ -519,6 +518,10 @@ def _chords_cross(p: np.ndarray, q: np.ndarray, r: np.ndarray, s: np.ndarray) ->
 @functools.lru_cache(maxsize=1024)
 def _basis(n_ctrl: int, n_samples: int) -> np.ndarray:
     """(n_samples, n_ctrl) B-spline basis at uniform parameters, exact at both ends."""
+    # imported here: scipy.interpolate takes ~0.4 s, which every `--help` that shows an
+    # experiment config (it imports the task registry) would pay otherwise
+    from scipy.interpolate import BSpline
+
     k = min(3, n_ctrl - 1)
     knots = np.concatenate([np.zeros(k), np.linspace(0.0, 1.0, n_ctrl - k + 1), np.ones(k)])
     u = np.linspace(0.0, 1.0, n_samples)
