@@ -82,6 +82,25 @@ def check_outputs(args: argparse.Namespace, names: tuple[str, ...], prog: str) -
             raise fail(f"{flag} {path}: its folder is not writable", prog)
 
 
+def check_out_dir(path: Path, prog: str, new: bool = True, flag: str = "--out") -> None:
+    """Before any work: an output folder must not be a file, must be new or empty when ``new``
+    (a folder a rerun resumes passes ``new=False``), and its parent must exist or be creatable,
+    and be writable. Folders are never replaced: a full one is refused, with or without
+    ``--overwrite``."""
+    if path.exists() and not path.is_dir():
+        raise fail(f"{flag} {path} is a file; give a folder", prog)
+    if new and path.is_dir() and any(path.iterdir()):
+        raise fail(f"{flag} {path} exists and is not an empty folder; choose a new one", prog)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise fail(f"{flag} {path}: cannot create its folder ({err.strerror})", prog) from None
+    where = path if path.is_dir() else path.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise fail(f"{flag} {path}: {'it' if where == path else 'its folder'} is not writable",
+                   prog)
+
+
 def fail(message: str, prog: str = "lookhere eval") -> SystemExit:
     """Exit 2 with argparse's message style (bad input, like a usage error)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
@@ -98,6 +117,8 @@ def check_data(folder: Path, prog: str) -> None:
         read_info(folder)
     except FileNotFoundError as err:
         raise fail(f"--data: {err}; make one with `lookhere data make`", prog) from None
+    except ValueError as err:  # a broken lookhere.json
+        raise fail(f"--data: {err}", prog) from None
 
 
 def read_data(folder: Path, limit: int | None, prog: str) -> list[Any]:
@@ -105,7 +126,10 @@ def read_data(folder: Path, limit: int | None, prog: str) -> list[Any]:
     from lookhere.data.disk import read_samples
 
     check_data(folder, prog)
-    samples = list(itertools.islice(read_samples(folder), limit))
+    try:
+        samples = list(itertools.islice(read_samples(folder), limit))
+    except ValueError as err:  # a bad row, named by file and line
+        raise fail(f"--data: {err}", prog) from None
     if not samples:
         raise fail(f"--data {folder} holds no samples", prog)
     return samples

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lookhere.cli.common import check_out_dir
 from lookhere.cli.options import add_options, build
 
 SEED = ("train.seed",)  # set by --seeds (the demo: 0)
@@ -110,6 +111,7 @@ def _demo(args: argparse.Namespace) -> int:
     config = _config(args, base=DEMO_KLAL)
     if args.workers < 1:
         raise SystemExit(f"lookhere demo: --workers must be >= 1, got {args.workers}")
+    check_out_dir(args.out, "lookhere demo")
     try:
         report = run_demo(args.out, config, progress=not args.quiet, workers=args.workers)
     except FileExistsError as err:
@@ -123,6 +125,7 @@ def _klal(args: argparse.Namespace) -> int:
     from lookhere.experiment import klal
     from lookhere.io import write_json
 
+    check_out_dir(args.out, "lookhere experiment klal", new=False)  # a rerun skips done seeds
     for seed in args.seeds:
         path = args.out / f"seed{seed}.json"
         if path.exists():
@@ -156,6 +159,7 @@ def _per_condition_seeds(args: argparse.Namespace, experiment: Any, cls: type) -
     seeds already written."""
     from lookhere.io import write_json
 
+    check_out_dir(args.out, f"lookhere experiment {args.experiment}", new=False)
     for seed in args.seeds:
         path = args.out / f"seed{seed}.json"
         if path.exists():

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from lookhere.cli.common import add_overwrite, check_out_dir, check_outputs
 from lookhere.cli.options import add_options, build
 
 PROG = "lookhere pretrain"
@@ -57,6 +58,7 @@ def _eval_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", required=True, help="model folder, or lookhere:llava-mini")
     p.add_argument("--out", type=Path, required=True, help="new JSON file for the results")
+    add_overwrite(p)
     add_options(p, PretrainedEvalConfig)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -91,6 +93,7 @@ def _train(args: argparse.Namespace) -> int:
     from lookhere.pretrain.recipe import STAGES, PretrainConfig, run
 
     _threads(args.threads)
+    check_out_dir(args.out, PROG + " train", new=False)  # a rerun resumes
     try:
         config = build(args, PretrainConfig)
     except (TypeError, ValueError) as err:
@@ -115,8 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
     from lookhere.io import write_json
 
     _threads(args.threads)
-    if args.out.exists():
-        raise fail(f"--out {args.out} exists; choose a new file (nothing is overwritten)")
+    check_outputs(args, ("out",), PROG + " eval")
     try:
         config = build(args, PretrainedEvalConfig)
     except ValueError as err:
@@ -136,6 +138,7 @@ def _card(args: argparse.Namespace) -> int:
     from lookhere.experiment.model_card import write_card
     from lookhere.experiment.pretrained import PretrainedEval
 
+    check_out_dir(args.out, PROG + " card")
     try:
         evaluation = PretrainedEval.from_json(json.loads(args.eval.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as err:

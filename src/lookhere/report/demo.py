@@ -35,6 +35,7 @@ import torch
 
 from lookhere.data.sample import Geometry, Sample
 from lookhere.experiment import heads, klal, lens
+from lookhere.io import atomic_dir
 from lookhere.report.demo_config import (  # noqa: F401 (named here too)
     DEMO_HEADS,
     DEMO_KLAL,
@@ -92,13 +93,25 @@ def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = Non
     ``heads_config=None`` / ``lens_config=None`` leave out the localization-heads / lens part.
     The lens part reuses the heads part's NTP model when that part saves its models
     (``save_models``) and trains under the same settings (`lens.ntp_mismatches`); otherwise it
-    trains its own. ``workers``: processes (1: everything in this one, in order)."""
+    trains its own. ``workers``: processes (1: everything in this one, in order).
+
+    Everything is written into a hidden temporary sibling (`lookhere.io.atomic_dir`) renamed
+    onto ``out_dir`` at the end: an interrupted demo leaves no partial report in ``out_dir``,
+    a rerun may use the same folder, and a temporary folder left by a killed run is removed."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; remove it or choose another folder")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    config = config or DEMO_KLAL
+    with atomic_dir(out_dir) as tmp:
+        report = _run_demo(tmp, config or DEMO_KLAL, progress, command, heads_config,
+                           lens_config, workers)
+    return out_dir / report.relative_to(tmp)
+
+
+def _run_demo(out_dir: Path, config: klal.KLALExperimentConfig, progress: bool, command: str,
+              heads_config: heads.HeadsExperimentConfig | None,
+              lens_config: lens.LensExperimentConfig | None, workers: int) -> Path:
     jobs = plan(config, heads_config, lens_config)
     start = time.perf_counter()
     done = run_jobs(jobs, config, heads_config, lens_config, out_dir, workers, progress)
