@@ -408,14 +408,9 @@ def _rule_rows(layout: str, seed: int, count: int = SHORTCUT_PER_SEED) -> list[t
     return rows
 
 
-# 'border''s query weights (line_tracing._QUERY_TILT) cut its strongest cues to chance on the
-# tuning seeds, but were not yet checked against every rule here on these seeds (issue 17).
-_UNVERIFIED = pytest.mark.xfail(strict=False, reason="border fix not yet verified (issue 17)")
-
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [
-    pytest.param(name, marks=_UNVERIFIED if name == "border" else ()) for name in SHORTCUT_CASES])
+@pytest.mark.parametrize("layout", list(SHORTCUT_CASES))
 def test_shortcuts_near_chance(layout):
     """No rule is a shortcut either way: one far below chance is one above it once inverted."""
     acc = shortcut_accuracies([_rule_rows(layout, seed) for seed in SHORTCUT_SEEDS])
