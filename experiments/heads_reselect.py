@@ -36,10 +36,10 @@ def main() -> None:
             print(f"{condition}: no saved model at {path}, left as it was")
             continue
         model, processor, _ = load_model(str(path), dtype=torch.float32)
-        entry.update(search_and_ground(config, model.eval(), processor, rec_test, False))
-        m = entry["rec"]["methods"]
-        print(f"{condition}: heads {entry['spec']['heads']}, pointing "
-              + ", ".join(f"{k} {100 * v['pointing']:.1f}" for k, v in m.items()))
+        spec, stable, rec = search_and_ground(config, model.eval(), processor, rec_test, False)
+        entry.update(spec=spec.to_json(), stability=stable.to_json(), rec=rec.to_json())
+        print(f"{condition}: heads {spec.heads}, pointing "
+              + ", ".join(f"{k} {100 * v.pointing:.1f}" for k, v in rec.methods.items()))
     results["config"] = config.to_json()
     out = args.results.with_name(f"{args.results.stem}.per_sample{args.per_sample}.json")
     print(f"written: {write_json(results, out)}")

@@ -54,12 +54,11 @@ def main(folder: str, figures: Path | None = None) -> None:
 
 
     if figures is not None:
-        from lookhere.experiment.heads import HeadsExperimentConfig
+        from lookhere.experiment.heads import HeadsResult
         from lookhere.report.sections import heads_figures
 
-        first = next(iter(runs.values()))
-        config = HeadsExperimentConfig.from_json(first["config"])
-        for path in heads_figures(figures, config, first).values():
+        first = HeadsResult.from_json(next(iter(runs.values())))
+        for path in heads_figures(figures, first.config, first).values():
             print(f"figure: {path}")
 
 

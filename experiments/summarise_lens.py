@@ -52,11 +52,11 @@ def main(folder: Path, figures: Path | None = None) -> None:
         for c in conds:
             print(f"{seed} {LABELS[c]} VQA by type: {r['conditions'][c]['vqa']['by_type']}")
     if figures is not None:
-        from lookhere.experiment.lens import LensExperimentConfig
+        from lookhere.experiment.lens import LensResult
         from lookhere.report.sections import lens_figures
 
-        config = LensExperimentConfig.from_json(first["config"])
-        for path in lens_figures(figures, config, first).values():
+        typed = LensResult.from_json(first)
+        for path in lens_figures(figures, typed.config, typed).values():
             print(f"figure: {path}")
 
 

@@ -1,7 +1,8 @@
 """Imports point down the layers, and no module imports itself back through others.
 
-The layers (docs/architecture.md): io → data → models → hooks (probe, capture) → losses, targets,
-maps → batching (collate) → train, heads, lens, pretrain → eval, viz → experiment → report → cli.
+The layers (docs/architecture.md): io, tables, config → data → models → hooks (probe, capture)
+→ losses, targets, maps → batching (collate) → train, heads, lens, pretrain → eval, viz →
+experiment → report → cli.
 Every ``import`` in ``src/lookhere`` counts: at module level, inside functions (lazy imports are
 arrows too) and under ``TYPE_CHECKING``. The checker is tested on a made-up package with an
 upward arrow and a cycle, so it cannot pass by finding nothing.
@@ -18,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: module prefix -> layer; the longest matching prefix wins
 LAYERS = {
-    "lookhere": 0, "lookhere.io": 0, "lookhere.tables": 0,
+    "lookhere": 0, "lookhere.io": 0, "lookhere.tables": 0, "lookhere.config": 0,
     "lookhere.data": 1,
     "lookhere.models": 2,
     "lookhere.probe": 3, "lookhere.capture": 3,

@@ -22,13 +22,14 @@ and the experiments binarise and segment maps the same way. A heatmap is one val
 from __future__ import annotations
 
 from numbers import Real
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from lookhere.models.layout import GridGeometry
+if TYPE_CHECKING:  # annotations only: configs parse thresholds here without torch
+    from lookhere.models.layout import GridGeometry
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 Threshold = str | float  # a named rule or a fraction of the peak (`segment`)
@@ -131,13 +132,16 @@ def check_map(attn_map: np.ndarray) -> np.ndarray:
 def binarise(attn_map: np.ndarray, threshold: MeanRule = "mean") -> np.ndarray:
     """Foreground cells: ``A > mean(A)`` (the paper) or ``A - 2 mean(A) > 0.001`` (the code).
 
-    A constant map has none (its float mean can round below the constant)."""
+    A constant map has none under either rule, whatever its dtype: its float mean can round
+    below the constant, which would make every cell foreground."""
     a = check_map(attn_map)
+    if threshold not in NAMED_THRESHOLDS:
+        raise ValueError(f"threshold must be 'mean' or 'two_mean', got {threshold!r}")
+    if np.ptp(a) == 0:
+        return np.zeros(a.shape, dtype=bool)
     if threshold == "mean":
-        return a > a.mean() if np.ptp(a) > 0 else np.zeros(a.shape, dtype=bool)
-    if threshold == "two_mean":
-        return a - 2.0 * a.mean() > MARGIN
-    raise ValueError(f"threshold must be 'mean' or 'two_mean', got {threshold!r}")
+        return a > a.mean()
+    return a - 2.0 * a.mean() > MARGIN
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:

@@ -6,13 +6,13 @@ import math
 from decimal import ROUND_HALF_UP, Decimal
 
 
-def pct(value: float | None, half_up: bool = False) -> str:
-    """A share in [0, 1] as a percentage with one decimal, ``"-"`` when missing (None, NaN or
-    infinite). The float's own rounding (``f"{100 * value:.1f}"``: 0.3125 -> "31.2"), or with
+def pct(value: float | None, half_up: bool = False, missing: str = "-") -> str:
+    """A share in [0, 1] as a percentage with one decimal, ``missing`` when missing (None, NaN
+    or infinite). The float's own rounding (``f"{100 * value:.1f}"``: 0.3125 -> "31.2"), or with
     ``half_up`` rounded half up from the value's decimal form, the way a person rounds
     (0.3125 -> "31.3"; the KLAL results table)."""
     if value is None or not math.isfinite(value):
-        return "-"
+        return missing
     if half_up:
         return str(_round1(Decimal(repr(float(value))) * 100))
     return f"{100 * float(value):.1f}"

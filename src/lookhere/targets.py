@@ -20,36 +20,15 @@ row newlines) and tokens of other images get 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lookhere.data.sample import Geometry, check_geometry
+from lookhere.losses.config import TargetConfig  # torch-free, beside KLALConfig; named here too
 from lookhere.models.layout import GridGeometry, SampleLayout, VisualLayout
 
 _SUB = 8  # mask coverage: sub-samples per cell side
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    """Unnormalised weights of the ground-truth map (defaults: methods.md, [ours])."""
-
-    target: float = field(default=1.0, metadata={"help": "weight of a fully covered target cell"})
-    neighbour: float = field(
-        default=0.5, metadata={"help": "weight of the 8-neighbour ring around target cells"})
-    floor: float = field(default=0.01, metadata={"help": "weight of every other cell (> 0)"})
-
-    def __post_init__(self) -> None:
-        for name in ("target", "neighbour", "floor"):
-            v = getattr(self, name)
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"TargetConfig.{name} must be finite and >= 0, got {v}")
-        if not self.target >= self.neighbour >= self.floor:
-            raise ValueError(
-                f"TargetConfig needs target >= neighbour >= floor, got {self.target}, "
-                f"{self.neighbour}, {self.floor}"
-            )
 
 
 def cell_weights(grid: GridGeometry, geometry: Geometry, config: TargetConfig = TargetConfig()

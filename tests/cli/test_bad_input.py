@@ -2,6 +2,8 @@
 traceback) naming what was wrong, before any training or search starts. Issue 17's matrix; the
 fragments are the start of each message, so a changed or lost message fails here."""
 
+import re
+
 import pytest
 
 from lookhere.cli import main
@@ -27,7 +29,9 @@ CASES = [
     (["tiny", "--family", "llava", "--seed", "abc", "--out", "{W}/t3"],
      "argument --seed: invalid int value: 'abc'"),
     (["tiny", "--family", "llava", "--out", "/proc/nowhere/m"],
-     "[Errno 2] No such file or directory: '/proc/"),
+     "--out /proc/nowhere/m: cannot create its fol"),
+    (["tiny", "--family", "llava", "--out", "{W}/exists.json"],
+     "--out {W}/exists.json is a file; give a fold"),
     (["data", "make", "nosuch", "--n", "2", "--out", "{W}/d1"],
      "lookhere data make: unknown task 'nosuch'; a"),
     (["data", "make", "shapes", "--n", "0", "--out", "{W}/d2"],
@@ -45,11 +49,17 @@ CASES = [
     (["data", "make", "shapes", "--n", "2", "--workers", "-1", "--out", "{W}/d8"],
      "lookhere data make: workers must be >= 1, go"),
     (["data", "make", "shapes", "--n", "2", "--out", "{W}/data"],
-     "lookhere data make: {W}/data exists and is n"),
+     "lookhere data make: error: --out {W}/data exists and is not an empty folder"),
+    (["data", "make", "shapes", "--n", "2", "--out", "{W}/exists.json"],
+     "lookhere data make: error: --out {W}/exists.json is a file; give a folder"),
     (["data", "make", "shapes", "--n", "2", "--set", "image_size=-5", "--out", "{W}/d9"],
      "lookhere data make: image_size must be in [5"),
     (["data", "make", "shapes", "--n", "2", "--out", "/proc/nowhere/d"],
-     "[Errno 2] No such file or directory: '/proc/"),
+     "--out /proc/nowhere/d: cannot create its fol"),
+    (["data", "sheet", "shapes", "--n", "1", "--out", "{W}/exists.json"],
+     "--out {W}/exists.json exists; pass --overwri"),
+    (["data", "sheet", "shapes", "--n", "1", "--out", "/proc/nowhere/s.png"],
+     "--out /proc/nowhere/s.png: cannot create its"),
     (["data", "sheet", "nosuch", "--out", "{W}/s1.png"],
      "lookhere data sheet: unknown task 'nosuch';"),
     (["data", "sheet", "shapes", "--n", "0", "--out", "{W}/s2.png"],
@@ -75,7 +85,7 @@ CASES = [
     (["eval", "--data", "{W}/empty"],
      "one of the arguments --predictions --model i"),
     (["eval", "--data", "{W}/data", "--predictions", "{W}/missing.json"],
-     "[Errno 2] No such file or directory: '{W}/mi"),
+     "[Errno 2] No such file or directory: '{W}/missing.json'"),
     (["eval", "--data", "{W}/data", "--predictions", "{W}/notjson.json"],
      "{W}/notjson.json:1: not valid JSON (Expectin"),
     (["eval", "--data", "{W}/data", "--predictions", "{W}/list.json"],
@@ -228,7 +238,15 @@ CASES = [
     ([*TRAIN, "{W}/p11", "--stages", "nosuch"],
      "argument --stages: invalid choice: 'nosuch'"),
     (["pretrain", "eval", "--model", "{W}/model", "--out", "{W}/exists.json"],
-     "--out {W}/exists.json exists; choose a new f"),
+     "--out {W}/exists.json exists; pass --overwri"),
+    (["pretrain", "eval", "--model", "{W}/model", "--out", "/proc/nowhere/e.json"],
+     "--out /proc/nowhere/e.json: cannot create it"),
+    ([*TRAIN, "{W}/exists.json"],
+     "--out {W}/exists.json is a file; give a fold"),
+    ([*TRAIN, "/proc/nowhere/p"],
+     "--out /proc/nowhere/p: cannot create its fol"),
+    (["pretrain", "card", "--run", "{W}/p1", "--eval", "{W}/exists.json", "--out", "{W}/model"],
+     "--out {W}/model exists and is not an empty f"),
     (["pretrain", "eval", "--model", "{W}/missing-model", "--out", "{W}/pe1.json"],
      "--model {W}/missing-model: no such local fol"),
     (["pretrain", "eval", "--model", "lookhere:nosuch", "--out", "{W}/pe2.json"],
@@ -253,6 +271,32 @@ CASES = [
      "--workers must be >= 1, got 0"),
     (["demo", "--init", "{W}/missing", "--out", "{W}/demo4"],
      "init '{W}/missing': not a checkpoint of a s"),
+    (["demo", "--out", "/proc/nowhere/demo"],
+     "--out /proc/nowhere/demo: cannot create its"),
+    (["demo", "--out", "{W}/model"],
+     "--out {W}/model exists and is not an empty f"),
+    ([*KLAL, "/proc/nowhere/k"],
+     "--out /proc/nowhere/k: cannot create its fol"),
+    (["experiment", "heads", "--out", "{W}/exists.json"],
+     "--out {W}/exists.json is a file; give a fold"),
+    (["experiment", "lens", "--out", "/proc/nowhere/l"],
+     "--out /proc/nowhere/l: cannot create its fol"),
+    (["eval", "--data", "{W}/badinfo", "--predictions", "{W}/preds.json"],
+     "--data: {W}/badinfo/lookhere.json:1: not valid JSON (Expecting"),
+    ([*EVAL_REC, "--data", "{W}/nanbox"],
+     "--data: {W}/nanbox/metadata.jsonl:1: box (nan, nan, nan, nan) must be 4 finite"),
+    ([*EVAL_REC, "--data", "{W}/inverted"],
+     "--data: {W}/inverted/metadata.jsonl:1: box (30, 30, 10, 10) is empty"),
+    ([*EVAL_REC, "--data", "{W}/outside"],
+     "--data: {W}/outside/metadata.jsonl:1: box (500, 500, 600, 600) lies outside the"),
+    ([*FIND, "--data", "{W}/dotdot", "--out", "{W}/h12.json"],
+     "--data: {W}/dotdot/metadata.jsonl:1: file_name '../../etc/passwd' lies outside"),
+    ([*GROUND, "--data", "{W}/wrongtype"],
+     "--data: {W}/wrongtype/metadata.jsonl:1: field 'question' must be a str, got int"),
+    ([*GROUND, "--data", "{W}/nokey"],
+     "--data: {W}/nokey/metadata.jsonl:1: field 'answer' is missing"),
+    ([*EVAL_REC, "--data", "{W}/short"],
+     "--data: {W}/short/metadata.jsonl has 5 rows, its lookhere.json says n = 6"),
     (["nosuch"],
      "argument command: invalid choice: 'nosuch' ("),
 ]
@@ -284,11 +328,63 @@ def workspace(tmp_path_factory):
     (w / "exists.json").write_text("{}")
     Image.new("RGB", (64, 48), "white").save(w / "img.png")
     Image.new("1", (12000, 9000)).save(w / "huge.png")  # 108 M pixels in a small file
+    _broken_copies(w)
     return w
+
+
+def _broken_copies(w):
+    """Copies of the REC folder, each with one broken lookhere.json or metadata row."""
+    import json
+    import shutil
+
+    def first_box(box):
+        return lambda rows: [{**rows[0], "geometry": json.dumps(
+            {**json.loads(rows[0]["geometry"]), "boxes": [box]})}, *rows[1:]]
+
+    changes = {
+        "nanbox": first_box([float("nan")] * 4), "inverted": first_box([30, 30, 10, 10]),
+        "outside": first_box([500, 500, 600, 600]),
+        "dotdot": lambda rows: [{**rows[0], "file_name": "../../etc/passwd"}, *rows[1:]],
+        "wrongtype": lambda rows: [{**rows[0], "question": 5}, *rows[1:]],
+        "nokey": lambda rows: [{k: v for k, v in rows[0].items() if k != "answer"}, *rows[1:]],
+        "short": lambda rows: rows[:-1], "badinfo": lambda rows: rows,
+    }
+    for name, change in changes.items():
+        shutil.copytree(w / "rec", w / name)
+        meta = w / name / "metadata.jsonl"
+        rows = [json.loads(line) for line in meta.read_text().splitlines() if line]
+        meta.write_text("".join(json.dumps(r) + "\n" for r in change(rows)))
+    (w / "badinfo" / "lookhere.json").write_text("{bad")
+
+
+def _names_argument(argv: list[str], message: str) -> bool:
+    """The message names an option (``--x``), the field an option sets (``--klal-weight`` ->
+    ``weight``, ``--bottom-row-limit`` -> ``bottom_row_limit``), or a file or value given."""
+    if "--" in message:
+        return True
+    for a in argv:
+        if a.startswith("--"):
+            name = a[2:]
+            names = {name, name.replace("-", "_"), name.split("-")[-1]}
+            if any(re.search(rf"\b{re.escape(n)}\b", message) for n in names):
+                return True
+        elif len(a) > 2 and a in message:
+            return True
+    return False
+
+
+def test_names_argument_check_can_fail():
+    assert not _names_argument(["data", "make", "--n", "0"], "must be a positive int")
+    assert not _names_argument(["eval", "--limit", "0"], "expected an integer >= 1, got 0")
 
 
 def test_matrix_is_large():
     assert len(CASES) >= 80
+
+
+@pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
+def test_message_names_the_argument_or_file(argv, message):
+    assert _names_argument(argv, message)
 
 
 @pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a)[:60] for a, _ in CASES])

@@ -119,7 +119,7 @@ BAD_ROWS = {
     "not JSON": (lambda r: "{oops", "not valid JSON"),
     "a list": (lambda r: "[1, 2]", "expected a JSON object"),
     "no question": (lambda r: {k: v for k, v in r.items() if k != "question"},
-                    "field 'question' must be a str"),
+                    "field 'question' is missing"),
     "answer a number": (lambda r: {**r, "answer": 3}, "field 'answer' must be a str"),
     "path outside": (lambda r: {**r, "file_name": "../../etc/passwd"},
                      "lies outside the dataset folder"),
@@ -148,3 +148,14 @@ def test_read_samples_checks_the_count(tmp_path):
     path.write_text("\n".join(path.read_text().splitlines()[:2]) + "\n\n")  # a blank line is fine
     with pytest.raises(ValueError, match="has 2 rows, its lookhere.json says n = 3"):
         list(read_samples(out))
+
+
+def test_read_info_names_the_file_and_line(tmp_path):
+    """A broken lookhere.json was a bare JSONDecodeError naming neither (issue 17)."""
+    assert main(["data", "make", "_test_dot", "--n", "2", "--out", str(tmp_path / "d")]) == 0
+    (tmp_path / "d" / "lookhere.json").write_text('{\n  "n": 2,\n  bad\n}')
+    with pytest.raises(ValueError, match=r"d/lookhere\.json:3: not valid JSON"):
+        read_info(tmp_path / "d")
+    (tmp_path / "d" / "lookhere.json").write_text('{"n": "2"}')
+    with pytest.raises(ValueError, match=r"lookhere\.json: expected a JSON object whose 'n'"):
+        read_info(tmp_path / "d")

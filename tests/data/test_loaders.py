@@ -222,18 +222,24 @@ def test_python2_pickle_converts_the_same(tmp_path):
 
 
 def test_cli_convert(tmp_path, capsys):
+    """`lookhere data convert-refs`, the one command-line converter."""
+    from lookhere.cli import main
+
     dst = tmp_path / "out.json"
-    assert rc.main(["convert", str(REFS_P), str(dst)]) == 0
+    assert main(["data", "convert-refs", str(REFS_P), str(dst)]) == 0
     assert capsys.readouterr().out.strip() == str(dst)
     assert len(rc.load_refs(dst)) == 6
     src = tmp_path / "refs(unc).p"
     shutil.copy(REFS_P, src)
-    rc.main(["convert", str(src)])  # default destination: the .json beside it
+    main(["data", "convert-refs", str(src)])  # default destination: the .json beside it
     assert (tmp_path / "refs(unc).json").is_file()
     capsys.readouterr()
-    assert rc.main(["convert", str(src)]) == 1  # exists: an error message, no traceback
-    assert "overwrite" in capsys.readouterr().err
-    assert rc.main(["convert", str(FIX / "evil" / "os_system.p"), str(tmp_path / "e.json")]) == 1
+    with pytest.raises(SystemExit) as stop:  # exists: an error message, no traceback
+        main(["data", "convert-refs", str(src)])
+    assert stop.value.code == 2 and "overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["data", "convert-refs", str(FIX / "evil" / "os_system.p"), str(tmp_path / "e.json")])
+    assert stop.value.code == 2
     assert "posix.system" in capsys.readouterr().err and not (tmp_path / "e.json").exists()
 
 

@@ -8,7 +8,13 @@ import pytest
 from lookhere.cli import main
 from lookhere.eval.scoring import score_answer
 from lookhere.experiment.heads import HeadsExperimentConfig
-from lookhere.experiment.klal import TASKS, KLALExperimentConfig, held_out_split, train_split
+from lookhere.experiment.klal import (
+    TASKS,
+    KLALExperimentConfig,
+    KLALResult,
+    held_out_split,
+    train_split,
+)
 from lookhere.experiment.lens import LensExperimentConfig
 from lookhere.experiment.training import TrainSpec
 from lookhere.models import tiny
@@ -182,6 +188,10 @@ def test_cli_experiment(tmp_path, capsys, cli_error):
     data = json.loads((tmp_path / "seed0.json").read_text())
     assert data["settings"]["klal"]["tasks"] == ["line_intersection"]
     assert set(data["tasks"]["line_intersection"]) == {"ntp", "klal"}
+    back = KLALResult.from_json(data)  # the typed result reads its file back, to the same JSON
+    assert json.loads(json.dumps(back.to_json())) == {k: data[k] for k in ("tasks", "examples")}
+    entry = back.tasks["line_intersection"]["klal"]
+    assert entry.train.steps == 1 and entry.n == 2 and "klal_loss" in entry.train.log[0]
     assert main(args) == 0  # an existing seed file is skipped, not overwritten
     assert "skipped" in capsys.readouterr().out
     assert "weight" in cli_error(["demo", "--out", tmp_path / "d", "--klal-weight", "-1"])
@@ -209,12 +219,12 @@ def test_fine_tunes_a_checkpoint(tmp_path):
                           atol=1e-6)
     fresh, _ = TrainSpec(**TRAIN).build_model()  # seed 0's random weights differ
     assert not torch.allclose(dict(fresh.named_parameters())[name], saved[name], atol=1e-3)
-    assert record["steps"] == 1
+    assert record.steps == 1
     # the weights are fixed, so the seed orders the batches: seeds 0 and 1 are two runs
     pool = train_split(tiny_config(train=replace(spec, steps=20)), "grid_patch")  # 40 samples
     logs = [train_one(tiny_config(train=replace(spec, lr=1e-3, steps=2, seed=seed),
                                   tasks=("grid_patch",)), "ntp", pool, tmp_path / f"s{seed}",
-                      progress=False)[2]["log"][0]["loss"] for seed in (0, 1, 0)]
+                      progress=False)[2].log[0]["loss"] for seed in (0, 1, 0)]
     assert logs[0] != logs[1] and logs[0] == logs[2]
     with pytest.raises(ValueError, match="init .*not a checkpoint"):
         TrainSpec(**{**TRAIN, "init": str(tmp_path / "missing")})

@@ -50,22 +50,25 @@ def test_splits_are_disjoint():
 
 def test_stability_by_hand():
     a, b, c = [(2, 0), (2, 1), (3, 0)], [(2, 1), (2, 0), (3, 0)], [(2, 0), (3, 3), (3, 2)]
-    assert stability([a, b]) == {"heads": [[[2, 0], [2, 1], [3, 0]], [[2, 1], [2, 0], [3, 0]]],
-                                 "mean_overlap": 1.0, "identical": True}  # same set
+    assert stability([a, b]).to_json() == {
+        "heads": [[[2, 0], [2, 1], [3, 0]], [[2, 1], [2, 0], [3, 0]]], "mean_overlap": 1.0,
+        "identical": True}  # same set
     # pairs: (a, b) 3/3, (a, c) 1/3, (b, c) 1/3
-    assert stability([a, b, c])["mean_overlap"] == pytest.approx(5 / 9)
-    assert stability([a, b, c])["identical"] is False
-    assert stability([a])["mean_overlap"] == 1.0
+    assert stability([a, b, c]).mean_overlap == pytest.approx(5 / 9)
+    assert stability([a, b, c]).identical is False
+    assert stability([a]).mean_overlap == 1.0
 
 
 @pytest.mark.slow
 def test_run_records_every_condition(tmp_path):
     cfg = tiny_config()
     seen = []
-    res = heads.run(cfg, tmp_path, progress=False, on_result=lambda c, e: seen.append(c))
-    assert seen == list(heads.CONDITIONS) == list(res["conditions"])
-    json.dumps(res)  # JSON-able as it is (the CLI writes it)
-    assert HeadsExperimentConfig.from_json(json.loads(json.dumps(res["config"]))) == cfg
+    typed = heads.run(cfg, tmp_path, progress=False, on_result=lambda c, e: seen.append(c))
+    assert seen == list(heads.CONDITIONS) == list(typed.conditions)
+    res = json.loads(json.dumps(typed.to_json()))  # the file the CLI writes
+    back = heads.HeadsResult.from_json(res)  # read back: the same result, the same JSON
+    assert back.config == cfg and json.loads(json.dumps(back.to_json())) == res
+    assert back.conditions["ntp"].spec == typed.conditions["ntp"].spec
     ids = res["examples"]["ids"]
     assert ids == [s.id for s in held_out_splits(cfg)[1][:2]]
     for cond, entry in res["conditions"].items():

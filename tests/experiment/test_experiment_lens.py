@@ -22,7 +22,7 @@ from lookhere.experiment.lens import (
     reference_scores,
     train_split,
 )
-from lookhere.experiment.training import TrainSpec
+from lookhere.experiment.training import TrainRecord, TrainSpec
 from lookhere.lens import lens_maps
 from lookhere.models import get_adapter, tiny
 from lookhere.report.sections import lens_figures
@@ -66,16 +66,18 @@ def finished(tmp_path_factory):
         cfg = tiny_config()
         seen = []
         out = tmp_path_factory.mktemp("lens")
-        res = lens.run(cfg, out, progress=False, on_result=lambda c, e: seen.append(c))
-        figures = lens_figures(out, cfg, res)
-    return cfg, res, seen, models, figures
+        typed = lens.run(cfg, out, progress=False, on_result=lambda c, e: seen.append(c))
+        figures = lens_figures(out, cfg, typed)
+    res = json.loads(json.dumps(typed.to_json()))  # the file the CLI writes
+    return cfg, res, seen, models, figures, typed
 
 
 def test_run_records_every_condition(finished):
-    cfg, res, seen, _, _ = finished
-    assert seen == list(lens.CONDITIONS) == list(res["conditions"])
-    json.dumps(res)  # JSON-able as it is (the CLI writes it)
-    assert LensExperimentConfig.from_json(json.loads(json.dumps(res["config"]))) == cfg
+    cfg, res, seen, _, _, typed = finished
+    assert seen == list(lens.CONDITIONS) == list(typed.conditions)
+    back = lens.LensResult.from_json(res)  # read back: the same result, the same JSON
+    assert back.config == cfg and json.loads(json.dumps(back.to_json())) == res
+    assert back.conditions["lll"].lens[3]["all"] == typed.conditions["lll"].lens[3]["all"]
     assert res["layers"] == [0, 1, 2, 3]
     lens_test = held_out_splits(cfg)[1]
     n_kind = {k: sum(r[0] == k for s in lens_test for r in concept_regions(s))
@@ -102,7 +104,7 @@ def test_run_records_every_condition(finished):
 def test_conditions_train_with_their_lll_weight(finished):
     """Same initial weights and batches: step 1 (before any update) logs the same NTP and LLL in
     both runs; 'ntp' trains on NTP alone (LLL monitored), 'lll' on NTP + mu LLL."""
-    _, res, _, _, _ = finished
+    _, res, _, _, _, _ = finished
     ntp, lll = (res["conditions"][c]["train"] for c in ("ntp", "lll"))
     assert ntp["lll"]["weight"] == 0 and ntp["lll"]["monitor"] is True
     assert lll["lll"]["weight"] == MU and lll["lll"]["layer"] == -1
@@ -123,7 +125,7 @@ def test_scores_match_a_hand_recomputation(finished, condition):
     """From the trained model: the lens maps, then by hand: cells above the map's mean, each a
     14 x 14 pixel block (112 px image, 8 x 8 grid, no resize); IoU with the union of the
     objects carrying the word; the peak cell's centre in that union."""
-    cfg, res, _, models, _ = finished
+    cfg, res, _, models, _, _ = finished
     model, processor = models[condition]
     samples = held_out_splits(cfg)[1]
     words = [w for k in lens.KINDS for w in cfg.vocabulary()[k]]
@@ -179,19 +181,20 @@ def test_lens_scores_every_family(family):
     samples = held_out_splits(cfg)[1]
     scores, examples = lens.lens_scores(cfg, model, processor, samples)
     n = {k: sum(r[0] == k for s in samples for r in concept_regions(s)) for k in lens.KINDS}
-    assert set(scores) == {"0", "1"}
+    assert set(scores) == {0, 1}
     for per in scores.values():
-        assert per["all"]["n"] == n["shape"] + n["colour"] and per["shape"]["n"] == n["shape"]
-        assert all(0 <= per[k][m] <= 1 for k in per for m in ("mIoU", "cIoU", "pointing"))
+        assert per["all"].n == n["shape"] + n["colour"] and per["shape"].n == n["shape"]
+        assert all(0 <= getattr(per[k], m) <= 1 for k in per for m in ("mIoU", "cIoU",
+                                                                          "pointing"))
     assert len(examples) == 2
     for ex in examples:
-        x0, y0, x1, y1 = ex["extent"]
+        x0, y0, x1, y1 = ex.extent
         assert x0 <= 0 and y0 <= 0 and x1 >= 56 and y1 >= 56
-        assert np.asarray(ex["maps"]["1"]).ndim == 2
+        assert np.asarray(ex.maps[1]).ndim == 2
 
 
 def test_figures(finished):
-    _, _, _, _, figures = finished
+    _, _, _, _, figures, _ = finished
     assert len(figures) == 2
     for caption, path in figures.items():
         assert caption and path.exists() and path.stat().st_size > 1000
@@ -202,29 +205,28 @@ def test_figure_columns_put_ntp_first(finished, tmp_path, monkeypatch):
     """image | NTP | NTP+LLL for each layer, whichever condition ran first."""
     import lookhere.report.sections as sections
 
-    cfg, res, _, _, _ = finished
+    cfg, res, _, _, _, typed = finished
     seen = []
     monkeypatch.setattr(sections, "plot_attention_maps",
                         lambda rows, path, *a, **k: seen.append(rows) or path)
-    maps = res["examples"]["maps"]
-    flipped = {**res, "examples": {**res["examples"], "maps": {"lll": maps["lll"],
-                                                               "ntp": maps["ntp"]}}}
+    maps = typed.maps
+    flipped = replace(typed, maps={"lll": maps["lll"], "ntp": maps["ntp"]})
     sections.lens_figures(tmp_path, cfg, flipped)
     assert list(seen[0][0]["maps"]) == ["NTP L1", "NTP+LLL L1", "NTP L3", "NTP+LLL L3"]
-    assert seen[0][1]["maps"]["NTP+LLL L3"] == maps["lll"][1]["maps"]["3"]
+    assert seen[0][1]["maps"]["NTP+LLL L3"] == res["examples"]["maps"]["lll"][1]["maps"]["3"]
 
 
 def test_heads_ntp_model_is_the_lens_ntp_model(finished, tmp_path):
     """The heads experiment's NTP run (KLAL monitored, KLAL targets in the batches) with the same
     training settings trains the very same model as this experiment's (LLL monitored): equal
     parameters; given to `run` as ``trained``, it gives the same scores as training here."""
-    cfg, res, _, models, _ = finished
+    cfg, res, _, models, _, _ = finished
     hcfg = HeadsExperimentConfig(train=TrainSpec(**TRAIN), search_samples=4,
                                  search_repeats=1, test_samples=2, vqa_samples=2)
     assert lens.ntp_mismatches(cfg, hcfg) == []
     model, processor, record = heads.prepare_model(hcfg, "ntp", heads.train_split(hcfg),
                                                    tmp_path, progress=False)
-    assert "klal_loss" in record["log"][0] and "lll_loss" not in record["log"][0]
+    assert "klal_loss" in record.log[0] and "lll_loss" not in record.log[0]
     ours = dict(models["ntp"][0].named_parameters())
     theirs = dict(model.named_parameters())
     init = dict(tiny.build_tiny("llava", "test4", seed=0)[0].named_parameters())
@@ -234,17 +236,18 @@ def test_heads_ntp_model_is_the_lens_ntp_model(finished, tmp_path):
     given = lens.Trained(model, processor, record, hcfg, source="heads")
     again = lens.run(replace(cfg, conditions=("ntp",)), tmp_path / "lens", progress=False,
                      trained={"ntp": given})
+    again = json.loads(json.dumps(again.to_json()))
     entry, trained_here = again["conditions"]["ntp"], res["conditions"]["ntp"]
     assert entry["lens"] == trained_here["lens"] and entry["vqa"] == trained_here["vqa"]
     assert again["examples"]["maps"]["ntp"] == res["examples"]["maps"]["ntp"]
-    assert entry["train"]["reused_from"] == "heads" and entry["train"]["log"] == record["log"]
+    assert entry["train"]["reused_from"] == "heads" and entry["train"]["log"] == record.log
     assert entry["train"]["lll"]["weight"] == 0 and entry["train"]["lll"]["monitor"] is False
 
 
 def test_trained_errors(finished):
-    cfg, _, _, models, _ = finished
+    cfg, _, _, models, _, _ = finished
     hcfg = HeadsExperimentConfig(train=TrainSpec(**TRAIN))
-    given = lens.Trained(*models["ntp"], {"steps": 2}, hcfg)
+    given = lens.Trained(*models["ntp"], TrainRecord(steps=2), hcfg)
     other_data = replace(hcfg, train=replace(hcfg.train, data_seed=1))
     cases = [({"lll": given}, cfg, "only the 'ntp'"),
              ({"ntp": given}, replace(cfg, conditions=("lll",)), "not in config.conditions"),
@@ -252,10 +255,10 @@ def test_trained_errors(finished):
              ({"ntp": replace(given, config=replace(hcfg, shapes_options={"max_objects": 3}))},
               cfg, "Shapes VQA settings"),
              ({"ntp": replace(given, config=KLALExperimentConfig(train=TrainSpec(**TRAIN)))},
-              cfg, "Shapes VQA settings: '<missing>'"),
-             ({"ntp": replace(given, config=object())}, cfg, "steps: '<missing>'")]
+              cfg, "Shapes experiment's config .heads or lens., got KLALExperimentConfig"),
+             ({"ntp": replace(given, config=object())}, cfg, "got object")]
     for trained, config, match in cases:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises((ValueError, TypeError), match=match):
             lens.run(config, "unused", progress=False, trained=trained)
 
 
@@ -273,9 +276,9 @@ def test_concept_regions_and_reference_by_hand():
     total = sum(object_mask(o, s.image.size).sum() for o in objs)  # objects never overlap
     assert sum(r[2].sum() for r in regions if r[0] == "shape") == total
     ref = reference_scores([s])
-    assert ref["colour"]["region_share"] == pytest.approx(
+    assert ref["colour"].region_share == pytest.approx(
         np.mean([r[2].mean() for r in regions if r[0] == "colour"]))
-    assert ref["all"]["object_share"] == pytest.approx(total / 112**2)
+    assert ref["all"].object_share == pytest.approx(total / 112**2)
 
 
 def test_splits_are_disjoint():

@@ -20,7 +20,7 @@ from lookhere.experiment.pretrained import (
 )
 from lookhere.models import load_pretrained
 from lookhere.models.adapter import get_adapter
-from lookhere.models.pretrained import WEIGHTS
+from lookhere.models.pretrained import SHIPPED, WEIGHTS
 
 FOLDER = WEIGHTS / "llava-mini"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,3 +61,22 @@ def test_regenerates_stored_answers(shipped, group):
     answers = generate_answers(model, processor, get_adapter(model), samples, batch_size=n,
                                max_new_tokens=budget, progress=False)
     assert {s.id: [s.question, s.answer, answers[s.id]] for s in samples[:len(stored)]} == stored
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shape_read_without_transformers_is_transformers_shape(name):
+    """A shipped checkpoint's shape comes from its config.json and `SHIPPED`'s family, without
+    transformers (so the demo's config builds for `lookhere demo --help`): every value equals
+    what AutoConfig and the adapters read, including the defaults AutoConfig fills in."""
+    from lookhere.experiment.config import _config_shape, checkpoint_shape
+
+    fast = checkpoint_shape.__wrapped__(f"lookhere:{name}")
+    assert fast == _config_shape(str(WEIGHTS / name))
+    assert fast.family == SHIPPED[name] and fast.layers > 2
+
+
+def test_unknown_shipped_name_is_refused_as_init():
+    from lookhere.experiment.config import checkpoint_shape
+
+    with pytest.raises(ValueError, match="init 'lookhere:nope'.*unknown shipped checkpoint"):
+        checkpoint_shape("lookhere:nope")

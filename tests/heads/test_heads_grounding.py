@@ -123,33 +123,73 @@ def test_grounding_keeps_maps_and_its_grid():
     assert replace(out, pixel_mask=own).image_mask() is own
 
 
-def reflect_blur(a, sigma):
-    """A separable Gaussian over a 4-sigma window, borders reflected with the edge cell repeated
-    (d c b a | a b c d | d c b a), written out by hand."""
-    radius = int(4 * sigma + 0.5)
+def blur(a, sigma, radius=None, border="reflect"):
+    """A separable Gaussian written out by hand: weights ``exp(-x^2 / 2 sigma^2)`` over
+    ``radius`` taps each side (default a 4-sigma window, ``int(4 sigma + 0.5)``), normalised to
+    1. Borders ``"reflect"`` repeat the edge cell (d c b a | a b c d | d c b a), ``"mirror"``
+    does not (d c b | a b c d | c b a); both fold again for a window wider than the grid."""
+    radius = int(4 * sigma + 0.5) if radius is None else radius
     x = np.arange(-radius, radius + 1)
     w = np.exp(-0.5 * (x / sigma) ** 2)
     w /= w.sum()
+    a = np.asarray(a, dtype=np.float64)
     for axis in (0, 1):
         n = a.shape[axis]
         idx = np.arange(-radius, n + radius)
-        idx = np.where(idx < 0, -idx - 1, idx)
-        idx = np.where(idx >= n, 2 * n - idx - 1, idx)
+        if border == "reflect":  # period 2n: a b c d d c b a
+            idx = np.mod(idx, 2 * n)
+            idx = np.where(idx >= n, 2 * n - 1 - idx, idx)
+        else:  # period 2n - 2: a b c d c b
+            idx = np.mod(idx, max(2 * n - 2, 1))
+            idx = np.where(idx >= n, 2 * n - 2 - idx, idx)
         padded = np.take(a, idx, axis=axis)
         a = sum(w[k] * np.take(padded, np.arange(k, k + n), axis=axis)
                 for k in range(2 * radius + 1))
     return a
 
 
-def test_all_components_smooth_as_the_authors_code():
-    """component="all" smooths as scipy's defaults do (the authors' code), checked against
-    `reflect_blur`; the paper path keeps its 7-tap mirrored kernel."""
+def described_all_components(maps, sigma):
+    """The authors' box, as described: every head's map blurred (`blur`, scipy's defaults) and
+    summed; the foreground is the cells above the sum's mean (the whole grid when none); the box
+    in cells (end exclusive) covers every foreground cell."""
+    heat = sum(blur(m, sigma) for m in maps)
+    fg = heat > heat.mean()
+    fg = fg if fg.any() else np.ones_like(fg)
+    rows, cols = np.nonzero(fg)
+    return heat, fg, (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+
+
+def test_all_components_are_the_authors_rule():
+    """component="all" (the authors' code) against `described_all_components` on 400 draws of
+    1-4 head maps, grids of 1 x 1 to 12 x 12 (many narrower than the blur's window), sigma 0.5 to
+    2.5, float32 and float64; the paper path keeps its 7-tap mirrored kernel."""
+    for seed in range(400):
+        rng = np.random.default_rng(seed)
+        rows, cols, k = int(rng.integers(1, 13)), int(rng.integers(1, 13)), int(rng.integers(1, 5))
+        g = GridGeometry(rows=rows, cols=cols, cell_size=(10.0, 10.0), scale=(1.0, 1.0),
+                         offset=(0.0, 0.0), image_size=(10 * cols, 10 * rows))
+        maps = (rng.random((k, rows, cols)) ** 3).astype(np.float32 if seed % 2 else np.float64)
+        sigma = float(rng.uniform(0.5, 2.5))
+        heat, fg, box = described_all_components(maps, sigma)
+        out = ground(maps, g, sigma=sigma, component="all")
+        np.testing.assert_allclose(out.heatmap, heat, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(out.mask, fg)
+        assert out.grid_box == box
+
+
+@pytest.mark.parametrize("changed", [{"border": "mirror"}, {"radius": 3}])
+def test_all_components_comparison_catches_a_changed_blur(changed):
+    """A blur with mirrored borders or 7 taps (the paper path's) gives other heatmaps than
+    scipy's defaults, so `test_all_components_are_the_authors_rule` would catch either."""
     rng = np.random.default_rng(3)
     g = GridGeometry(rows=6, cols=9, cell_size=(10.0, 10.0), scale=(1.0, 1.0),
                      offset=(0.0, 0.0), image_size=(90, 60))
     maps = rng.random((2, 6, 9))
-    for sigma in (0.7, 1.0, 1.6):
-        want = reflect_blur(maps[0], sigma) + reflect_blur(maps[1], sigma)
-        np.testing.assert_allclose(ground(maps, g, sigma=sigma, component="all").heatmap, want,
-                                   rtol=1e-12, atol=1e-12)
-        assert not np.allclose(ground(maps, g, sigma=sigma).heatmap, want)
+    for sigma in (1.0, 1.6):
+        got = ground(maps, g, sigma=sigma, component="all").heatmap
+        assert not np.allclose(got, sum(blur(m, sigma, **changed) for m in maps))
+        paper = ground(maps, g, sigma=sigma).heatmap
+        assert not np.allclose(paper, got)
+        # and `blur` is right about the paper path's kernel, so its variants are real ones
+        np.testing.assert_allclose(paper, sum(blur(m, sigma, 3, "mirror") for m in maps),
+                                   rtol=1e-12)

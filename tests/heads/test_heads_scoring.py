@@ -2,6 +2,7 @@
 curves with a known knee for tau, hand-computed pooling over grids; the HeadScores container."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def brute_components(mask):
 
 def brute_entropy(a, threshold="mean", weight="area"):
     if weight == "mass":
-        return authors_reference(a, threshold)
+        return described_authors_entropy(a, threshold)
     mean = sum(a.ravel()) / a.size
     mask = a > mean if threshold == "mean" else a - 2 * mean > 1e-3
     comps = brute_components(mask)
@@ -56,22 +57,50 @@ def brute_entropy(a, threshold="mean", weight="area"):
     return -sum(s / total * math.log(s / total) for s in shares if s > 0)
 
 
-def authors_reference(a, threshold="two_mean"):
-    """The authors' ``spatial_entropy`` (seilk/LocalizationHeads), step by step in torch and
-    scipy as they write it, in float64: B = relu(S - k * mean), components of B > 0.001, each
-    component's sum of B over the whole map's sum of B, 0 when no component, inf when no mass."""
-    from scipy.ndimage import label
-
-    s_h = torch.as_tensor(a, dtype=torch.float64)
-    b_h = torch.relu(s_h - (2 if threshold == "two_mean" else 1) * torch.mean(s_h))
-    b_np = b_h.numpy()
-    labeled, num = label((b_np > 0.001).astype(np.int32), structure=np.ones((3, 3)))
-    total = torch.sum(b_h).item()
-    if total <= 0:
+def described_authors_entropy(a, threshold="two_mean", *, share_of="map", weights="excess",
+                              margin=1e-3, empty=0.0):
+    """The authors' spatial entropy as issue 17 describes it, in exact arithmetic: each cell
+    weighs ``relu(A - k * mean)`` (k = 2 for "two_mean", 1 for "mean"); the components are the
+    8-connected cells whose weight exceeds the 0.001 margin; each component's share is its
+    weight over the weight of the *whole* map; inf when the map has no weight, 0.0 (their bug)
+    when it has weight but no component. The keyword arguments change one rule each, for the
+    test that the comparison would catch a change: ``share_of="components"`` (shares over the
+    components only), ``weights="attention"`` (A instead of the excess), ``margin`` and
+    ``empty`` (the value with no component)."""
+    cells = [[Fraction(float(v)) for v in row] for row in np.asarray(a)]
+    mean = sum(sum(row) for row in cells) / a.size  # exact: a constant map's mean is itself
+    k = 2 if threshold == "two_mean" else 1
+    excess = [[max(v - k * mean, Fraction(0)) for v in row] for row in cells]
+    w = excess if weights == "excess" else cells
+    comps = brute_components(np.array([[v > Fraction(margin) for v in row] for row in excess]))
+    sums = [sum(w[y][x] for y, x in c) for c in comps]
+    total = sum(sum(row) for row in w) if share_of == "map" else sum(sums)
+    if not sum(sum(row) for row in excess) > 0:
         return math.inf
-    sums = [b_np[labeled == i].sum() for i in range(1, num + 1)]
-    probs = [x / total for x in sums if x > 0]
-    return -sum(p * np.log(p) for p in probs if p > 0) if probs else 0
+    if not comps:
+        return empty
+    return -sum(float(s / total) * math.log(float(s / total)) for s in sums if s > 0)
+
+
+def map_corpus(rng, count, dtype):
+    """``count`` maps of every kind the authors' rule separates, in ``dtype``: dense, peaky
+    (a few hot cells on a low floor), low (weights at or below the 0.001 margin), ties (a few
+    exact binary levels, so whole regions sit exactly at the mean or at twice it), constant."""
+    maps = []
+    for i in range(count):
+        shape = (int(rng.integers(1, 13)), int(rng.integers(1, 13)))
+        kind = i % 5
+        a = rng.random(shape)
+        if kind == 1:
+            a = np.where(rng.random(shape) < 0.15, a * 10, a * 0.01)
+        elif kind == 2:
+            a = a * 10 ** -rng.uniform(1.5, 3.5)
+        elif kind == 3:
+            a = rng.choice([0.0, 0.25, 0.5, 1.0], size=shape, p=[0.4, 0.3, 0.2, 0.1])
+        elif kind == 4:
+            a = np.full(shape, rng.random() * 10 ** -rng.uniform(0, 3))
+        maps.append(a.astype(dtype))
+    return maps
 
 
 @settings(max_examples=60, deadline=None)
@@ -106,36 +135,76 @@ def test_entropy_known_values():
     assert spatial_entropy(np.ones((4, 5))) == math.inf  # nothing above the mean
 
 
-def test_constant_maps_have_no_foreground():
-    """A constant float64 map has no cell above its mean even where the computed mean rounds
-    below the constant (it did for 22-36% of constants), so its entropy is inf, not 0."""
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_constant_maps_have_no_foreground(dtype):
+    """A constant map has no foreground and entropy inf under every threshold and weight, in
+    every dtype, even where its computed float mean rounds below the constant (for 22-36% of
+    float64 constants), which made the mean rule score 0."""
     rng = np.random.default_rng(0)
     rounded_below = 0
-    for _ in range(200):
-        a = np.full((int(rng.integers(2, 24)), int(rng.integers(2, 24))), rng.random())
-        rounded_below += a.mean() < a[0, 0]
-        assert spatial_entropy(a) == math.inf and not binarise(a).any()
-    assert rounded_below > 10  # the case the rule guards is really exercised
+    for i in range(120):
+        value = rng.random() * 10 ** rng.uniform(-4, 2) * (-1 if i % 7 == 0 else 1)
+        a = np.full((int(rng.integers(1, 24)), int(rng.integers(1, 24))), value).astype(dtype)
+        rounded_below += np.float64(a).mean() < np.float64(a[0, 0])
+        for threshold in ("mean", "two_mean"):
+            assert not binarise(a, threshold).any()
+            for weight in ("area", "mass"):
+                assert spatial_entropy(a, threshold, weight) == math.inf, (a, threshold, weight)
+    if dtype is np.float64:
+        assert rounded_below > 10  # the case the rule guards is really exercised
 
 
-@pytest.mark.parametrize("threshold", ["mean", "two_mean"])
-def test_mass_weight_is_the_authors_code(threshold):
-    """weight="mass" against the transcription of the authors' function on 300 maps: dense,
-    peaky, and low maps whose cells barely clear (or miss) the 0.001 margin, where their code
-    divides by mass outside every component and returns 0.0 with no component."""
-    rng = np.random.default_rng(1)
-    zero_cases = 0
-    for i in range(300):
-        shape = (int(rng.integers(2, 14)), int(rng.integers(2, 14)))
-        a = rng.random(shape)
-        if i % 3 == 1:
-            a = np.where(rng.random(shape) < 0.15, a * 10, a * 0.01)
-        if i % 3 == 2:
-            a = a * 10 ** -rng.uniform(1.5, 3.5)  # B mostly at or below the margin
-        got, want = spatial_entropy(a, threshold, "mass"), authors_reference(a, threshold)
-        assert got == pytest.approx(want, abs=1e-12) or (math.isinf(got) and math.isinf(want))
-        zero_cases += want == 0 and not binarise(a, "two_mean").any()
-    assert zero_cases > 0  # their 0.0-without-component case occurs and is reproduced
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threshold", ["two_mean", "mean"])
+def test_mass_weight_is_the_authors_rule(threshold, dtype):
+    """weight="mass" equals the authors' rule as described (`described_authors_entropy`, exact
+    arithmetic) on 500 maps of 5 seeds: dense, peaky, low maps whose cells barely clear (or
+    miss) the 0.001 margin, maps with exact ties at the mean and at twice it, constant maps."""
+    seen = {"inf": 0, "their 0.0": 0, "mass outside components": 0, "several components": 0}
+    for seed in range(5):
+        for a in map_corpus(np.random.default_rng(seed), 100, dtype):
+            got, want = spatial_entropy(a, threshold, "mass"), described_authors_entropy(
+                a, threshold)
+            assert got == pytest.approx(want, abs=1e-12) or got == want == math.inf, (a, got, want)
+            k = 2 if threshold == "two_mean" else 1
+            b = np.maximum(np.float64(a) - k * np.float64(a).mean(), 0)
+            fg = b > 1e-3
+            seen["inf"] += want == math.inf
+            seen["their 0.0"] += want == 0.0 and b.sum() > 0 and not fg.any()
+            seen["mass outside components"] += fg.any() and b[~fg].sum() > 0
+            seen["several components"] += components(fg)[1] > 1
+    assert min(seen.values()) > 0, seen  # every case of the rule is exercised
+
+
+@pytest.mark.parametrize("change", [
+    {"share_of": "components"}, {"weights": "attention"}, {"empty": math.inf}, {"margin": 0.0},
+    {"threshold": "mean"}])
+def test_mass_comparison_catches_a_changed_rule(change):
+    """Each one-rule change to the described rule disagrees with weight="mass" on the corpus,
+    so `test_mass_weight_is_the_authors_rule` would fail if the implementation made it."""
+    kwargs = {"threshold": "two_mean", **change}
+    differs = 0
+    for a in map_corpus(np.random.default_rng(0), 100, np.float64):
+        got = spatial_entropy(a, "two_mean", "mass")
+        want = described_authors_entropy(a, **kwargs)
+        differs += not (got == pytest.approx(want, abs=1e-9) or got == want == math.inf)
+    assert differs > 0
+
+
+def test_mass_weight_known_values():
+    """The authors' rule by hand on a 4 x 4 map (mean 1/8, so 2 * mean = 1/4): weights 0.75
+    and 0.2495 in two components, 0.0005 in a cell under the margin that counts only in the
+    total; and a map whose weights all sit under the margin, their 0.0."""
+    a = np.zeros((4, 4))
+    a[0, 0], a[3, 3], a[0, 3] = 1.0, 0.4995, 0.2505  # sum 1.75 + 0.25 = 2 -> mean 1/8
+    a[3, 0] = 0.25
+    total = 0.75 + 0.2495 + 0.0005
+    p = np.array([0.75, 0.2495]) / total
+    assert spatial_entropy(a, "two_mean", "mass") == pytest.approx(-(p * np.log(p)).sum())
+    low = np.zeros((3, 3))
+    low[1, 1] = 0.0011  # mean 0.0011 / 9: weight 0.0011 * 7 / 9 < 0.001
+    assert spatial_entropy(low, "two_mean", "mass") == 0.0  # their bug, behind the option
+    assert spatial_entropy(low, "two_mean") == math.inf  # no foreground by area
 
 
 def test_binarise_rules():

@@ -147,7 +147,8 @@ def test_matches_kl_div_reference(seed):
        scale=st.floats(0.0, 30.0))
 def test_loss_is_nonnegative(seed, b, n_layers, h, q, k, scale):
     log_attn, target, key_mask, query_mask, sample_mask = random_case(seed, b, n_layers, h, q, k)
-    log_attn = log_attn * scale  # from flat rows to very peaked ones
+    # from flat rows to very peaked ones (-inf stays -inf: 0 * -inf would be NaN)
+    log_attn = torch.where(torch.isinf(log_attn), log_attn, log_attn * scale)
     masks = dict(key_mask=key_mask, query_mask=query_mask, sample_mask=sample_mask)
     loss = klal_loss(log_attn, target, **masks)
     per_sample, valid = klal_per_sample(log_attn, target, **masks)
@@ -560,3 +561,35 @@ def test_monitored_is_the_same_term_at_weight_zero():
     assert ntp.weight == 0.0 and ntp.monitor and ntp.active
     assert (ntp.query, ntp.layers) == (klal.query, klal.layers)
     assert klal.weight == 2.5 and not klal.monitor
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a, t: (a, torch.zeros_like(t)), r"sum to 1 .*row 0 sums to 0"),
+    (lambda a, t: (a, t * 3), r"sum to 1 .*row 0 sums to 3"),
+    (lambda a, t: (a, t.index_put((torch.tensor([1]), torch.tensor([0])), t[1, 0] + 0.25)),
+     r"sum to 1 .*row 1 sums to 1\.25"),
+    (lambda a, t: (a, t > 0), "target must be a floating-point distribution, got torch.bool"),
+    (lambda a, t: (a.index_put((torch.tensor([1]), torch.tensor([0])), torch.tensor(float("nan"))),
+                   t), r"log_attn\[1\] holds NaN or \+inf"),
+    (lambda a, t: (a.index_put((torch.tensor([0]), torch.tensor([1])), torch.tensor(float("inf"))),
+                   t), r"log_attn\[0\] holds NaN or \+inf"),
+])
+def test_meaningless_values_are_refused(change, match):
+    """Issue 17: an all-zero, unnormalised or boolean target and NaN / +inf log-attention gave a
+    number (or NaN) instead of an error."""
+    log_attn, target = _good()
+    assert torch.allclose(target.sum(-1), torch.ones(2))  # the good case is a distribution
+    log_attn, target = change(log_attn, target)
+    with pytest.raises(ValueError, match=match):
+        klal_loss(log_attn, target)
+
+
+def test_rows_without_target_may_be_anything_finite():
+    """A sample marked as having no target (sample_mask False) may carry an all-zero row; -inf
+    log-attention (zero probability) stays allowed."""
+    log_attn, target = _good()
+    target[1] = 0.0
+    log_attn[:, :, :, :, 0] = float("-inf")
+    loss = klal_loss(log_attn, target, sample_mask=torch.tensor([True, False]))
+    expected = klal_loss(log_attn[:, :1], target[:1])
+    torch.testing.assert_close(loss, expected)

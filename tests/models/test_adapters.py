@@ -1,4 +1,7 @@
-"""Registry and per-family structure checks, run for every registered family."""
+"""Every generic check of an adapter, run for every registered family (the ``family`` fixture
+iterates `families()`): a family gets all of them by registering. The per-family files
+(test_<family>_layout.py) keep only what is particular to a family, with hand-computed cases;
+test_layout.py checks every family's pixel geometry against its real processor and model."""
 
 import importlib.util
 
@@ -7,7 +10,8 @@ import torch
 from conftest import make_batch, tiny
 from transformers import LlamaConfig
 
-from lookhere.models import UnsupportedModelError, families, get_adapter
+from lookhere.models import UnsupportedModelError, adapter_class, families, get_adapter
+from lookhere.models.tiny import save_tiny
 
 
 def test_torchvision_absent():
@@ -16,6 +20,9 @@ def test_torchvision_absent():
 
 
 def test_registry_order_and_unsupported():
+    """The one deliberate list of families in the tests: what lookhere registers, in order
+    (Qwen2.5-VL before Qwen2-VL, SmolVLM before Idefics3). Every other test takes the families
+    from the registry, so adding one means adding it here too, and nowhere else."""
     assert families() == [
         "llava", "qwen2_5_vl", "qwen2_vl", "llava_next", "gemma3", "smolvlm", "idefics3",
     ]
@@ -29,6 +36,7 @@ def test_heads_and_modules(family):
     model, _ = tiny(family)
     adapter = get_adapter(model)
     assert adapter.family == family and get_adapter(model.config).family == family
+    assert adapter_class(family) is type(adapter) and family in model.config.model_type
     attn = adapter.attention_modules(model)
     assert len(attn) == adapter.num_layers >= 2
     for i, m in enumerate(attn):
@@ -46,7 +54,8 @@ def test_layout_positions_hold_image_tokens(family):
     ids = batch["input_ids"]
     for b, sample in enumerate(layout.samples):
         assert len(sample.images) == len(images[b])
-        assert torch.all(ids[b, sample.visual_positions] == adapter.image_token_id)
+        assert torch.equal(sample.visual_positions,
+                           torch.nonzero(ids[b] == adapter.image_token_id).flatten())
         seen = []
         for grid in sample.grids:
             rows, cols = grid.shape
@@ -54,8 +63,51 @@ def test_layout_positions_hold_image_tokens(family):
             assert torch.equal(sample.visual_positions[grid.key_index], grid.positions)
             seen += grid.positions.tolist()
         assert len(seen) == len(set(seen)), "grids must not share tokens"
-    with pytest.raises(ValueError, match="images"):
-        adapter.layout(batch, [images[0], images[0] + images[0] + images[0]], processor)
+
+
+def test_wrong_image_count_is_a_clear_error(family):
+    model, processor = tiny(family)
+    batch, images = make_batch(family, processor)
+    adapter = get_adapter(model)
+    n = len(images[1])
+    fewer = [images[0], images[1][:-1]] if n > 1 else [images[0], images[1] * 2]
+    with pytest.raises(ValueError, match=f"sample 1: images lists {len(fewer[1])} images, "
+                                         f"the tokens hold {n}"):
+        adapter.layout(batch, fewer, processor)
+    with pytest.raises(ValueError, match="images has 1 samples but the batch has 2"):
+        adapter.layout(batch, images[:1], processor)
+
+
+def test_batch_without_image_tensors(family):
+    """A batch of input_ids alone: the same layout where the family needs only the tokens and
+    the processor's settings, else a ValueError naming a tensor the batch lacks (no KeyError)."""
+    model, processor = tiny(family)
+    batch, images = make_batch(family, processor)
+    adapter = get_adapter(model)
+    full = adapter.layout(batch, images, processor)
+    dropped = [k for k in batch if k not in ("input_ids", "attention_mask", "labels")]
+    try:
+        bare = adapter.layout({"input_ids": batch["input_ids"]}, images, processor)
+    except ValueError as err:
+        assert any(k in str(err) for k in dropped), err
+    else:
+        for s, t in zip(full, bare, strict=True):
+            for a, b in zip(s.grids, t.grids, strict=True):
+                assert torch.equal(a.positions, b.positions) and a.geometry == b.geometry
+
+
+def test_forward_runs_and_sees_the_image(family):
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        # negated pixels: a different image (an all-zero one reads as padding in Idefics3)
+        other = model(**{**inputs, "pixel_values": -inputs["pixel_values"]}).logits
+    vocab = get_adapter(model).text_config.vocab_size
+    assert logits.shape == (*batch["input_ids"].shape, vocab)
+    assert torch.isfinite(logits).all()
+    assert not torch.allclose(logits[:, -1], other[:, -1]), "the image does not reach the text"
 
 
 def test_logit_lens_modules(family):
@@ -73,6 +125,29 @@ def test_logit_lens_modules(family):
             handle.remove()
         lens = adapter.lm_head(model)(norm(captured["h"]))
     torch.testing.assert_close(lens, logits)
+
+
+def test_save_load_round_trip(family, tmp_path):
+    """save_tiny -> load_model: the same class, batch, logits (bit for bit) and layout."""
+    from lookhere.models.loading import load_model
+
+    model, processor = tiny(family)
+    batch, images = make_batch(family, processor)
+    save_tiny(model, processor, tmp_path)
+    loaded, proc2, adapter = load_model(str(tmp_path), dtype=torch.float32)
+    assert adapter.family == family and type(loaded) is type(model)
+    assert type(proc2) is type(processor)
+    batch2, _ = make_batch(family, proc2)
+    assert batch.keys() == batch2.keys()
+    for key in batch:
+        assert torch.equal(batch[key], batch2[key]), key
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**batch2).logits, model(**batch).logits,
+                                   rtol=0, atol=0)
+    lay, lay2 = adapter.layout(batch, images, processor), adapter.layout(batch2, images, proc2)
+    for s, s2 in zip(lay, lay2, strict=True):
+        for a, b in zip(s.grids, s2.grids, strict=True):
+            assert torch.equal(a.positions, b.positions) and a.geometry == b.geometry
 
 
 def test_resolve_layers_and_heads():

@@ -1,7 +1,8 @@
 """SmolVLM / Idefics3 adapters: tile-split geometry, positions, forward and round trip.
 
 The check of the global and tiles grids against the real processor and model (markers) is
-test_layout.py's.
+test_layout.py's; the forward, round trip and image-count checks of every family are
+test_adapters.py's.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
+from conftest import families_of
 from PIL import Image, ImageDraw
 
-import lookhere.models.idefics3 as idefics3  # noqa: F401  (registers smolvlm and idefics3)
-from lookhere.models.adapter import adapter_class, get_adapter
+import lookhere.models.idefics3 as idefics3  # (registers smolvlm and idefics3)
+from lookhere.models.adapter import get_adapter
 from lookhere.models.idefics3 import TileSplit, split_plan
-from lookhere.models.tiny import build_tiny, save_tiny
+from lookhere.models.tiny import build_tiny
 
-FAMILIES = ["smolvlm", "idefics3"]
+FAMILIES = families_of(idefics3)  # the families this module registers
 TILE, N = 56, 4  # tiny "test" size: 56 px tiles, vision patch 7, scale_factor 2 -> 4x4 tokens
 
 
@@ -166,54 +168,7 @@ def _check_tile_tags(ids, tiles, tok):
             assert torch.equal(block, block[0] + torch.arange(N * N))  # one contiguous run
 
 
-# -- (4) forward, (5) round trip ------------------------------------------------------------------
-def test_forward_runs(tiny):
-    _, model, processor = tiny
-    batch, _ = _batch(processor, get_adapter(model))
-    with torch.no_grad():
-        logits = model(**batch).logits
-    assert logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(logits).all()
-
-
-def test_modules(tiny):
-    _, model, _ = tiny
-    adapter = get_adapter(model)
-    assert adapter.language_model(model) is model.model.text_model
-    assert len(adapter.attention_modules(model)) == adapter.num_layers == 2
-    assert adapter.final_norm(model) is model.model.text_model.norm
-    assert adapter.lm_head(model) is model.lm_head
-
-
-def test_save_load_round_trip(tiny, tmp_path):
-    family, model, processor = tiny
-    save_tiny(model, processor, tmp_path)
-    model2 = type(model).from_pretrained(tmp_path).eval()
-    processor2 = adapter_class(family).load_processor(str(tmp_path))
-    assert type(processor2) is type(processor)
-    adapter = get_adapter(model2)
-    batch, images = _batch(processor, adapter)
-    batch2, _ = _batch(processor2, adapter)
-    assert torch.equal(batch["input_ids"], batch2["input_ids"])
-    assert torch.equal(batch["pixel_values"], batch2["pixel_values"])
-    with torch.no_grad():
-        assert torch.equal(model(**batch).logits, model2(**batch2).logits)
-    lay1 = adapter.layout(batch, images, processor)
-    lay2 = adapter.layout(batch2, images, processor2)
-    for g1, g2 in zip(lay1[0].grids, lay2[0].grids, strict=True):
-        assert torch.equal(g1.positions, g2.positions) and g1.geometry == g2.geometry
-
-
-# -- (6) errors ------------------------------------------------------------------------------------
-def test_wrong_image_count(tiny):
-    _, model, processor = tiny
-    adapter = get_adapter(model)
-    batch, images = _batch(processor, adapter)
-    with pytest.raises(ValueError, match="images lists 1 images, the tokens hold 2"):
-        adapter.layout(batch, [images[0][:1], images[1]], processor)
-    with pytest.raises(ValueError, match="images has 1 samples"):
-        adapter.layout(batch, images[:1], processor)
-
-
+# -- (4) errors ------------------------------------------------------------------------------------
 def test_processed_with_other_settings(tiny):
     _, model, processor = tiny
     im = _image((97, 61))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lookhere.cli import main
+from lookhere.config import shipped
 from lookhere.models import build_tiny, load_pretrained
-from lookhere.models import pretrained as shipped
 from lookhere.models.loading import load_model
 from lookhere.models.tiny import save_tiny
 

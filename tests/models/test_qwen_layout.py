@@ -1,6 +1,7 @@
 """Qwen2.5-VL / Qwen2-VL adapters: smart_resize geometry, token positions, tiny models.
 
-The check of the grid against the real processor and model (markers) is test_layout.py's.
+The check of the grid against the real processor and model (markers) is test_layout.py's;
+the forward, round trip and image-count checks of every family are test_adapters.py's.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import families_of  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from transformers import Qwen2VLImageProcessorPil  # noqa: E402
 
 import lookhere.models.qwen2_vl as qwen  # noqa: E402  (registers both families)
-from lookhere.models import build_tiny, families, get_adapter  # noqa: E402
+from lookhere.models import build_tiny, get_adapter  # noqa: E402
 
-FAMILIES = ["qwen2_5_vl", "qwen2_vl"]
+FAMILIES = families_of(qwen)  # the families this module registers
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -38,16 +40,11 @@ def _prompts(adapter, processor, images):
             for b, ims in enumerate(images)]
 
 
-# -- registry ----------------------------------------------------------------------------------
-def test_registered_in_order_and_selected_by_model_type(tiny):
-    family, model, processor = tiny
-    assert families().index("qwen2_5_vl") < families().index("qwen2_vl")
+# -- the tiny models ---------------------------------------------------------------------------
+def test_tiny_model_has_gqa_and_the_image_pad_token(tiny):
+    _, model, processor = tiny
     adapter = get_adapter(model)
-    assert adapter.family == family == model.config.model_type
-    assert len(adapter.attention_modules(model)) == model.config.text_config.num_hidden_layers
     assert adapter.num_kv_heads == 2 and adapter.num_heads == 4  # GQA of the "test" size
-    assert adapter.lm_head(model) is model.lm_head
-    assert adapter.final_norm(model) is model.model.language_model.norm
     assert adapter.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
 
@@ -157,41 +154,10 @@ def test_positions_match_the_models_mrope_grid(padded):
                                torch.arange(cols).view(1, cols).expand(rows, cols))
 
 
-def test_forward_runs_on_processor_batch(padded):
-    _, model, _, _, batch = padded
-    with torch.no_grad():
-        logits = model(**batch).logits
-    assert logits.shape == (*batch["input_ids"].shape, model.config.text_config.vocab_size)
-    assert torch.isfinite(logits).all()
-
-
-def test_save_load_round_trip(padded, tmp_path):
-    _, model, processor, images, batch = padded
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    adapter_cls = type(get_adapter(model))
-    model2 = type(model).from_pretrained(tmp_path, attn_implementation="sdpa").eval()
-    processor2 = adapter_cls.load_processor(str(tmp_path))
-    assert type(processor2) is type(processor)
-    processor2.tokenizer.padding_side = "left"
-    batch2 = _process(processor2, images, _prompts(adapter_cls, processor2, images))
-    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
-        assert torch.equal(batch[key], batch2[key]), key
-    assert torch.equal(batch["pixel_values"], batch2["pixel_values"])
-    with torch.no_grad():
-        assert torch.equal(model(**batch).logits, model2(**batch2).logits)
-
-
 # -- errors ------------------------------------------------------------------------------------
-def test_wrong_image_count_is_a_clear_error(padded):
+def test_grid_thw_of_other_images_is_a_clear_error(padded):
     _, model, processor, images, batch = padded
     adapter = get_adapter(model)
-    with pytest.raises(ValueError, match="sample 0: images lists 1 images, the tokens hold 2"):
-        adapter.layout(batch, [images[0][:1], images[1]], processor)
-    with pytest.raises(ValueError, match="images has 1 samples but the batch has 2"):
-        adapter.layout(batch, images[:1], processor)
-    with pytest.raises(ValueError, match="image_grid_thw"):
-        adapter.layout({"input_ids": batch["input_ids"]}, images, processor)
     wrong = {**batch, "image_grid_thw": batch["image_grid_thw"][:2]}
     with pytest.raises(ValueError, match="sample 1: .* image tokens do not match"):
         adapter.layout(wrong, images, processor)

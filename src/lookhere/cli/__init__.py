@@ -8,29 +8,17 @@ from collections.abc import Sequence
 
 from lookhere import __version__
 from lookhere.cli import data, eval, experiment, heads, models, pretrain
-from lookhere.cli.common import fail
+from lookhere.cli.common import LazyParser, fail
 
 GROUPS = (models, data, eval, heads, experiment, pretrain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse and run. Only the chosen command's group builds its full parser: the experiment
-    and pretraining options come from dataclasses whose modules import torch, which would make
-    ``lookhere --help`` take seconds; the other commands are one-line stubs."""
+    """Parse and run. A command whose options come from config dataclasses in torch-importing
+    modules builds them only when it is the command given (`LazyParser`), so that
+    ``lookhere --help`` and the other commands' help stay quick."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(prog="lookhere", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"lookhere {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback when a command fails")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for group in GROUPS:
-        if chosen in group.COMMANDS:
-            group.add_commands(sub)
-        else:
-            for name, help in group.COMMANDS.items():
-                sub.add_parser(name, help=help, add_help=False)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         return args.run(args)
     except SystemExit as stop:
@@ -41,6 +29,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         raise _fail(args.command, f"{err} ({type(err).__name__}; --debug shows where)") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``lookhere`` parser: every command of every group (`GROUPS`)."""
+    root = argparse.ArgumentParser(prog="lookhere", description=__doc__)
+    root.add_argument("--version", action="version", version=f"lookhere {__version__}")
+    root.add_argument("--debug", action="store_true",
+                      help="show the full traceback when a command fails")
+    sub = root.add_subparsers(dest="command", required=True, parser_class=LazyParser)
+    for group in GROUPS:
+        group.add_commands(sub)
+    return root
 
 
 def _fail(command: str, message: str) -> SystemExit:

@@ -11,6 +11,36 @@ from pathlib import Path
 from typing import Any
 
 
+class LazyParser(argparse.ArgumentParser):
+    """A command's parser whose arguments ``build(parser)`` adds only when that command is
+    parsed or its help printed. The experiment and pretraining options come from config
+    dataclasses whose defaults are built and checked (the Shapes generator's settings, the
+    shipped checkpoint's config): built for every parser, they would slow down every other
+    command. Subparsers of a LazyParser are LazyParsers (argparse's default ``parser_class``),
+    without ``build`` unless given one."""
+
+    def __init__(self, *args: Any, build: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._build = build
+
+    def _built(self) -> None:
+        if self._build is not None:
+            build, self._build = self._build, None
+            build(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._built()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._built()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._built()
+        return super().format_usage()
+
+
 def add_device(p: argparse.ArgumentParser, prefix: str = "", suffix: str = "") -> None:
     p.add_argument("--device", metavar="DEV",
                    help=f"{prefix}torch device, e.g. cpu, cuda, cuda:1 (default: cuda if "
@@ -52,6 +82,25 @@ def check_outputs(args: argparse.Namespace, names: tuple[str, ...], prog: str) -
             raise fail(f"{flag} {path}: its folder is not writable", prog)
 
 
+def check_out_dir(path: Path, prog: str, new: bool = True, flag: str = "--out") -> None:
+    """Before any work: an output folder must not be a file, must be new or empty when ``new``
+    (a folder a rerun resumes passes ``new=False``), and its parent must exist or be creatable,
+    and be writable. Folders are never replaced: a full one is refused, with or without
+    ``--overwrite``."""
+    if path.exists() and not path.is_dir():
+        raise fail(f"{flag} {path} is a file; give a folder", prog)
+    if new and path.is_dir() and any(path.iterdir()):
+        raise fail(f"{flag} {path} exists and is not an empty folder; choose a new one", prog)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise fail(f"{flag} {path}: cannot create its folder ({err.strerror})", prog) from None
+    where = path if path.is_dir() else path.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise fail(f"{flag} {path}: {'it' if where == path else 'its folder'} is not writable",
+                   prog)
+
+
 def fail(message: str, prog: str = "lookhere eval") -> SystemExit:
     """Exit 2 with argparse's message style (bad input, like a usage error)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
@@ -68,6 +117,8 @@ def check_data(folder: Path, prog: str) -> None:
         read_info(folder)
     except FileNotFoundError as err:
         raise fail(f"--data: {err}; make one with `lookhere data make`", prog) from None
+    except ValueError as err:  # a broken lookhere.json
+        raise fail(f"--data: {err}", prog) from None
 
 
 def read_data(folder: Path, limit: int | None, prog: str) -> list[Any]:
@@ -75,7 +126,10 @@ def read_data(folder: Path, limit: int | None, prog: str) -> list[Any]:
     from lookhere.data.disk import read_samples
 
     check_data(folder, prog)
-    samples = list(itertools.islice(read_samples(folder), limit))
+    try:
+        samples = list(itertools.islice(read_samples(folder), limit))
+    except ValueError as err:  # a bad row, named by file and line
+        raise fail(f"--data: {err}", prog) from None
     if not samples:
         raise fail(f"--data {folder} holds no samples", prog)
     return samples

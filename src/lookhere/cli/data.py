@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lookhere.cli.common import fail, positive_int
+from lookhere.cli.common import add_overwrite, check_out_dir, check_outputs, fail, positive_int
 
 #: the commands this module adds, with their one-line help (`lookhere --help`)
 COMMANDS = {
@@ -39,7 +39,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="PNG path (required unless --docs: docs/sheet_<task>.png)")
     p.add_argument("--docs", action="store_true",
                    help="the docs' sheet of the task (settings in lookhere.viz.DOC_SHEETS; "
-                   "run from the repository root); the options below change it")
+                   "run from the repository root; it replaces that figure); the options "
+                   "below change it")
     p.add_argument("--n", type=int, default=None, help="samples (default 16)")
     p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     p.add_argument("--cols", type=positive_int, default=None,
@@ -49,6 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix", type=json.loads, action="append", default=None, metavar="JSON",
                    help="config overrides that share the sheet in order, e.g. --mix "
                    "'{\"mode\": \"rec\"}' --mix '{\"mode\": \"vqa\"}' (repeatable)")
+    add_overwrite(p)
     _add_set(p)
     p.set_defaults(run=_sheet)
 
@@ -77,6 +79,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def _make(args: argparse.Namespace) -> int:
     from lookhere.data.disk import write_dataset
 
+    check_out_dir(args.out, "lookhere data make")
     try:
         out = write_dataset(args.task, args.n, args.out, seed=args.seed, workers=args.workers,
                             **parse_overrides(args.set))
@@ -111,6 +114,8 @@ def _sheet(args: argparse.Namespace) -> int:
                if (v := getattr(args, k)) is not None})
     kw["overrides"] = {**kw.get("overrides", {}), **parse_overrides(args.set)}
     out = args.out or Path("docs") / f"sheet_{args.task}.png"
+    if args.out is not None:  # --docs alone regenerates the shipped figure
+        check_outputs(args, ("out",), "lookhere data sheet")
     try:
         sheet = task_sheet(args.task, **kw)
     except (ValueError, TypeError) as err:

@@ -64,11 +64,13 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
                    help="lowest-entropy heads counted per sample (default 10)")
     p.add_argument("--tau", default="mean_curve", choices=("mean_curve", "per_sample"),
                    help="S_img threshold: knee of the sample-averaged curve (default, the paper) "
-                        "or of each sample's curve (the authors' code)")
+                        "or of each sample's curve over every head (the authors' code)")
     p.add_argument("--threshold", default="mean", choices=("mean", "two_mean"),
                    help="binarisation: A > mean (default) or A - 2 mean > 0.001 (the code)")
     p.add_argument("--weight", default="area", choices=("area", "mass"),
-                   help="entropy weights components by area (default) or attention mass")
+                   help="entropy weights components by area (default) or by relu(A - t) over "
+                        "the whole map's, 0.0 without a component (the authors' code with "
+                        "--threshold two_mean, their bug included)")
     p.add_argument("--grids", choices=("primary", "all"),
                    help="entropy on the image's primary grid (default) or pooled over all grids")
     p.add_argument("--bottom-row-limit", type=float, metavar="X",

@@ -41,8 +41,9 @@ def _tiny(args: argparse.Namespace) -> int:
     if args.size not in TINY_SIZES:
         raise SystemExit(f"lookhere tiny: error: --size {args.size!r} is not a preset; choose "
                          f"from {', '.join(TINY_SIZES)}")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise SystemExit(f"--out {args.out} exists and is not an empty folder; choose a new one")
+    from lookhere.cli.common import check_out_dir
+
+    check_out_dir(args.out, "lookhere tiny")
     model, processor = build_tiny(args.family, size=args.size, seed=args.seed)
     save_tiny(model, processor, args.out)
     print(f"saved {args.family} ({param_count(model) / 1e6:.2f}M parameters) to {args.out}")

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from lookhere.cli.common import add_overwrite, check_out_dir, check_outputs
 from lookhere.cli.options import add_options, build
 
 PROG = "lookhere pretrain"
@@ -28,12 +29,21 @@ COMMANDS = {
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from lookhere.experiment.pretrained import PretrainedEvalConfig
-    from lookhere.pretrain.recipe import STAGES, PretrainConfig
-
+    """Each command's options are built when it is parsed or its help printed
+    (`cli.common.LazyParser`)."""
     cmds = sub.add_parser("pretrain", help=COMMANDS["pretrain"]).add_subparsers(
         dest="pretrain", required=True)
-    p = cmds.add_parser("train", help="run (or resume) the vision, align and instruct stages")
+    cmds.add_parser("train", help="run (or resume) the vision, align and instruct stages",
+                    build=_train_options)
+    cmds.add_parser("eval", help="VQA per type, skills, REC as text and localization heads "
+                    "on held-out data", build=_eval_options)
+    cmds.add_parser("card", help="package a finished run with its model card",
+                    build=_card_options)
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    from lookhere.pretrain.config import STAGES, PretrainConfig
+
     p.add_argument("--out", type=Path, required=True, help="run folder (rerun to resume)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                    help="stages to run, in order (default: all)")
@@ -41,15 +51,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_options(p, PretrainConfig)  # the stages' fields: --vision-steps, --align-lr, ...
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_train)
-    p = cmds.add_parser("eval", help="VQA per type, skills, REC as text and localization heads "
-                        "on held-out data")
+
+
+def _eval_options(p: argparse.ArgumentParser) -> None:
+    from lookhere.experiment.config import PretrainedEvalConfig
+
     p.add_argument("--model", required=True, help="model folder, or lookhere:llava-mini")
     p.add_argument("--out", type=Path, required=True, help="new JSON file for the results")
+    add_overwrite(p)
     add_options(p, PretrainedEvalConfig)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_eval)
-    p = cmds.add_parser("card", help="package a finished run with its model card")
+
+
+def _card_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", dest="run_dir", type=Path, required=True,
                    help="the `pretrain train` run folder")
     p.add_argument("--eval", type=Path, required=True, help="`pretrain eval` JSON of its model")
@@ -77,6 +93,7 @@ def _train(args: argparse.Namespace) -> int:
     from lookhere.pretrain.recipe import STAGES, PretrainConfig, run
 
     _threads(args.threads)
+    check_out_dir(args.out, PROG + " train", new=False)  # a rerun resumes
     try:
         config = build(args, PretrainConfig)
     except (TypeError, ValueError) as err:
@@ -101,8 +118,7 @@ def _eval(args: argparse.Namespace) -> int:
     from lookhere.io import write_json
 
     _threads(args.threads)
-    if args.out.exists():
-        raise fail(f"--out {args.out} exists; choose a new file (nothing is overwritten)")
+    check_outputs(args, ("out",), PROG + " eval")
     try:
         config = build(args, PretrainedEvalConfig)
     except ValueError as err:
@@ -122,6 +138,7 @@ def _card(args: argparse.Namespace) -> int:
     from lookhere.experiment.model_card import write_card
     from lookhere.experiment.pretrained import PretrainedEval
 
+    check_out_dir(args.out, PROG + " card")
     try:
         evaluation = PretrainedEval.from_json(json.loads(args.eval.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -94,7 +94,15 @@ def read_info(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / _INFO
     if not path.exists():
         raise FileNotFoundError(f"{folder} is not a lookhere dataset folder (no {_INFO})")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if not isinstance(info, dict) or not isinstance(info.get("n", 0), int):
+        raise ValueError(f"{path}: expected a JSON object whose 'n' is an int")
+    return info
 
 
 #: metadata.jsonl fields and their types (the JSON-in-a-string fields decode to objects)
@@ -132,6 +140,8 @@ def _read_row(folder: Path, line: str) -> Sample:
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
     for key, kind in _ROW_FIELDS.items():
+        if key not in row:
+            raise ValueError(f"field {key!r} is missing")
         if not isinstance(row.get(key), kind):
             raise ValueError(f"field {key!r} must be a {kind.__name__}, got "
                              f"{type(row.get(key)).__name__}")

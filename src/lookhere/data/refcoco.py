@@ -7,7 +7,7 @@ Layout (github.com/lichengunc/refer)::
     <root>/images/mscoco/images/train2014/     the COCO train2014 images
 
 Loaders read the refs only in a converted form, ``refs(<split_by>).json`` or ``.parquet``, made
-once with ``convert_refs_pickle`` (or ``python -m lookhere.data.refcoco convert SRC [DST]``),
+once with ``convert_refs_pickle`` (or ``lookhere data convert-refs SRC [DST]``),
 which reads the pickle with ``lookhere.data.safe_pickle`` (plain data only, nothing executes).
 Reading the pickle directly needs ``allow_pickle=True`` and goes through the same restricted reader.
 
@@ -17,10 +17,8 @@ masks decoded on demand from polygons (with pycocotools) or RLE.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,7 +270,7 @@ def load_refs(path: str | Path, allow_pickle: bool = False) -> list[dict[str, An
         if not allow_pickle:
             raise PickleNotAllowedError(
                 f"{path} is a Python pickle. Convert it once to JSON with "
-                f"`python -m lookhere.data.refcoco convert '{path}'` (or "
+                f"`lookhere data convert-refs '{path}'` (or "
                 "lookhere.data.refcoco.convert_refs_pickle(src, dst)) and load the .json; or pass "
                 "allow_pickle=True to read it with the restricted (plain-data-only) unpickler")
         refs = safe_pickle.to_text(safe_pickle.load(path))
@@ -491,29 +489,3 @@ def to_sample(expr: RefExpression, mode: str = "rec", with_mask: bool = True) ->
             "image_size": list(ref.image_size), "bbox_xywh": list(ref.bbox_xywh),
         },
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lookhere.data.refcoco convert SRC [DST] [--overwrite]``."""
-    parser = argparse.ArgumentParser(prog="python -m lookhere.data.refcoco")
-    sub = parser.add_subparsers(dest="command", required=True)
-    conv = sub.add_parser("convert", help="refs(<split_by>).p → .json / .parquet (safe reader)")
-    conv.add_argument("src", type=Path)
-    conv.add_argument("dst", type=Path, nargs="?", help="default: SRC with a .json suffix")
-    conv.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        out = convert_refs_pickle(args.src, args.dst, overwrite=args.overwrite)
-    except (OSError, ValueError, safe_pickle.UnsafePickleError) as e:  # a message, not a trace
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -40,15 +40,17 @@ from tqdm.auto import tqdm
 
 from lookhere.data.dataset import chunks
 from lookhere.data.sample import Box, Sample
+from lookhere.eval.methods import (
+    ATTENTION_METHODS,
+    BASELINES,
+    METHODS,  # noqa: F401 (named here too, its first home)
+)
 from lookhere.eval.metrics import Tally, acc_at_iou, box_iou, mean_box_iou
 from lookhere.eval.scoring import IOU_THRESHOLD, REC_TASKS
 from lookhere.heads.selection import HeadSpec
 from lookhere.maps import point_in_region
 from lookhere.models.adapter import Adapter
 
-ATTENTION_METHODS = ("heads", "all_heads", "random_heads")
-BASELINES = ("all_heads", "random_heads", "centre", "text")
-METHODS = ("heads", *BASELINES)
 DEFAULT_SKIP_LAYERS = (0, 1)
 
 

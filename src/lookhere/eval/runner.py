@@ -51,6 +51,11 @@ class RatioSummary:
         return {"mean": self.mean, "median": self.median, "ci95": list(self.ci95),
                 "values": self.values, "n": self.n}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RatioSummary:
+        return cls(data["n"], data["mean"], data["median"], tuple(data["ci95"]),
+                   list(data["values"]))
+
 
 @dataclass(frozen=True)
 class AttentionMap:
@@ -62,6 +67,10 @@ class AttentionMap:
 
     def to_json(self) -> dict[str, Any]:
         return {"map": self.map.tolist(), "extent": list(self.extent)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttentionMap:
+        return cls(np.asarray(data["map"]), tuple(data["extent"]))
 
 
 @dataclass

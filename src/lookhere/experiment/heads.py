@@ -23,142 +23,180 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lookhere.data.dataset import SampleList, TaskDataset
+from lookhere.data.dataset import SampleList
 from lookhere.data.sample import Sample
-from lookhere.data.synthetic import make_task
-from lookhere.eval.rec import BASELINES, evaluate_rec
+from lookhere.eval.rec import RecResult, evaluate_rec
 from lookhere.eval.runner import evaluate
+from lookhere.experiment.config import HEADS_CONDITIONS as CONDITIONS  # noqa: F401
+from lookhere.experiment.config import HEADS_TRAIN as TRAIN  # noqa: F401
+from lookhere.experiment.config import HeadsExperimentConfig
 from lookhere.experiment.klal import train_one
-from lookhere.experiment.training import ExperimentConfig, TrainSpec, shapes_defaults
+from lookhere.experiment.training import (
+    TrainRecord,
+)
 from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
-from lookhere.losses.config import KLALConfig
+from lookhere.heads.selection import HeadSpec
 from lookhere.models.adapter import get_adapter
-from lookhere.targets import TargetConfig
 
-CONDITIONS = ("untrained", "ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # held-out VQA and REC come from seed data_seed + this
 SEARCH_SEED_OFFSET = 20_000  # the search's REC samples come from seed data_seed + this
 VQA_ANSWER_TOKENS = 4  # "purple</s>" and the like
 
 
-#: The experiment's training: 4 LLM layers (the search skips layers 0-1), 1,500 steps.
-TRAIN = TrainSpec(size="heads", steps=1500)
+# --------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
-class HeadsExperimentConfig(ExperimentConfig):
-    """Localization heads of tiny VLMs trained with NTP and NTP+KLAL (defaults: the experiment;
-    `make demo` runs a shorter version)."""
+class VQAScore:
+    """Accuracy on held-out Shapes VQA: overall, with its 95% bootstrap interval, and per
+    question type (colour, shape, size, count)."""
 
-    train: TrainSpec = field(default_factory=lambda: TRAIN, metadata={
-        "prefix": "", "help": "the tiny model and its training (its size needs > 2 LLM layers: "
-                              "layers 0-1 are never searched)"})
-    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
-        "help": f"models to search: {CONDITIONS}"})
-    klal: KLALConfig = field(default_factory=KLALConfig, metadata={
-        "help": "the 'klal' model's KLAL term (the others: the same at weight 0, monitored)"})
-    target: TargetConfig = field(default_factory=TargetConfig, metadata={
-        "help": "KLAL target-map weights"})
-    search_samples: int = field(default=1000, metadata={
-        "help": "REC samples per head search (the paper: 1,000)"})
-    search_repeats: int = field(default=3, metadata={
-        "help": "searches on disjoint sample sets, for the heads' stability (the first one "
-                "gives the heads used)"})
-    test_samples: int = field(default=500, metadata={"help": "held-out REC expressions"})
-    vqa_samples: int = field(default=500, metadata={"help": "held-out VQA questions"})
-    top_k: int = field(default=3, metadata={"help": "localization heads kept (the paper: 3)"})
-    per_sample: int = field(default=2, metadata={
-        "help": "lowest-entropy heads counted per sample. The paper counts 10 of ~1,000 heads; "
-                "10 of the tiny model's 8 candidates would count every head above tau and "
-                "void the entropy criterion, so 2 (docs/results.md)"})
-    baselines: tuple[str, ...] = field(default=BASELINES, metadata={
-        "help": f"REC baselines: {BASELINES}"})
-    eval_batch_size: int = field(default=50, metadata={"help": "search / evaluation batch"})
-    n_maps: int = field(default=4, metadata={"help": "held-out examples in the figures"})
-    shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "overrides of the Shapes generator settings (both VQA and REC)"})
-    save_models: bool = field(default=False, metadata={
-        "help": "save each trained model under out/models/<condition>"})
+    accuracy: float
+    ci95: list[float]  # [low, high]
+    n: int
+    by_type: dict[str, float]
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "conditions", tuple(self.conditions))
-        object.__setattr__(self, "baselines", tuple(self.baselines))
-        for name in ("search_samples", "search_repeats", "test_samples", "vqa_samples", "top_k",
-                     "per_sample", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad or not self.conditions:
-            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
-                             f"got {self.conditions}")
-        bad = [b for b in self.baselines if b not in BASELINES]
-        if bad:
-            raise ValueError(f"baselines must be a subset of {BASELINES}, got {self.baselines}")
-        layers = self.train.shape.layers
-        if layers < 3:
-            raise ValueError(f"{self.train.model_name!r} has {layers} LLM layers; the search "
-                             "skips layers 0-1, so it needs at least 3")
-        self.check_klal_layers()
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-    def klal_config(self, condition: str) -> KLALConfig:
-        return self.klal if condition == "klal" else self.klal.monitored()
-
-    def shapes(self, mode: str) -> dict[str, Any]:
-        return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VQAScore:
+        return cls(**data)
 
 
-def _split(config: HeadsExperimentConfig, mode: str, seed: int, n: int, start: int = 0
-           ) -> list[Sample]:
-    task = make_task("shapes", seed=seed, **config.shapes(mode))
-    return list(TaskDataset(task, n, start).materialise().samples)
+@dataclass(frozen=True)
+class Stability:
+    """Agreement of the top-k of repeated searches on disjoint samples (`stability`)."""
+
+    heads: list[list[list[int]]]  # per search, its heads as [layer, head]
+    mean_overlap: float  # mean pairwise |A & B| / k
+    identical: bool  # every search found the same set
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Stability:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class HeadExample:
+    """The found heads on one held-out expression, for the figures."""
+
+    maps: list  # per found head, its (rows, cols) map
+    heatmap: list  # (rows, cols): the smoothed maps summed, as `ground` reads them
+    box: list[float]  # the predicted box, xyxy pixels
+    extent: list[int]  # [0, 0, width, height] of the image
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HeadExample:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class HeadsCondition:
+    """One model's results: its training, VQA, the heads found, their stability, REC."""
+
+    train: TrainRecord
+    vqa: VQAScore
+    spec: HeadSpec  # the first search's heads (the ones used)
+    stability: Stability
+    rec: RecResult
+    seconds: float  # the condition's wall time, training included
+
+    def to_json(self) -> dict[str, Any]:
+        return {"train": self.train.to_json(), "vqa": self.vqa.to_json(),
+                "spec": self.spec.to_json(), "stability": self.stability.to_json(),
+                "rec": self.rec.to_json(), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HeadsCondition:
+        return cls(TrainRecord.from_json(data["train"]), VQAScore.from_json(data["vqa"]),
+                   HeadSpec.from_json(data["spec"]), Stability.from_json(data["stability"]),
+                   RecResult.from_json(data["rec"]), data["seconds"])
+
+
+@dataclass(frozen=True)
+class HeadsResult:
+    """`run`'s result: per condition (in the config's order) its `HeadsCondition` and its
+    examples. JSON: ``{"config", "conditions": {c: ...}, "examples": {"ids": [...], c: {id:
+    HeadExample}}}``."""
+
+    config: HeadsExperimentConfig
+    conditions: dict[str, HeadsCondition]
+    example_ids: list[str]  # the held-out expressions of the figures
+    examples: dict[str, dict[str, HeadExample]]  # condition -> sample id -> example
+
+    def to_json(self) -> dict[str, Any]:
+        examples: dict[str, Any] = {"ids": list(self.example_ids)}
+        for c, per in self.examples.items():
+            examples[c] = {i: e.to_json() for i, e in per.items()}
+        return {"config": self.config.to_json(),
+                "conditions": {c: e.to_json() for c, e in self.conditions.items()},
+                "examples": examples}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HeadsResult:
+        ex = data["examples"]
+        return cls(HeadsExperimentConfig.from_json(data["config"]),
+                   {c: HeadsCondition.from_json(e) for c, e in data["conditions"].items()},
+                   list(ex["ids"]),
+                   {c: {i: HeadExample.from_json(e) for i, e in per.items()}
+                    for c, per in ex.items() if c != "ids"})
 
 
 def train_split(config: HeadsExperimentConfig) -> SampleList:
-    return SampleList(_split(config, "vqa", config.train.data_seed, config.train.samples))
+    return SampleList(config.shapes_samples("vqa", config.train.data_seed, config.train.samples))
 
 
 def held_out_splits(config: HeadsExperimentConfig) -> tuple[list[Sample], list[Sample]]:
     """(held-out VQA, held-out REC), from the test seed."""
     seed = config.train.data_seed + TEST_SEED_OFFSET
-    return (_split(config, "vqa", seed, config.vqa_samples),
-            _split(config, "rec", seed, config.test_samples))
+    return (config.shapes_samples("vqa", seed, config.vqa_samples),
+            config.shapes_samples("rec", seed, config.test_samples))
 
 
 def search_split(config: HeadsExperimentConfig, repeat: int) -> list[Sample]:
     """The ``repeat``-th disjoint set of REC samples for the head search."""
     n = config.search_samples
-    return _split(config, "rec", config.train.data_seed + SEARCH_SEED_OFFSET, n, repeat * n)
+    return config.shapes_samples("rec", config.train.data_seed + SEARCH_SEED_OFFSET, n,
+                                 repeat * n)
 
 
 def prepare_model(config: HeadsExperimentConfig, condition: str, train: SampleList | None,
-                  out_dir: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+                  out_dir: Path, progress: bool) -> tuple[torch.nn.Module, Any, TrainRecord]:
     """The condition's model: random weights, or trained from them on ``train``."""
     if condition == "untrained":
         model, processor = config.train.build_model()
-        return model, processor, {"steps": 0}
+        return model, processor, TrainRecord(steps=0)
     return train_one(config, condition, train, out_dir / "runs" / condition, progress)
 
 
-def stability(head_sets: list[list[tuple[int, int]]]) -> dict[str, Any]:
+def stability(head_sets: list[list[tuple[int, int]]]) -> Stability:
     """Agreement of the top-k found by repeated searches: mean pairwise overlap |A & B| / k."""
     k = max(len(h) for h in head_sets)
     pairs = list(itertools.combinations([set(map(tuple, h)) for h in head_sets], 2))
     overlap = float(np.mean([len(a & b) / k for a, b in pairs])) if pairs else 1.0
-    return {"heads": [[list(h) for h in hs] for hs in head_sets], "mean_overlap": overlap,
-            "identical": all(a == b for a, b in pairs)}
+    return Stability([[list(h) for h in hs] for hs in head_sets], overlap,
+                     all(a == b for a, b in pairs))
 
 
 def search_and_ground(config: HeadsExperimentConfig, model: torch.nn.Module, processor: Any,
-                      rec_test: list[Sample], progress: bool) -> dict[str, Any]:
-    """Head searches (the first gives the heads), stability, and the REC table."""
+                      rec_test: list[Sample], progress: bool
+                      ) -> tuple[HeadSpec, Stability, RecResult]:
+    """Head searches (the first gives the heads), their stability, and the REC table."""
     adapter = get_adapter(model)
     specs = []
     for r in range(config.search_repeats):
@@ -169,12 +207,11 @@ def search_and_ground(config: HeadsExperimentConfig, model: torch.nn.Module, pro
     rec = evaluate_rec(model, processor, adapter, rec_test, specs[0], config.baselines,
                        seed=config.train.seed, batch_size=config.eval_batch_size,
                        progress=progress)
-    return {"spec": dataclasses.asdict(specs[0]),
-            "stability": stability([s.heads for s in specs]), "rec": rec.to_json()}
+    return specs[0], stability([s.heads for s in specs]), rec
 
 
 def vqa_accuracy(model: torch.nn.Module, processor: Any, vqa_test: list[Sample],
-                 config: HeadsExperimentConfig, progress: bool) -> dict[str, Any]:
+                 config: Any, progress: bool) -> VQAScore:
     """Accuracy on held-out VQA, overall and per question type."""
     res = evaluate(model, processor, get_adapter(model), vqa_test,
                    batch_size=config.eval_batch_size, max_new_tokens=VQA_ANSWER_TOKENS,
@@ -184,34 +221,29 @@ def vqa_accuracy(model: torch.nn.Module, processor: Any, vqa_test: list[Sample],
     for s in vqa_test:
         ok = res.predictions.get(s.id, "").strip().lower() == s.answer.lower()
         per_type.setdefault(s.structured["type"], []).append(ok)
-    return {"accuracy": score["accuracy"], "ci95": score["ci95"], "n": score["n"],
-            "by_type": {t: float(np.mean(v)) for t, v in sorted(per_type.items())}}
+    return VQAScore(score["accuracy"], score["ci95"], score["n"],
+                    {t: float(np.mean(v)) for t, v in sorted(per_type.items())})
 
 
 def example_maps(config: HeadsExperimentConfig, model: torch.nn.Module, processor: Any,
-                 spec: dict[str, Any], rec_test: list[Sample]) -> dict[str, Any]:
+                 spec: HeadSpec, rec_test: list[Sample]) -> dict[str, HeadExample]:
     """The found heads' maps and the grounding on the first ``n_maps`` held-out expressions."""
-    from lookhere.heads.selection import HeadSpec
-
     adapter = get_adapter(model)
     samples = rec_test[: config.n_maps]
-    heads = [tuple(h) for h in spec["heads"]]
-    hspec = HeadSpec(**{**spec, "heads": heads})
-    maps = head_maps(model, processor, adapter, samples, heads, batch_size=config.n_maps)
-    found = locate(model, processor, adapter, hspec, samples, batch_size=config.n_maps)
-    return {s.id: {"maps": m.tolist(), "heatmap": g.heatmap.tolist(), "box": list(g.box),
-                   "extent": [0, 0, *s.image.size]}
+    maps = head_maps(model, processor, adapter, samples, spec.heads, batch_size=config.n_maps)
+    found = locate(model, processor, adapter, spec, samples, batch_size=config.n_maps)
+    return {s.id: HeadExample(m.tolist(), g.heatmap.tolist(), list(g.box),
+                              [0, 0, *s.image.size])
             for s, (m, _), g in zip(samples, maps, found, strict=True)}
 
 
 def run(config: HeadsExperimentConfig, out_dir: str | Path, progress: bool = True,
-        on_result: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Every condition: model, VQA accuracy, head searches, REC table; the results dict."""
+        on_result: Callable[[str, HeadsCondition], None] | None = None) -> HeadsResult:
+    """Every condition: model, VQA accuracy, head searches, REC table."""
     out_dir = Path(out_dir)
     train = train_split(config) if set(config.conditions) - {"untrained"} else None
     vqa_test, rec_test = held_out_splits(config)
-    results: dict[str, Any] = {"config": config.to_json(), "conditions": {},
-                               "examples": {"ids": [s.id for s in rec_test[: config.n_maps]]}}
+    result = HeadsResult(config, {}, [s.id for s in rec_test[: config.n_maps]], {})
     for condition in config.conditions:
         start = time.perf_counter()
         if progress:
@@ -222,23 +254,20 @@ def run(config: HeadsExperimentConfig, out_dir: str | Path, progress: bool = Tru
             from lookhere.models.tiny import save_tiny
 
             save_tiny(model, processor, out_dir / "models" / condition)
-        entry = {"train": record, "vqa": vqa_accuracy(model, processor, vqa_test, config,
-                                                       progress)}
-        entry.update(search_and_ground(config, model, processor, rec_test, progress))
-        results["examples"][condition] = example_maps(config, model, processor, entry["spec"],
-                                                      rec_test)
-        entry["seconds"] = time.perf_counter() - start
-        results["conditions"][condition] = entry
+        vqa = vqa_accuracy(model, processor, vqa_test, config, progress)
+        spec, stable, rec = search_and_ground(config, model, processor, rec_test, progress)
+        result.examples[condition] = example_maps(config, model, processor, spec, rec_test)
+        entry = HeadsCondition(record, vqa, spec, stable, rec, time.perf_counter() - start)
+        result.conditions[condition] = entry
         if on_result is not None:
             on_result(condition, entry)
         if progress:
             print(f"[heads] {condition}: {summary_line(condition, entry)}", flush=True)
-    return results
+    return result
 
 
-def summary_line(condition: str, entry: dict[str, Any]) -> str:
-    m = entry["rec"]["methods"]
-    accs = ", ".join(f"{k} {100 * v['acc@0.5']:.1f}/{100 * v['pointing']:.1f}"
-                     for k, v in m.items())
-    return (f"VQA {100 * entry['vqa']['accuracy']:.1f}%; heads {entry['spec']['heads']} "
-            f"(overlap {entry['stability']['mean_overlap']:.2f}); Acc@0.5/pointing: {accs}")
+def summary_line(condition: str, entry: HeadsCondition) -> str:
+    accs = ", ".join(f"{k} {100 * v.acc_at_iou:.1f}/{100 * v.pointing:.1f}"
+                     for k, v in entry.rec.methods.items())
+    return (f"VQA {100 * entry.vqa.accuracy:.1f}%; heads {entry.spec.heads} "
+            f"(overlap {entry.stability.mean_overlap:.2f}); Acc@0.5/pointing: {accs}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +34,23 @@ from lookhere.collate import GroundingCollator
 from lookhere.data.dataset import SampleList, TaskDataset
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
-from lookhere.eval.runner import evaluate
+from lookhere.eval.runner import AttentionMap, RatioSummary, evaluate
+from lookhere.experiment.config import (  # noqa: F401 (the config, named here too)
+    BENCHMARKS,
+    TASKS,
+    KLALExperimentConfig,
+)
+from lookhere.experiment.config import KLAL_CONDITIONS as CONDITIONS  # noqa: F401
 from lookhere.experiment.training import (
-    ExperimentConfig,
-    TrainSpec,
+    TrainRecord,
     fit,
     shapes_defaults,
     training_args,
 )
-from lookhere.losses.config import KLALConfig
 from lookhere.models.adapter import get_adapter
-from lookhere.targets import TargetConfig
 
-#: the paper's synthetic benchmarks (the default, and the demo's), then the real-data analogues
-BENCHMARKS = ("grid_patch", "line_intersection", "line_tracing")
-TASKS = (*BENCHMARKS, "rec", "point")
 #: the generator of each task whose name is not its generator's
 GENERATORS = {"rec": "shapes", "point": "scenes"}
-CONDITIONS = ("ntp", "klal")
 TEST_SEED_OFFSET = 10_000  # test samples come from seed data_seed + this: disjoint streams
 #: Scenes trains the shipped checkpoint from seed 0: fine-tuning draws from seed data_seed +
 #: this, a stream pretraining never used (test: data_seed + TEST_SEED_OFFSET, as its eval)
@@ -88,48 +87,70 @@ def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class KLALExperimentConfig(ExperimentConfig):
-    """One NTP vs NTP+KLAL comparison (defaults: `make demo`)."""
+class KLALEntry:
+    """One (task, condition): held-out accuracy (with its 95% bootstrap interval and the share
+    of unparsable answers), the answer token's attention ratio, the training record and the
+    first 20 predictions."""
 
-    train: TrainSpec = field(default_factory=TrainSpec, metadata={
-        "prefix": "", "help": "the tiny model and its training, the same in every condition"})
-    tasks: tuple[str, ...] = field(default=BENCHMARKS, metadata={
-        "help": f"tasks to run, of {', '.join(TASKS)} ('rec', 'point': the analogues of RefCOCO "
-                "and PixMo-Points)"})
-    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
-        "help": "'ntp' (KLAL weight 0, monitored) and/or 'klal' (the `klal` term)"})
-    klal: KLALConfig = field(default_factory=KLALConfig, metadata={
-        "help": "the 'klal' condition's KLAL term ('ntp': the same at weight 0, monitored)"})
-    target: TargetConfig = field(default_factory=TargetConfig, metadata={
-        "help": "KLAL target-map weights (target cells, their neighbour ring, the floor)"})
-    test_samples: int = field(default=500, metadata={"help": "held-out test samples per task"})
-    eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch size"})
-    max_new_tokens: int = field(default=32, metadata={
-        "help": "generation budget per answer (capped by the task's longest answer)"})
-    n_maps: int = field(default=3, metadata={"help": "test images per task in the map figure"})
-    task_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
-        "help": "per-task generator overrides, e.g. {'grid_patch': {'num_distractors': 1}}"})
-    save_models: bool = field(default=False, metadata={
-        "help": "save each trained model under out/models/<task>/<condition>"})
+    accuracy: float
+    ci95: list[float]  # [low, high]
+    parse_failure_rate: float
+    n: int
+    attention_ratio: RatioSummary | None  # None: no sample had a target (JSON: {})
+    train: TrainRecord
+    predictions: dict[str, str]  # sample id -> answer, the first 20
 
-    def __post_init__(self) -> None:
-        for name in ("test_samples", "eval_batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        bad = [t for t in self.tasks if t not in TASKS]
-        if bad or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad or not self.conditions:
-            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
-                             f"got {self.conditions}")
-        for task in self.task_options:
-            if task not in TASKS:
-                raise ValueError(f"task_options names unknown task {task!r}; tasks: {TASKS}")
-        self.check_klal_layers()
+    def to_json(self) -> dict[str, Any]:
+        ratio = self.attention_ratio
+        return {"accuracy": self.accuracy, "ci95": self.ci95,
+                "parse_failure_rate": self.parse_failure_rate, "n": self.n,
+                "attention_ratio": ratio.to_json() if ratio is not None else {},
+                "train": self.train.to_json(), "predictions": self.predictions}
 
-    def klal_config(self, condition: str) -> KLALConfig:
-        return self.klal.monitored() if condition == "ntp" else self.klal
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KLALEntry:
+        ratio = data["attention_ratio"]
+        return cls(data["accuracy"], data["ci95"], data["parse_failure_rate"], data["n"],
+                   RatioSummary.from_json(ratio) if ratio else None,
+                   TrainRecord.from_json(data["train"]), data["predictions"])
+
+
+@dataclass(frozen=True)
+class KLALExamples:
+    """A task's figure: its first test samples' ids and each condition's answer-token maps."""
+
+    ids: list[str]
+    maps: dict[str, dict[str, AttentionMap]]  # condition -> sample id -> map
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ids": self.ids, "maps": {c: {i: m.to_json() for i, m in per.items()}
+                                          for c, per in self.maps.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KLALExamples:
+        return cls(list(data["ids"]), {c: {i: AttentionMap.from_json(m) for i, m in per.items()}
+                                       for c, per in data["maps"].items()})
+
+
+@dataclass(frozen=True)
+class KLALResult:
+    """`run`'s result, per task (in the config's order): a `KLALEntry` per condition and the
+    `KLALExamples`. JSON: ``{"tasks": {task: {condition: ...}}, "examples": {task: ...}}``, the
+    report's schema (`lookhere.report.page`)."""
+
+    tasks: dict[str, dict[str, KLALEntry]]
+    examples: dict[str, KLALExamples]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tasks": {t: {c: e.to_json() for c, e in per.items()}
+                          for t, per in self.tasks.items()},
+                "examples": {t: ex.to_json() for t, ex in self.examples.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KLALResult:
+        return cls({t: {c: KLALEntry.from_json(e) for c, e in per.items()}
+                    for t, per in data["tasks"].items()},
+                   {t: KLALExamples.from_json(ex) for t, ex in data["examples"].items()})
 
 
 def task_config(config: KLALExperimentConfig, task: str) -> dict[str, Any]:
@@ -158,7 +179,7 @@ def held_out_split(config: KLALExperimentConfig, task: str) -> list[Sample]:
 
 
 def train_one(config: Any, condition: str, train: SampleList, out_dir: Path,
-              progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+              progress: bool = True) -> tuple[torch.nn.Module, Any, TrainRecord]:
     """The spec's model (fresh, or the ``init`` checkpoint) trained under one condition:
     (model, processor, training record).
     ``config``: any experiment config with ``train``, ``target`` and ``klal_config``."""
@@ -175,16 +196,16 @@ def train_one(config: Any, condition: str, train: SampleList, out_dir: Path,
 
 
 def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True,
-        on_result: Callable[[str, str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train and evaluate every (task, condition); returns the results dict (report schema)."""
+        on_result: Callable[[str, str, KLALEntry], None] | None = None) -> KLALResult:
+    """Train and evaluate every (task, condition)."""
     out_dir = Path(out_dir)
-    results: dict[str, Any] = {"tasks": {}, "examples": {}}
+    result = KLALResult({}, {})
     for task in config.tasks:
         train = train_split(config, task)
         test = held_out_split(config, task)
-        results["tasks"][task] = {}
-        examples = [s.id for s in test[: config.n_maps]]
-        results["examples"][task] = {"ids": examples, "maps": {}}
+        result.tasks[task] = {}
+        examples = result.examples[task] = KLALExamples([s.id for s in test[: config.n_maps]],
+                                                        {})
         for condition in config.conditions:
             if progress:
                 print(f"[klal] {task}: training {condition} ({config.train.steps} steps)",
@@ -202,24 +223,21 @@ def run(config: KLALExperimentConfig, out_dir: str | Path, progress: bool = True
                            batch_size=config.eval_batch_size,
                            max_new_tokens=min(config.max_new_tokens, ANSWER_TOKENS[task]),
                            n_maps=config.n_maps, query=config.klal.query, progress=progress)
-            score = res.scores.tasks[generator(task)].to_json()
-            ratio = res.attention_ratio.get(generator(task))
-            entry = {**{k: score[k] for k in ("accuracy", "ci95", "parse_failure_rate", "n")},
-                     "attention_ratio": ratio.to_json() if ratio is not None else {},
-                     "train": record,
-                     "predictions": dict(list(res.predictions.items())[:20])}
-            results["tasks"][task][condition] = entry
-            results["examples"][task]["maps"][condition] = {
-                i: m.to_json() for i, m in res.maps.items()}
+            score = res.scores.tasks[generator(task)]
+            entry = KLALEntry(score.accuracy, list(score.ci95), score.parse_failure_rate,
+                              score.n, res.attention_ratio.get(generator(task)), record,
+                              dict(list(res.predictions.items())[:20]))
+            result.tasks[task][condition] = entry
+            examples.maps[condition] = dict(res.maps)
             if on_result is not None:
                 on_result(task, condition, entry)
             if progress:
-                r = entry["attention_ratio"].get("mean", float("nan"))
-                print(f"[klal] {task} {condition}: accuracy {entry['accuracy']:.3f} "
-                      f"{entry['ci95']}, attention ratio {r:.2f}", flush=True)
-    return results
+                r = entry.attention_ratio.mean if entry.attention_ratio else float("nan")
+                print(f"[klal] {task} {condition}: accuracy {entry.accuracy:.3f} "
+                      f"{entry.ci95}, attention ratio {r:.2f}", flush=True)
+    return result
 
 
-def summary_line(results: dict[str, Any]) -> str:
-    return json.dumps({t: {c: round(v["accuracy"], 3) for c, v in conds.items()}
-                       for t, conds in results["tasks"].items()})
+def summary_line(result: KLALResult) -> str:
+    return json.dumps({t: {c: round(e.accuracy, 3) for c, e in conds.items()}
+                       for t, conds in result.tasks.items()})

@@ -46,140 +46,43 @@ import numpy as np
 import torch
 
 from lookhere.data.concepts import concept_ids, sample_concepts
-from lookhere.data.dataset import SampleList, TaskDataset
+from lookhere.data.dataset import SampleList
 from lookhere.data.sample import Geometry, Sample
-from lookhere.data.synthetic import make_task
-from lookhere.data.synthetic.shapes import ShapesConfig, object_mask
+from lookhere.data.synthetic.shapes import object_mask
 from lookhere.eval.rec import ious_from_counts, mask_counts
-from lookhere.experiment.heads import TEST_SEED_OFFSET, vqa_accuracy
+from lookhere.experiment.config import LENS_CONDITIONS as CONDITIONS  # noqa: F401
+from lookhere.experiment.config import LENS_TRAIN as TRAIN  # noqa: F401
+from lookhere.experiment.config import LensExperimentConfig
+from lookhere.experiment.heads import TEST_SEED_OFFSET, VQAScore, vqa_accuracy
 from lookhere.experiment.training import (
-    ExperimentConfig,
+    ShapesExperiment,
+    TrainRecord,
     TrainSpec,
     fit,
-    shapes_defaults,
     training_args,
 )
 from lookhere.lens import lens_maps
-from lookhere.losses.config import KLALConfig, LLLConfig
+from lookhere.losses.config import KLALConfig
 from lookhere.maps import parse_threshold, peak_cell, pointing, segment
-from lookhere.models.adapter import get_adapter, resolve_layers
+from lookhere.models.adapter import get_adapter
 from lookhere.targets import cell_coverage
 
-CONDITIONS = ("ntp", "lll")
 KINDS = ("shape", "colour")  # concept types: the object attribute that gives the word
 LABELS = {"ntp": "NTP", "lll": "NTP+LLL"}
-#: The experiment's training: the heads experiment's (4 LLM layers, 1,500 steps).
-TRAIN = TrainSpec(size="heads", steps=1500)
-
-
-@dataclass(frozen=True)
-class LensExperimentConfig(ExperimentConfig):
-    """Lens segmentation of tiny VLMs trained with NTP and NTP+LLL (defaults: the experiment)."""
-
-    RENAMED = {"mu": "lll.weight"}  # results files before the nesting
-
-    train: TrainSpec = field(default_factory=lambda: TRAIN, metadata={
-        "prefix": "", "help": "the tiny model and its training, the same in both conditions"})
-    conditions: tuple[str, ...] = field(default=CONDITIONS, metadata={
-        "help": f"models to train: {CONDITIONS} ('ntp': LLL weight 0, monitored)"})
-    lll: LLLConfig = field(default_factory=LLLConfig, metadata={
-        "help": "the 'lll' model's LLL term ('ntp': the same at weight 0, monitored); its "
-                "token_rule also picks the concept tokens of the evaluation"})
-    test_samples: int = field(default=300, metadata={
-        "help": "held-out images whose concepts are segmented"})
-    vqa_samples: int = field(default=300, metadata={"help": "held-out VQA questions"})
-    eval_batch_size: int = field(default=50, metadata={"help": "evaluation batch"})
-    n_maps: int = field(default=4, metadata={"help": "held-out images in the figure"})
-    shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "overrides of the Shapes generator settings (training and held-out)"})
-    lens_layers: str = field(default="all", metadata={
-        "help": "layers whose lens maps are scored: 'all' or comma-separated indices, e.g. "
-                "'1,-1' (on the command line, a list that starts with a minus needs '=': "
-                "--lens-layers=-1,1)"})
-    threshold: str = field(default="mean", metadata={
-        "help": "segmentation threshold: 'mean' (cells above the map's mean), 'two_mean', or "
-                "a fraction of the map's max in (0, 1), e.g. '0.5'"})
-    smooth_sigma: float = field(default=0.0, metadata={
-        "help": "Gaussian smoothing of the maps before segmentation and pointing (0: none)"})
-    largest_component: bool = field(default=False, metadata={
-        "help": "keep only the largest 8-connected component (off: a word may name several "
-                "objects)"})
-    save_models: bool = field(default=False, metadata={
-        "help": "save each trained model under out/models/<condition>"})
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "conditions", tuple(self.conditions))
-        for name in ("test_samples", "vqa_samples", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_maps < 0:
-            raise ValueError(f"n_maps must be >= 0, got {self.n_maps}")
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad or not self.conditions or len(set(self.conditions)) != len(self.conditions):
-            raise ValueError(f"conditions must be a non-empty subset of {CONDITIONS}, "
-                             f"got {self.conditions}")
-        layers = self.train.shape.layers
-        if not -layers <= self.lll.layer < layers:
-            raise ValueError(f"layer {self.lll.layer} is not a layer of the "
-                             f"{self.train.model_name!r} model's {layers} LLM layers")
-        self.layers()  # validates lens_layers
-        parse_threshold(self.threshold)
-        if not 0 <= self.smooth_sigma < float("inf"):
-            raise ValueError(f"smooth_sigma must be finite and >= 0, got {self.smooth_sigma}")
-        ShapesConfig(**self.shapes("vqa"))  # validates shapes_options
-
-    def lll_config(self, condition: str) -> LLLConfig:
-        """``lll``: the `lll` term; ``ntp``: the same at weight 0, still computed and logged."""
-        if condition == "lll":
-            return self.lll
-        return dataclasses.replace(self.lll, weight=0.0, monitor=True)
-
-    @property
-    def trained_layer(self) -> int:
-        """The layer the LLL term trains, non-negative."""
-        return self.lll.layer % self.train.shape.layers
-
-    def layers(self) -> tuple[int, ...]:
-        """The reported lens layers, non-negative, in the order given."""
-        n = self.train.shape.layers
-        if self.lens_layers.strip() == "all":
-            return tuple(range(n))
-        try:
-            chosen = [int(v) for v in self.lens_layers.split(",")]
-        except ValueError:
-            raise ValueError(f"lens_layers must be 'all' or comma-separated layer indices, got "
-                             f"{self.lens_layers!r}") from None
-        try:
-            return resolve_layers(chosen, n)
-        except ValueError as err:
-            raise ValueError(f"lens_layers: {err}") from None
-
-    def shapes(self, mode: str) -> dict[str, Any]:
-        return {**shapes_defaults(self.train.image_size), **self.shapes_options, "mode": mode}
-
-    def vocabulary(self) -> dict[str, tuple[str, ...]]:
-        """Concept words per type: the generator's shape and colour words."""
-        cfg = ShapesConfig(**self.shapes("vqa"))
-        return {"shape": tuple(cfg.shapes), "colour": tuple(cfg.colours)}
-
-
 # --------------------------------------------------------------------------- data
 
 
-def _split(config: LensExperimentConfig, seed: int, n: int) -> list[Sample]:
-    task = make_task("shapes", seed=seed, **config.shapes("vqa"))
-    return list(TaskDataset(task, n).materialise().samples)
-
-
 def train_split(config: LensExperimentConfig) -> SampleList:
-    return SampleList(_split(config, config.train.data_seed, config.train.samples))
+    return SampleList(config.shapes_samples("vqa", config.train.data_seed,
+                                            config.train.samples))
 
 
 def held_out_splits(config: LensExperimentConfig) -> tuple[list[Sample], list[Sample]]:
     """(held-out VQA questions, held-out lens images), both from seed data_seed + 10000: the
     same scene stream, so the first images of the two coincide (both are held out)."""
     seed = config.train.data_seed + TEST_SEED_OFFSET
-    return _split(config, seed, config.vqa_samples), _split(config, seed, config.test_samples)
+    return (config.shapes_samples("vqa", seed, config.vqa_samples),
+            config.shapes_samples("vqa", seed, config.test_samples))
 
 
 # --------------------------------------------------------------------------- training
@@ -189,30 +92,33 @@ def held_out_splits(config: LensExperimentConfig) -> tuple[list[Sample], list[Sa
 class Trained:
     """A model trained elsewhere, given to `run` for the ``ntp`` condition.
 
-    ``config`` is the config it was trained under (e.g. a `HeadsExperimentConfig`: its 'ntp'
-    model is NTP with KLAL only monitored), which `run` checks against its own with
+    ``config`` is the Shapes experiment's config it was trained under (e.g. a
+    `HeadsExperimentConfig`: its 'ntp' model is NTP with KLAL only monitored), which `run`
+    checks against its own with
     `ntp_mismatches`; the caller vouches that the model was trained with NTP alone (auxiliary
     terms at weight 0). ``record`` is its training record (``steps``, ``seconds``, ``log``);
     ``source`` names where it comes from, for the results."""
 
     model: torch.nn.Module
     processor: Any
-    record: dict[str, Any]
-    config: Any
+    record: TrainRecord
+    config: ShapesExperiment
     source: str = ""
 
 
-def ntp_mismatches(config: LensExperimentConfig, other: Any) -> list[str]:
-    """The training settings in which ``other`` (any experiment config) differs from
-    ``config``, as ``"name: other's != config's"``; empty when NTP under ``other`` trains the
-    same model on the same batches as this experiment's 'ntp' condition: the same `TrainSpec`
-    (initial weights, batches and their order, optimiser and schedule) and Shapes VQA settings."""
-    theirs_train = getattr(other, "train", None)
-    out = [f"{f.name}: {getattr(theirs_train, f.name, '<missing>')!r} != "
-           f"{getattr(config.train, f.name)!r}" for f in dataclasses.fields(TrainSpec)
-           if getattr(theirs_train, f.name, None) != getattr(config.train, f.name)]
-    shapes = getattr(other, "shapes", None)
-    theirs = shapes("vqa") if callable(shapes) else "<missing>"
+def ntp_mismatches(config: LensExperimentConfig, other: ShapesExperiment) -> list[str]:
+    """The training settings in which ``other`` (another Shapes experiment's config) differs
+    from ``config``, as ``"name: other's != config's"``; empty when NTP under ``other`` trains
+    the same model on the same batches as this experiment's 'ntp' condition: the same
+    `TrainSpec` (initial weights, batches and their order, optimiser and schedule) and Shapes
+    VQA settings."""
+    if not isinstance(other, ShapesExperiment):
+        raise TypeError(f"trained config must be a Shapes experiment's config (heads or lens), "
+                        f"got {type(other).__name__}")
+    out = [f"{f.name}: {getattr(other.train, f.name)!r} != {getattr(config.train, f.name)!r}"
+           for f in dataclasses.fields(TrainSpec)
+           if getattr(other.train, f.name) != getattr(config.train, f.name)]
+    theirs = other.shapes("vqa")
     if theirs != config.shapes("vqa"):
         out.append(f"Shapes VQA settings: {theirs!r} != {config.shapes('vqa')!r}")
     return out
@@ -232,7 +138,7 @@ def _check_trained(config: LensExperimentConfig, trained: dict[str, Trained]) ->
 
 
 def train_one(config: LensExperimentConfig, condition: str, train: SampleList, out_dir: Path,
-              progress: bool = True) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+              progress: bool = True) -> tuple[torch.nn.Module, Any, TrainRecord]:
     """The spec's model (fresh, or the ``init`` checkpoint) trained under one condition:
     (model, processor, training record).
 
@@ -250,7 +156,7 @@ def train_one(config: LensExperimentConfig, condition: str, train: SampleList, o
         klal=KLALConfig(weight=0.0), lll=lll,
     )
     record = fit(trainer, config.train.steps, progress)
-    return trainer.model, processor, {**record, "lll": dataclasses.asdict(lll)}
+    return trainer.model, processor, dataclasses.replace(record, lll=dataclasses.asdict(lll))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -302,24 +208,145 @@ class LensScore:
                    p_in=mean("p_in"), p_out=mean("p_out"), n=len(pairs))
 
 
+#: layer -> concept type ("shape", "colour", or "all" of both) -> score (None: no pair)
+LayerScores = dict[int, dict[str, LensScore | None]]
+
+
 def _summary(pairs: Mapping[tuple[int, str], list[PairScore]], layers: Sequence[int]
-             ) -> dict[str, dict[str, dict[str, float]]]:
-    """Per reported layer, per concept type and over both ("all"): the `LensScore` as a dict
-    (``{"n": 0}`` where there was no pair)."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+             ) -> LayerScores:
+    """Per reported layer, per concept type and over both ("all"): the `LensScore`."""
+    out: LayerScores = {}
     for layer in layers:
         per = {k: pairs.get((layer, k), []) for k in KINDS}
         per["all"] = [p for k in KINDS for p in per[k]]
-        out[str(layer)] = {k: dataclasses.asdict(LensScore.of(v)) if v else {"n": 0}
-                           for k, v in per.items()}
+        out[layer] = {k: LensScore.of(v) if v else None for k, v in per.items()}
     return out
 
 
+@dataclass(frozen=True)
+class LensMaps:
+    """One figure image's lens maps of its `example_concept`."""
+
+    extent: list[float]  # the grid's xyxy pixel extent
+    maps: dict[int, list]  # layer -> (rows, cols) lens probabilities
+
+    def to_json(self) -> dict[str, Any]:
+        return {"extent": self.extent, "maps": {str(k): m for k, m in self.maps.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LensMaps:
+        return cls(list(data["extent"]), {int(k): m for k, m in data["maps"].items()})
+
+
+@dataclass(frozen=True)
+class LensItem:
+    """A figure image: its id, the concept shown and the boxes of the objects carrying it."""
+
+    id: str
+    kind: str
+    concept: str
+    boxes: list[list[float]]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LensItem:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ReferenceScore:
+    """What the metrics give without a model (`reference_scores`)."""
+
+    region_share: float  # the image share the word's region covers
+    object_share: float  # the image share any object covers
+    n: int  # (image, word) pairs
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReferenceScore:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ConceptTable:
+    """The vocabulary, each word's token ids, and the words that share an id."""
+
+    words: dict[str, list[str]]  # concept type -> words
+    ids: dict[str, list[int]]  # word -> token ids (the token rule's)
+    rule: str
+    shared_ids: list[list[str]]  # groups of words with a token in common
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConceptTable:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LensCondition:
+    """One model: its training, VQA accuracy, and the lens scores per layer and type."""
+
+    train: TrainRecord
+    vqa: VQAScore
+    lens: LayerScores
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        lens = {str(layer): {k: dataclasses.asdict(s) if s else {"n": 0} for k, s in per.items()}
+                for layer, per in self.lens.items()}
+        return {"train": self.train.to_json(), "vqa": self.vqa.to_json(), "lens": lens,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LensCondition:
+        lens = {int(layer): {k: LensScore(**s) if s.get("n") else None for k, s in per.items()}
+                for layer, per in data["lens"].items()}
+        return cls(TrainRecord.from_json(data["train"]), VQAScore.from_json(data["vqa"]), lens,
+                   data["seconds"])
+
+
+@dataclass(frozen=True)
+class LensResult:
+    """`run`'s result. JSON: ``{"config", "layers", "conditions": {c: ...}, "reference": {type:
+    ...}, "examples": {"items": [...], "maps": {c: [...]}}, "concepts"}``."""
+
+    config: LensExperimentConfig
+    layers: list[int]  # the reported layers, non-negative
+    conditions: dict[str, LensCondition]
+    reference: dict[str, ReferenceScore]  # concept type (and "all") -> no-model scores
+    items: list[LensItem]  # the figure's images
+    maps: dict[str, list[LensMaps]]  # condition -> per figure image
+    concepts: ConceptTable | None = None  # from the first model's tokenizer
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"config": self.config.to_json(), "layers": list(self.layers),
+               "conditions": {c: e.to_json() for c, e in self.conditions.items()},
+               "reference": {k: r.to_json() for k, r in self.reference.items()},
+               "examples": {"items": [i.to_json() for i in self.items],
+                            "maps": {c: [m.to_json() for m in ms] for c, ms in self.maps.items()}}}
+        return out if self.concepts is None else out | {"concepts": self.concepts.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LensResult:
+        ex = data["examples"]
+        return cls(LensExperimentConfig.from_json(data["config"]), list(data["layers"]),
+                   {c: LensCondition.from_json(e) for c, e in data["conditions"].items()},
+                   {k: ReferenceScore.from_json(r) for k, r in data["reference"].items()},
+                   [LensItem.from_json(i) for i in ex["items"]],
+                   {c: [LensMaps.from_json(m) for m in ms] for c, ms in ex["maps"].items()},
+                   ConceptTable.from_json(data["concepts"]) if "concepts" in data else None)
+
+
 def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor: Any,
-                samples: Sequence[Sample]) -> tuple[dict[str, Any], list[dict[str, list]]]:
-    """(scores per reported layer and concept type, the examples: for each of the first
-    ``n_maps`` images, ``{"extent": the grid's xyxy pixel extent, "maps": {layer: (rows, cols)
-    map of `example_concept`}}``)."""
+                samples: Sequence[Sample]) -> tuple[LayerScores, list[LensMaps]]:
+    """(scores per reported layer and concept type, the lens maps of `example_concept` on each
+    of the first ``n_maps`` images)."""
     vocab = config.vocabulary()
     words = [w for kind in KINDS for w in vocab[kind]]
     layers = config.layers()
@@ -348,9 +375,9 @@ def lens_scores(config: LensExperimentConfig, model: torch.nn.Module, processor:
         _, word, _ = example_concept(s, i)
         geo = result.geometries[i][0]
         extent = geo.grid_box_to_image((0, 0, geo.cols, geo.rows), clip=False)
-        examples.append({"extent": [float(v) for v in extent],
-                         "maps": {str(layer): result.map(i, layer, word).tolist()
-                                  for layer in layers}})
+        examples.append(LensMaps([float(v) for v in extent],
+                                 {layer: result.map(i, layer, word).tolist()
+                                  for layer in layers}))
     return _summary(pairs, layers), examples
 
 
@@ -367,7 +394,7 @@ def example_concept(sample: Sample, index: int) -> tuple[str, str, np.ndarray]:
     return next(r for r in concept_regions(sample) if r[:2] == (kind, word))
 
 
-def reference_scores(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
+def reference_scores(samples: Sequence[Sample]) -> dict[str, ReferenceScore]:
     """What the metrics give without a model, per concept type, as means over (image, word):
     ``region_share``, the share of the image that the word's region covers (both the mIoU of a
     whole-image mask and the pointing game of a peak at a uniformly random pixel), and
@@ -380,17 +407,18 @@ def reference_scores(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
             for k in (kind, "all"):
                 rows[k]["region_share"].append(float(gold.mean()))
                 rows[k]["object_share"].append(float(objects.mean()))
-    return {k: {**{name: float(np.mean(v)) if v else 0.0 for name, v in row.items()},
-                "n": len(row["region_share"])} for k, row in rows.items()}
+    return {k: ReferenceScore(**{name: float(np.mean(v)) if v else 0.0
+                                 for name, v in row.items()}, n=len(row["region_share"]))
+            for k, row in rows.items()}
 
 
 # --------------------------------------------------------------------------- the run
 
 
 def run(config: LensExperimentConfig, out_dir: str | Path, progress: bool = True,
-        on_result: Callable[[str, dict[str, Any]], None] | None = None,
-        trained: Mapping[str, Trained] | None = None) -> dict[str, Any]:
-    """Every condition: training, VQA accuracy, lens segmentation and pointing; the results.
+        on_result: Callable[[str, LensCondition], None] | None = None,
+        trained: Mapping[str, Trained] | None = None) -> LensResult:
+    """Every condition: training, VQA accuracy, lens segmentation and pointing.
 
     ``trained={"ntp": Trained(...)}`` uses that model instead of training one (ValueError when
     its config differs in a training setting, see `ntp_mismatches`); its entry's ``train`` is
@@ -401,38 +429,35 @@ def run(config: LensExperimentConfig, out_dir: str | Path, progress: bool = True
     _check_trained(config, trained)
     train = train_split(config) if set(config.conditions) - set(trained) else None
     vqa_test, lens_test = held_out_splits(config)
-    results: dict[str, Any] = {
-        "config": config.to_json(), "layers": list(config.layers()), "conditions": {},
-        "reference": reference_scores(lens_test),
-        "examples": {"items": [_example_item(s, i) for i, s in
-                               enumerate(lens_test[: config.n_maps])], "maps": {}},
-    }
+    result = LensResult(config, list(config.layers()), {}, reference_scores(lens_test),
+                        [_example_item(s, i) for i, s in enumerate(lens_test[: config.n_maps])],
+                        {})
     for condition in config.conditions:
         start = time.perf_counter()
         model, processor, record = _prepare(config, condition, train, trained, out_dir,
                                             progress)
         model.eval()
-        results.setdefault("concepts", concept_table(config, processor.tokenizer))
+        if result.concepts is None:
+            result = dataclasses.replace(result,
+                                         concepts=concept_table(config, processor.tokenizer))
         if config.save_models and condition not in trained:
             from lookhere.models.tiny import save_tiny
 
             save_tiny(model, processor, out_dir / "models" / condition)
-        entry: dict[str, Any] = {"train": record, "vqa": vqa_accuracy(model, processor, vqa_test,
-                                                                      config, progress)}
-        entry["lens"], results["examples"]["maps"][condition] = lens_scores(
-            config, model, processor, lens_test)
-        entry["seconds"] = time.perf_counter() - start
-        results["conditions"][condition] = entry
+        vqa = vqa_accuracy(model, processor, vqa_test, config, progress)
+        scores, result.maps[condition] = lens_scores(config, model, processor, lens_test)
+        entry = LensCondition(record, vqa, scores, time.perf_counter() - start)
+        result.conditions[condition] = entry
         if on_result is not None:
             on_result(condition, entry)
         if progress:
             print(f"[lens] {condition}: {summary_line(condition, entry)}", flush=True)
-    return results
+    return result
 
 
 def _prepare(config: LensExperimentConfig, condition: str, train: SampleList | None,
              trained: dict[str, Trained], out_dir: Path, progress: bool
-             ) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+             ) -> tuple[torch.nn.Module, Any, TrainRecord]:
     """The condition's model: the given one, or trained here."""
     if condition in trained:
         given = trained[condition]
@@ -440,14 +465,14 @@ def _prepare(config: LensExperimentConfig, condition: str, train: SampleList | N
             print(f"[lens] {condition}: reusing the model from {given.source or 'the caller'}",
                   flush=True)
         lll = dataclasses.replace(config.lll_config(condition), monitor=False)
-        return given.model, given.processor, {**given.record, "lll": dataclasses.asdict(lll),
-                                              "reused_from": given.source}
+        return given.model, given.processor, dataclasses.replace(
+            given.record, lll=dataclasses.asdict(lll), reused_from=given.source)
     if progress:
         print(f"[lens] {condition}: training ({config.train.steps} steps)", flush=True)
     return train_one(config, condition, train, out_dir / "runs" / condition, progress)
 
 
-def concept_table(config: LensExperimentConfig, tokenizer: Any) -> dict[str, Any]:
+def concept_table(config: LensExperimentConfig, tokenizer: Any) -> ConceptTable:
     """The vocabulary with each word's token ids, and the words that share an id (their maps
     then overlap or coincide: the lens cannot tell them apart)."""
     vocab = config.vocabulary()
@@ -458,21 +483,21 @@ def concept_table(config: LensExperimentConfig, tokenizer: Any) -> dict[str, Any
         for t in group:
             owners.setdefault(t, []).append(w)
     shared = sorted({tuple(ws) for ws in owners.values() if len(ws) > 1})
-    return {"words": {k: list(v) for k, v in vocab.items()}, "ids": ids,
-            "rule": config.lll.token_rule, "shared_ids": [list(ws) for ws in shared]}
+    return ConceptTable({k: list(v) for k, v in vocab.items()}, ids, config.lll.token_rule,
+                        [list(ws) for ws in shared])
 
 
-def _example_item(sample: Sample, index: int) -> dict[str, Any]:
+def _example_item(sample: Sample, index: int) -> LensItem:
     kind, word, _ = example_concept(sample, index)
     boxes = [list(map(float, o["box"])) for o in sample.meta["objects"] if o[kind] == word]
-    return {"id": sample.id, "kind": kind, "concept": word, "boxes": boxes}
+    return LensItem(sample.id, kind, word, boxes)
 
 
-def summary_line(condition: str, entry: dict[str, Any]) -> str:
+def summary_line(condition: str, entry: LensCondition) -> str:
     parts = []
-    for layer, per in entry["lens"].items():
-        cells = ", ".join(f"{k} {100 * per[k]['mIoU']:.1f}/{100 * per[k]['pointing']:.1f}"
-                          for k in (*KINDS, "all") if per[k].get("n"))
+    for layer, per in entry.lens.items():
+        cells = ", ".join(f"{k} {100 * per[k].mIoU:.1f}/{100 * per[k].pointing:.1f}"
+                          for k in (*KINDS, "all") if per[k])
         parts.append(f"L{layer}: {cells}")
-    return (f"VQA {100 * entry['vqa']['accuracy']:.1f}%; lens mIoU/pointing "
+    return (f"VQA {100 * entry.vqa.accuracy:.1f}%; lens mIoU/pointing "
             f"{'; '.join(parts)}")

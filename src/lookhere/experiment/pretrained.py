@@ -16,8 +16,7 @@ On held-out data only, none of it drawn from the pretraining stream:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
@@ -28,6 +27,7 @@ from lookhere.data.synthetic import make_task
 from lookhere.eval.rec import BASELINES, RecScore, evaluate_rec
 from lookhere.eval.runner import generate_answers
 from lookhere.eval.scoring import TaskScore, score_predictions
+from lookhere.experiment.config import PretrainedEvalConfig
 from lookhere.experiment.heads import SEARCH_SEED_OFFSET, TEST_SEED_OFFSET
 from lookhere.experiment.training import shapes_defaults
 from lookhere.heads.search import find_heads
@@ -38,27 +38,6 @@ SHAPES_TYPES = ("colour", "shape", "size", "count")
 SCENES_SKILLS = ("position", "relation", "read", "find_marker", "follow", "point")
 #: generation budget per answer kind: a word, or a box / point written digit by digit
 WORD_TOKENS, BOX_TOKENS = 6, 32
-
-
-@dataclass(frozen=True)
-class PretrainedEvalConfig:
-    seed: int = field(default=0, metadata={"help": "Data seed; held-out splits add offsets."})
-    vqa_samples: int = field(default=200, metadata={"help": "Shapes questions per type."})
-    skill_samples: int = field(default=200, metadata={"help": "Scenes questions per skill."})
-    rec_samples: int = field(default=500, metadata={"help": "Held-out REC expressions."})
-    search_samples: int = field(default=1000, metadata={"help": "REC prompts of the search."})
-    top_k: int = field(default=3, metadata={"help": "Localization heads kept (the paper: 3)."})
-    per_sample: int = field(default=3, metadata={
-        "help": "Heads counted per sample by the search's entropy criterion (3 of the mini "
-                "model's 24 candidates, about the share of the heads experiment's 2 of 8)."})
-    batch_size: int = field(default=32, metadata={"help": "Batch size of every forward."})
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or v < (0 if f.name == "seed" else 1):
-                raise ValueError(f"{f.name} must be an int >= {0 if f.name == 'seed' else 1}, "
-                                 f"got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ def spatial_entropy(attn_map: np.ndarray, threshold: MeanRule = "mean",
 
     ``weight="area"`` (the paper): the foreground is `binarise`'s and ``P(C_n)`` the component's
     share of its area. Lower is more concentrated; one component gives 0; no foreground gives
-    ``inf``. ``weight="mass"`` is the authors' code exactly (`authors_entropy`).
+    ``inf``. ``weight="mass"`` is the authors' rule (`authors_entropy`; with
+    ``threshold="two_mean"``, their code's).
     """
     a = check_map(attn_map)
     if weight == "mass":
@@ -91,16 +92,22 @@ def spatial_entropy(attn_map: np.ndarray, threshold: MeanRule = "mean",
 def authors_entropy(attn_map: np.ndarray, threshold: MeanRule = "two_mean") -> float:
     """The spatial entropy of the authors' code (LocalizationHeads, ``spatial_entropy``).
 
-    ``B = relu(A - t)`` with ``t`` the mean (``"mean"``) or twice it (``"two_mean"``, their
-    code); the components are those of ``B > 0.001``; each weighs its sum of ``B`` divided by
-    the sum of ``B`` over the *whole* map (cells in (0, 0.001] count in the total, not in any
-    component, so the shares need not sum to 1). ``inf`` when ``B`` has no mass; **0.0** when it
-    has mass but no cell clears the margin, which their code returns (a bug: such a head looks
-    perfectly concentrated) and which is kept here only, for exactness.
+    ``B = relu(A - t)`` with ``t`` twice the mean (``"two_mean"``, their code) or the mean
+    (``"mean"``, their first release); the components are those of ``B > 0.001``; each weighs
+    its sum of ``B`` divided by the sum of ``B`` over the *whole* map (cells in (0, 0.001] count
+    in the total, not in any component, so the shares need not sum to 1). ``inf`` when ``B``
+    has no mass, as for a constant map; **0.0** when it has mass but no cell clears the margin,
+    which their code returns (a bug: such a head looks perfectly concentrated) and which is kept
+    here only, for exactness. Computed in float64 (their code binarises and sums a float32 copy
+    of ``B``: the values agree to float32 rounding).
     """
     a = check_map(attn_map)
     if threshold not in ("mean", "two_mean"):
         raise ValueError(f"threshold must be 'mean' or 'two_mean', got {threshold!r}")
+    if np.ptp(a) == 0:
+        # B is 0 in exact arithmetic; the float mean can round below the constant and leave
+        # rounding noise in B, which would score 0.0 instead of inf
+        return float("inf")
     b = np.maximum(a - (2.0 if threshold == "two_mean" else 1.0) * a.mean(), 0.0)
     total = b.sum()
     if not total > 0:

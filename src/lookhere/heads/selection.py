@@ -150,33 +150,41 @@ class HeadSpec:
 
     def save(self, path: str | Path) -> Path:
         """Atomic JSON write."""
-        return write_json(asdict(self), path)
+        return write_json(self.to_json(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> HeadSpec:
-        data = json.loads(Path(path).read_text())
+        return cls.from_json(json.loads(Path(path).read_text()), source=str(path))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "HeadSpec") -> HeadSpec:
+        """The spec of ``to_json``'s dict, checked (``source`` names it in the errors)."""
+        data = dict(data)
         missing = {"model", "heads", "tau", "num_samples", "counts"} - set(data)
         if missing:
-            raise ValueError(f"{path}: not a HeadSpec, missing {sorted(missing)}")
+            raise ValueError(f"{source}: not a HeadSpec, missing {sorted(missing)}")
         counts = np.asarray(data["counts"])
         if counts.ndim != 2:
-            raise ValueError(f"{path}: counts must be a (layers, heads) table")
+            raise ValueError(f"{source}: counts must be a (layers, heads) table")
         if not isinstance(data["heads"], list) or not all(
-                isinstance(h, list) and len(h) == 2
+                isinstance(h, list | tuple) and len(h) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in h)
                 for h in data["heads"]):
-            raise ValueError(f"{path}: heads must be a list of [layer, head] integer pairs, got "
+            raise ValueError(f"{source}: heads must be a list of [layer, head] integer pairs, got "
                              f"{data['heads']!r}")
         tau = data["tau"]
         if isinstance(tau, bool) or not isinstance(tau, int | float) or not np.isfinite(tau):
-            raise ValueError(f"{path}: tau must be a finite number, got {tau!r}")
+            raise ValueError(f"{source}: tau must be a finite number, got {tau!r}")
         if not isinstance(data["num_samples"], int) or data["num_samples"] < 0:
-            raise ValueError(f"{path}: num_samples must be an int >= 0, got "
+            raise ValueError(f"{source}: num_samples must be an int >= 0, got "
                              f"{data['num_samples']!r}")
         heads = [tuple(h) for h in data["heads"]]
         for layer, head in heads:
             if not (0 <= layer < counts.shape[0] and 0 <= head < counts.shape[1]):
-                raise ValueError(f"{path}: head ({layer}, {head}) is outside the "
+                raise ValueError(f"{source}: head ({layer}, {head}) is outside the "
                                  f"{counts.shape[0]} x {counts.shape[1]} model")
         data["heads"] = heads
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})

@@ -1,7 +1,10 @@
-"""Configuration of the auxiliary grounding losses added to next-token prediction."""
+"""Configuration of the auxiliary grounding losses added to next-token prediction: `KLALConfig`,
+its target map's weights (`TargetConfig`, used by `lookhere.targets`) and `LLLConfig`. Torch-free:
+experiment configs nest them, and ``--help`` shows their defaults."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from lookhere.data.concepts import CONCEPT_SCOPES
@@ -56,6 +59,27 @@ class KLALConfig:
         if self.heads is not None:
             return tuple(sorted({layer for layer, _ in self.heads}))
         return self.layers
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Unnormalised weights of the ground-truth map (defaults: methods.md, [ours])."""
+
+    target: float = field(default=1.0, metadata={"help": "weight of a fully covered target cell"})
+    neighbour: float = field(
+        default=0.5, metadata={"help": "weight of the 8-neighbour ring around target cells"})
+    floor: float = field(default=0.01, metadata={"help": "weight of every other cell (> 0)"})
+
+    def __post_init__(self) -> None:
+        for name in ("target", "neighbour", "floor"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"TargetConfig.{name} must be finite and >= 0, got {v}")
+        if not self.target >= self.neighbour >= self.floor:
+            raise ValueError(
+                f"TargetConfig needs target >= neighbour >= floor, got {self.target}, "
+                f"{self.neighbour}, {self.floor}"
+            )
 
 
 LLL_TOKEN_RULES = ("first", "sum")

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 _LOG_TINY = math.log(torch.finfo(torch.float32).tiny)  # about -87.3
+_SUM_TOL = 1e-2  # a target row's sum may differ from 1 by this (one rounded to bf16: ~0.4%)
 
 LayerRows = Mapping[int, torch.Tensor] | Sequence[torch.Tensor] | torch.Tensor
 
@@ -80,14 +81,12 @@ def klal_per_sample(
     key_mask = _mask("key_mask", key_mask, (b, k), target.device)
     query_mask = _mask("query_mask", query_mask, (b, q), target.device)
     sample_mask = _mask("sample_mask", sample_mask, (b,), target.device)
-    if (target * ~key_mask).any():
-        raise ValueError("target puts mass on keys that key_mask marks invalid")
     chosen = _head_sets(heads, layers, h)
-
     for layer in chosen:
         if layers[layer].shape != (b, h, q, k):
             raise ValueError(f"log_attn[{layer}] is {tuple(layers[layer].shape)}, "
                              f"expected {(b, h, q, k)}")
+    _check_values({layer: layers[layer] for layer in chosen}, target, key_mask, sample_mask)
     if all(v is None for v in chosen.values()):  # every head: one stacked call, no layer loop
         kl, ok = _layer_kl(torch.stack([layers[layer] for layer in chosen]), target, key_mask)
     else:
@@ -159,9 +158,36 @@ def _as_layers(log_attn: LayerRows) -> dict[int, torch.Tensor]:
 def _check_target(target: torch.Tensor, b: int, k: int) -> torch.Tensor:
     if target.shape != (b, k):
         raise ValueError(f"target must be (B, K) = {(b, k)}, got {tuple(target.shape)}")
-    if not torch.isfinite(target).all() or (target < 0).any():
-        raise ValueError("target must be finite and >= 0")
+    if not target.is_floating_point():
+        raise ValueError(f"target must be a floating-point distribution, got {target.dtype}")
     return target
+
+
+def _check_values(layers: Mapping[int, torch.Tensor], target: torch.Tensor,
+                  key_mask: torch.Tensor, sample_mask: torch.Tensor) -> None:
+    """Refuse values that would give a number that means nothing: a target that is not a
+    distribution (negative, NaN, inf, or a row of a sample with a target not summing to 1, all
+    zeros included) or mass on invalid keys, and log-attention holding NaN or +inf (-inf is a
+    zero probability) at a valid key (padding keys are ignored). Checked on the device with one
+    host sync."""
+    off = ((target.float().sum(-1) - 1).abs() > _SUM_TOL) & sample_mask
+    valid = key_mask[:, None, None, :]
+    bad = {layer: ((torch.isnan(rows) | (rows == float("inf"))) & valid).any()
+           for layer, rows in layers.items()}
+    problems = {
+        "target must be finite and >= 0": ~torch.isfinite(target).all() | (target < 0).any(),
+        "target puts mass on keys that key_mask marks invalid": (target * ~key_mask).any(),
+        "target rows must sum to 1 for each sample with a target (sample_mask)": off.any(),
+        **{f"log_attn[{layer}] holds NaN or +inf (log-probabilities are finite or -inf)": flag
+           for layer, flag in bad.items()},
+    }
+    flags = torch.stack(list(problems.values())).tolist()  # the one sync
+    for message, bad in zip(problems, flags, strict=True):
+        if bad and message.startswith("target rows"):
+            i = int(off.nonzero()[0, 0])
+            message += f"; row {i} sums to {target[i].float().sum().item():.6g}"
+        if bad:
+            raise ValueError(message)
 
 
 def _mask(name: str, mask: torch.Tensor | None, shape: tuple[int, ...], device: torch.device

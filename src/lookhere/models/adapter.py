@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+# the resolver is torch-free (configs check layers before any model): named here too
+from lookhere.config.layers import resolve_layers  # noqa: F401
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 from lookhere.models.prompt import ChatFormat
 
@@ -236,6 +238,16 @@ def resized_size(size: Any, w: int, h: int) -> tuple[int, int]:
     raise ValueError(f"unsupported image processor size {size}")
 
 
+def canvas_size(batch: Mapping[str, Any]) -> tuple[int, int]:
+    """(height, width) of the processed images (``pixel_values``' last two dims); a ValueError
+    naming the tensor when the batch lacks it (a batch of ``input_ids`` alone)."""
+    pixels = batch.get("pixel_values")
+    if not isinstance(pixels, torch.Tensor):
+        raise ValueError("batch has no 'pixel_values'; pass the processor's output with images")
+    h, w = pixels.shape[-2:]
+    return int(h), int(w)
+
+
 def count_image_blocks(pos: torch.Tensor, per_image: int, b: int) -> int:
     """Images in one sample whose image tokens form contiguous blocks of ``per_image``."""
     n = len(pos) // per_image
@@ -290,28 +302,6 @@ def block_layout(
 def _check_input_ids(input_ids: torch.Tensor) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError("input_ids must be a (batch, seq) tensor")
-
-
-def resolve_layers(layers: Sequence[int] | str | None, n: int) -> tuple[int, ...]:
-    """Layer indices in ``[0, n)``, in the given order, without duplicates (negative indices
-    count from the end); ``"all"`` or None: every layer. The one resolver of the probe, the
-    hidden-state capture, the lens and the head checks."""
-    if layers is None:
-        return tuple(range(n))
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers must be a list of layer indices or 'all', got {layers!r}")
-        return tuple(range(n))
-    out: list[int] = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, Integral) or not -n <= layer < n:
-            raise ValueError(f"layers: {layer!r} is not a layer of this {n}-layer language "
-                             f"model (valid: {-n}..{n - 1})")
-        if int(layer) % n not in out:
-            out.append(int(layer) % n)
-    if not out:
-        raise ValueError("layers must name at least one layer")
-    return tuple(out)
 
 
 def resolve_heads(heads: Sequence[Sequence[int]], n_layers: int, n_heads: int

@@ -23,6 +23,7 @@ from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
     block_layout,
+    canvas_size,
     check_image_count,
     count_image_blocks,
     register_adapter,
@@ -60,7 +61,7 @@ class Gemma3Adapter(Adapter):
         _check_no_pan_and_scan(image_processor)
         side = self.tokens_per_side
         per_image = side * side
-        canvas_h, canvas_w = batch["pixel_values"].shape[-2:]
+        canvas_h, canvas_w = canvas_size(batch)
         cell = (canvas_w / side, canvas_h / side)
         positions = self.visual_positions(batch["input_ids"])
         counts = [count_image_blocks(p, per_image, b) for b, p in enumerate(positions)]

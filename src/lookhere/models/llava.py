@@ -12,6 +12,7 @@ from lookhere.models.adapter import (
     Adapter,
     ImageSizes,
     block_layout,
+    canvas_size,
     check_image_count,
     count_image_blocks,
     register_adapter,
@@ -30,7 +31,7 @@ class LlavaAdapter(Adapter):
 
     def layout(self, batch: Mapping[str, Any], images: ImageSizes, processor: Any) -> VisualLayout:
         ids = batch["input_ids"]
-        side_h, side_w = batch["pixel_values"].shape[-2:]
+        side_h, side_w = canvas_size(batch)
         patch = self.config.vision_config.patch_size
         rows, cols = side_h // patch, side_w // patch
         per_image = rows * cols

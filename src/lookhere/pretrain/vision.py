@@ -20,18 +20,7 @@ import torch
 from torch import nn
 
 from lookhere.data.sample import Sample
-from lookhere.data.synthetic.scenes import (
-    BOX_BINS,
-    BOX_EDGES,
-    COLOUR_CLASSES,
-    GLYPH_CLASSES,
-    SHAPE_CLASSES,
-    SIZE_CLASSES,
-)
-
-LABEL_CLASSES = {"colour": len(COLOUR_CLASSES), "shape": len(SHAPE_CLASSES),
-                 "size": len(SIZE_CLASSES), "glyph": len(GLYPH_CLASSES),
-                 **{f"box_{e}": BOX_BINS + 1 for e in BOX_EDGES}}
+from lookhere.pretrain.config import LABEL_CLASSES  # torch-free: PretrainConfig checks them
 
 
 class DensePatchObjective(nn.Module):

@@ -35,7 +35,14 @@ import torch
 
 from lookhere.data.sample import Geometry, Sample
 from lookhere.experiment import heads, klal, lens
-from lookhere.experiment.training import TrainSpec
+from lookhere.io import atomic_dir
+from lookhere.report.demo_config import (  # noqa: F401 (named here too)
+    DEMO_HEADS,
+    DEMO_KLAL,
+    DEMO_LENS,
+    DEMO_TRAIN,
+    SHAPES_TRAIN,
+)
 from lookhere.report.page import (
     plot_attention_maps,
     plot_ratio_bars,
@@ -43,23 +50,7 @@ from lookhere.report.page import (
     write_report,
 )
 from lookhere.report.sections import heads_figures, heads_section, lens_figures, lens_section
-
-#: Every part's fine-tuning: the shipped checkpoint, 150 steps of 8 samples (the demo's 10
-#: minutes on 2 cores; docs/results.md has longer runs). The KLAL tasks are new to the
-#: checkpoint and are learnt at the pretraining rate (1e-3); on Shapes, which it already
-#: answers, 1e-3 wipes out what it knows (validation: VQA 75% -> 45%, REC as text 67% -> 0%),
-#: 1e-4 keeps it (73%, 60%): docs/results.md 7.2.
-DEMO_TRAIN = TrainSpec(init="lookhere:llava-mini", image_size=96, steps=150, batch_size=8)
-SHAPES_TRAIN = dataclasses.replace(DEMO_TRAIN, lr=1e-4)
-#: Grid Patch on a 6 x 6 grid: each cell 2 x 2 of the checkpoint's 12 x 12 patches.
-DEMO_KLAL = klal.KLALExperimentConfig(
-    train=DEMO_TRAIN, test_samples=200,
-    task_options={"grid_patch": {"grid_rows": 6, "grid_cols": 6}})
-# per_sample 3 of the 24 searched heads, as the checkpoint's own evaluation (pretrain eval)
-DEMO_HEADS = heads.HeadsExperimentConfig(
-    train=SHAPES_TRAIN, search_samples=200, search_repeats=1, test_samples=200,
-    vqa_samples=100, per_sample=3, save_models=True)
-DEMO_LENS = lens.LensExperimentConfig(train=SHAPES_TRAIN, test_samples=150, vqa_samples=100)
+from lookhere.tables import pct
 
 #: The papers' figures the report's first table sets ours against (docs/methods.md).
 PAPER = {
@@ -89,7 +80,7 @@ class Job:
 @dataclass(frozen=True)
 class JobResult:
     job: Job
-    results: dict[str, Any]
+    results: dict[str, Any]  # part -> its experiment's typed result ("klal", "heads", "lens")
     seconds: float
 
 
@@ -102,13 +93,25 @@ def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = Non
     ``heads_config=None`` / ``lens_config=None`` leave out the localization-heads / lens part.
     The lens part reuses the heads part's NTP model when that part saves its models
     (``save_models``) and trains under the same settings (`lens.ntp_mismatches`); otherwise it
-    trains its own. ``workers``: processes (1: everything in this one, in order)."""
+    trains its own. ``workers``: processes (1: everything in this one, in order).
+
+    Everything is written into a hidden temporary sibling (`lookhere.io.atomic_dir`) renamed
+    onto ``out_dir`` at the end: an interrupted demo leaves no partial report in ``out_dir``,
+    a rerun may use the same folder, and a temporary folder left by a killed run is removed."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; remove it or choose another folder")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    config = config or DEMO_KLAL
+    with atomic_dir(out_dir) as tmp:
+        report = _run_demo(tmp, config or DEMO_KLAL, progress, command, heads_config,
+                           lens_config, workers)
+    return out_dir / report.relative_to(tmp)
+
+
+def _run_demo(out_dir: Path, config: klal.KLALExperimentConfig, progress: bool, command: str,
+              heads_config: heads.HeadsExperimentConfig | None,
+              lens_config: lens.LensExperimentConfig | None, workers: int) -> Path:
     jobs = plan(config, heads_config, lens_config)
     start = time.perf_counter()
     done = run_jobs(jobs, config, heads_config, lens_config, out_dir, workers, progress)
@@ -124,11 +127,12 @@ def run_demo(out_dir: str | Path, config: klal.KLALExperimentConfig | None = Non
                          "html": lens_section(lens_config, results["lens"])})
         figures.update(lens_figures(out_dir, lens_config, results["lens"]))
     elapsed = time.perf_counter() - start
-    timing = _timing(done, elapsed, workers)
-    sections.append({"title": "Time per part", "html": _timing_html(timing)})
+    timing = DemoTiming.of(done, elapsed, workers)
+    sections.append({"title": "Time per part", "html": timing.html()})
     results.update(title="lookhere demo: KLAL, localization heads and the logit lens on the "
                          f"pretrained {config.train.model_name}",
-                   command=command, settings=_settings(config, heads_config, lens_config, workers),
+                   command=command,
+                   settings=DemoSettings.of(config, heads_config, lens_config, workers),
                    elapsed_s=elapsed, sections=sections, timing=timing,
                    lead=claims(results, config, heads_config, lens_config))
     return write_report(out_dir, results, figures)
@@ -181,10 +185,11 @@ def run_job(job: Job, config: klal.KLALExperimentConfig,
             heads_config: heads.HeadsExperimentConfig | None,
             lens_config: lens.LensExperimentConfig | None, out_dir: Path,
             progress: bool = True) -> JobResult:
-    """One job's results, in the layout its experiment's ``run`` returns."""
+    """One job's results: each part it ran, as its experiment's ``run`` returns it."""
     start = time.perf_counter()
     if job.part == "klal":
-        res = klal.run(dataclasses.replace(config, tasks=(job.key,)), out_dir, progress)
+        res = {"klal": klal.run(dataclasses.replace(config, tasks=(job.key,)), out_dir,
+                                progress)}
     elif job.part == "lens":
         res = {"lens": lens.run(lens_config, out_dir / "lens", progress=progress)}
     else:
@@ -200,53 +205,77 @@ def run_job(job: Job, config: klal.KLALExperimentConfig,
 def merge(config: klal.KLALExperimentConfig, heads_config: heads.HeadsExperimentConfig | None,
           done: list[JobResult]) -> dict[str, Any]:
     """The jobs' results as one run of each experiment would have returned them (conditions
-    and tasks in the configs' order)."""
-    results: dict[str, Any] = {"tasks": {}, "examples": {}}
-    by_task = {d.job.key: d.results for d in done if d.job.part == "klal"}
-    for task in config.tasks:
-        results["tasks"][task] = by_task[task]["tasks"][task]
-        results["examples"][task] = by_task[task]["examples"][task]
+    and tasks in the configs' order): the KLAL part as the report's JSON (``tasks``,
+    ``examples``), the others typed under ``heads`` and ``lens``."""
+    by_task = {d.job.key: d.results["klal"] for d in done if d.job.part == "klal"}
+    results: dict[str, Any] = klal.KLALResult(
+        {t: by_task[t].tasks[t] for t in config.tasks},
+        {t: by_task[t].examples[t] for t in config.tasks}).to_json()
     parts = {d.job.key: d.results["heads"] for d in done if d.job.part == "heads"}
     if heads_config is not None and parts:
         first = next(iter(parts.values()))
-        hres = {"config": heads_config.to_json(), "conditions": {},
-                "examples": {"ids": first["examples"]["ids"]}}
-        for c in heads_config.conditions:
-            hres["conditions"][c] = parts[c]["conditions"][c]
-            hres["examples"][c] = parts[c]["examples"][c]
-        results["heads"] = hres
+        order = heads_config.conditions
+        results["heads"] = heads.HeadsResult(
+            heads_config, {c: parts[c].conditions[c] for c in order}, first.example_ids,
+            {c: parts[c].examples[c] for c in order})
     for d in done:
         if "lens" in d.results:
             results["lens"] = d.results["lens"]
     return results
 
 
-def _timing(done: list[JobResult], elapsed: float, workers: int) -> dict[str, Any]:
-    jobs = {d.job.name: round(d.seconds, 1) for d in done}
-    parts: dict[str, float] = {}
-    for d in done:
-        parts[d.job.part] = parts.get(d.job.part, 0.0) + d.seconds
-    busy = sum(jobs.values())
-    return {"jobs": jobs, "parts": {k: round(v, 1) for k, v in parts.items()},
-            "workers": workers, "wall_s": round(elapsed, 1),
-            "parallel_efficiency": round(busy / (elapsed * workers), 3) if elapsed else None}
+@dataclass(frozen=True)
+class DemoTiming:
+    """Where the demo's time went (``results["timing"]``): each job's seconds, their sum per
+    part, the wall time and how well the workers overlapped (the jobs' seconds over wall time x
+    workers; None for a zero wall time)."""
+
+    jobs: dict[str, float]  # job name -> seconds
+    parts: dict[str, float]  # "klal", "heads", "lens" -> seconds
+    workers: int
+    wall_s: float
+    parallel_efficiency: float | None
+
+    @classmethod
+    def of(cls, done: list[JobResult], elapsed: float, workers: int) -> DemoTiming:
+        jobs = {d.job.name: round(d.seconds, 1) for d in done}
+        parts: dict[str, float] = {}
+        for d in done:
+            parts[d.job.part] = parts.get(d.job.part, 0.0) + d.seconds
+        busy = sum(jobs.values())
+        return cls(jobs, {k: round(v, 1) for k, v in parts.items()}, workers, round(elapsed, 1),
+                   round(busy / (elapsed * workers), 3) if elapsed else None)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def html(self) -> str:
+        rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{s:.0f}</td></tr>"
+                       for name, s in self.jobs.items())
+        return (f"<p>{self.workers} worker process(es) of one torch thread; wall time "
+                f"{self.wall_s:.0f} s (report included below it); the jobs' own seconds "
+                f"add up to {sum(self.jobs.values()):.0f} (parallel efficiency "
+                f"{self.parallel_efficiency}).</p><table><thead><tr><th>job</th>"
+                f"<th>seconds</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
-def _timing_html(timing: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{s:.0f}</td></tr>"
-                   for name, s in timing["jobs"].items())
-    return (f"<p>{timing['workers']} worker process(es) of one torch thread; wall time "
-            f"{timing['wall_s']:.0f} s (report included below it); the jobs' own seconds "
-            f"add up to {sum(timing['jobs'].values()):.0f} (parallel efficiency "
-            f"{timing['parallel_efficiency']}).</p><table><thead><tr><th>job</th>"
-            f"<th>seconds</th></tr></thead><tbody>{rows}</tbody></table>")
+@dataclass(frozen=True)
+class LeadTable:
+    """The report's first table (`report.page`'s ``lead``): a row of cells per claim."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def claims(results: dict[str, Any], config: klal.KLALExperimentConfig,
            heads_config: heads.HeadsExperimentConfig | None,
-           lens_config: lens.LensExperimentConfig | None) -> dict[str, Any]:
-    """The report's lead table (`report.page`'s ``lead``): each claim, the paper's figure and
-    this run's."""
+           lens_config: lens.LensExperimentConfig | None) -> LeadTable:
+    """The report's lead table: each claim, the paper's figure and this run's."""
     rows = [["KLAL fine-tuning beats NTP fine-tuning", PAPER["klal"], _klal_claim(results)]]
     if "heads" in results and heads_config is not None:
         rows.append(["A few attention heads of the frozen model ground referring expressions",
@@ -254,12 +283,11 @@ def claims(results: dict[str, Any], config: klal.KLALExperimentConfig,
     if "lens" in results and lens_config is not None:
         rows.append(["LLL makes the logit lens segment objects", PAPER["lens"],
                      _lens_claim(results["lens"], lens_config)])
-    return {"title": "The three claims: the papers and this run",
-            "columns": ["claim", "paper", f"this run ({config.train.model_name})"],
-            "rows": rows,
-            "note": "Accuracies and mIoU in % on held-out data (intervals: 95% bootstrap); each "
-                    "claim's section below has the details. A short CPU demo: docs/results.md "
-                    "has the longer and multi-seed runs."}
+    return LeadTable("The three claims: the papers and this run",
+                     ["claim", "paper", f"this run ({config.train.model_name})"], rows,
+                     "Accuracies and mIoU in % on held-out data (intervals: 95% bootstrap); each "
+                     "claim's section below has the details. A short CPU demo: docs/results.md "
+                     "has the longer and multi-seed runs.")
 
 
 def _klal_claim(results: dict[str, Any]) -> str:
@@ -274,30 +302,26 @@ def _klal_claim(results: dict[str, Any]) -> str:
     return "; ".join(out) or "not run"
 
 
-def _heads_claim(hres: dict[str, Any]) -> str:
-    c = "untrained" if "untrained" in hres["conditions"] else next(iter(hres["conditions"]))
-    methods = hres["conditions"][c]["rec"]["methods"]
-    accs = ", ".join(f"{m.replace('_', ' ')} {100 * v['acc@0.5']:.1f}"
+def _heads_claim(hres: heads.HeadsResult) -> str:
+    c = "untrained" if "untrained" in hres.conditions else next(iter(hres.conditions))
+    methods = hres.conditions[c].rec.methods
+    accs = ", ".join(f"{m.replace('_', ' ')} {100 * v.acc_at_iou:.1f}"
                      for m, v in methods.items())
     which = "frozen checkpoint" if c == "untrained" else f"after {c}"
     return f"{which}: Acc@0.5 {accs}"
 
 
-def _lens_claim(lres: dict[str, Any], config: lens.LensExperimentConfig) -> str:
-    conds = lres["conditions"]
-    layer = str(config.trained_layer)
+def _lens_claim(lres: lens.LensResult, config: lens.LensExperimentConfig) -> str:
+    conds = lres.conditions
+    layer = config.trained_layer
     out = []
     for c in ("ntp", "lll"):
         if c in conds:
-            miou = conds[c]["lens"].get(layer, {}).get("all", {}).get("mIoU")
-            vqa = conds[c]["vqa"]["accuracy"]
-            out.append(f"{lens.LABELS.get(c, c)}: mIoU {_pct(miou)} at layer {layer}, VQA "
-                       f"{100 * vqa:.1f}")
+            miou = getattr(conds[c].lens.get(layer, {}).get("all"), "mIoU", None)
+            vqa = conds[c].vqa.accuracy
+            out.append(f"{lens.LABELS.get(c, c)}: mIoU {pct(miou, missing='n/a')} at layer "
+                       f"{layer}, VQA {100 * vqa:.1f}")
     return "; ".join(out)
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _reading(config: klal.KLALExperimentConfig) -> str:
@@ -368,23 +392,40 @@ def _boxes(s: Sample) -> list[tuple[float, float, float, float]]:
     return list(g.boxes) + [(x - r, y - r, x + r, y + r) for x, y in g.points]
 
 
-def _settings(config: klal.KLALExperimentConfig,
-              heads_config: heads.HeadsExperimentConfig | None = None,
-              lens_config: lens.LensExperimentConfig | None = None,
-              workers: int = 1) -> dict[str, Any]:
-    import transformers
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo ran with (``results["settings"]``): each part's config as JSON (None for a
+    part left out), the library versions and the machine."""
 
-    return {"klal": config.to_json(),
-            "heads": None if heads_config is None else heads_config.to_json(),
-            "lens": None if lens_config is None else lens_config.to_json(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "workers": workers, "threads_per_worker": 1,
-            "cuda": torch.cuda.is_available()}
+    klal: dict[str, Any]
+    heads: dict[str, Any] | None
+    lens: dict[str, Any] | None
+    torch: str
+    transformers: str
+    python: str
+    machine: str
+    workers: int
+    threads_per_worker: int
+    cuda: bool
+
+    @classmethod
+    def of(cls, config: klal.KLALExperimentConfig,
+           heads_config: heads.HeadsExperimentConfig | None = None,
+           lens_config: lens.LensExperimentConfig | None = None,
+           workers: int = 1) -> DemoSettings:
+        import transformers
+
+        return cls(config.to_json(), None if heads_config is None else heads_config.to_json(),
+                   None if lens_config is None else lens_config.to_json(), torch.__version__,
+                   transformers.__version__, platform.python_version(), platform.machine(),
+                   workers, 1, torch.cuda.is_available())
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def reused_ntp(config: lens.LensExperimentConfig, heads_config: heads.HeadsExperimentConfig | None,
-               hres: dict[str, Any] | None, heads_dir: Path) -> dict[str, lens.Trained]:
+               hres: heads.HeadsResult | None, heads_dir: Path) -> dict[str, lens.Trained]:
     """``{"ntp": the heads part's saved NTP model}`` for `lens.run`, when it is the lens part's
     NTP training (both run 'ntp', same training settings, models saved); else ``{}``."""
     if (heads_config is None or hres is None or not heads_config.save_models
@@ -395,5 +436,5 @@ def reused_ntp(config: lens.LensExperimentConfig, heads_config: heads.HeadsExper
 
     model, processor, _ = load_model(str(heads_dir / "models" / "ntp"), dtype=torch.float32)
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # where the Trainer trains
-    return {"ntp": lens.Trained(model, processor, hres["conditions"]["ntp"]["train"],
+    return {"ntp": lens.Trained(model, processor, hres.conditions["ntp"].train,
                                 heads_config, source="the heads part")}

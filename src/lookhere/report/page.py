@@ -442,7 +442,10 @@ def plot_training_curves(results: Mapping, path: str | Path) -> Path:
 
 
 def _jsonable(obj: Any) -> Any:
-    """Numpy scalars and arrays, tuples and Paths as plain JSON types."""
+    """Typed results (``to_json``), numpy scalars and arrays, tuples and Paths as plain JSON
+    types."""
+    if hasattr(obj, "to_json"):
+        return _jsonable(obj.to_json())
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -528,8 +531,9 @@ def _markdown(results: Mapping, figures: list[tuple[str, str]]) -> str:
 
 
 def _lead(results: Mapping) -> dict[str, Any] | None:
-    """The optional table shown first (``results["lead"]``), validated."""
-    lead = results.get("lead")
+    """The optional table shown first (``results["lead"]``, a mapping or a typed table with
+    ``to_json``), validated."""
+    lead = _jsonable(results.get("lead"))
     if lead is None:
         return None
     for key in ("title", "columns", "rows", "note"):

@@ -7,7 +7,6 @@ import dataclasses
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -28,25 +27,24 @@ METHOD_LABELS = {"heads": "localization heads", "all_heads": "all heads (mean)",
                  "random_heads": "random heads", "centre": "centre box", "text": "box as text"}
 
 
-def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> str:
+def heads_section(config: heads.HeadsExperimentConfig, hres: heads.HeadsResult) -> str:
     """The heads part's HTML: what was run, then one REC table per model."""
     e = html.escape
-    conds = hres["conditions"]
-    methods = list(next(iter(conds.values()))["rec"]["methods"])
+    conds = hres.conditions
+    methods = list(next(iter(conds.values())).rec.methods)
     head = "".join(f"<th>{e(HEADS_LABELS.get(c, c))}</th>" for c in conds)
     rows = []
-    for metric, label in (("acc@0.5", "Acc@0.5"), ("pointing", "pointing game"),
-                          ("mean_iou", "mean box IoU"), ("mIoU", "mask mIoU")):
+    for metric, label in (("acc_at_iou", "Acc@0.5"), ("pointing", "pointing game"),
+                          ("mean_iou", "mean box IoU"), ("miou", "mask mIoU")):
         for m in methods:
-            cells = "".join(f"<td>{pct(conds[c]['rec']['methods'][m].get(metric))}</td>"
+            cells = "".join(f"<td>{pct(getattr(conds[c].rec.methods[m], metric))}</td>"
                             for c in conds)
             rows.append(f"<tr><th>{e(label)}: {e(METHOD_LABELS.get(m, m))}</th>{cells}</tr>")
-    extra = [("VQA accuracy (held-out)", lambda c: pct(c["vqa"]["accuracy"])),
-             ("heads found (layer, head)", lambda c: e(str([tuple(h) for h in
-                                                            c["spec"]["heads"]]))),
-             ("tau (S_img knee)", lambda c: f"{c['spec']['tau']:.3f}"),
+    extra = [("VQA accuracy (held-out)", lambda c: pct(c.vqa.accuracy)),
+             ("heads found (layer, head)", lambda c: e(str([tuple(h) for h in c.spec.heads]))),
+             ("tau (S_img knee)", lambda c: f"{c.spec.tau:.3f}"),
              ("search repeats agreeing (mean overlap)",
-              lambda c: f"{c['stability']['mean_overlap']:.2f}")]
+              lambda c: f"{c.stability.mean_overlap:.2f}")]
     for label, fn in extra:
         rows.append(f"<tr><th>{e(label)}</th>" + "".join(f"<td>{fn(conds[c])}</td>"
                                                           for c in conds) + "</tr>")
@@ -68,25 +66,25 @@ def heads_section(config: heads.HeadsExperimentConfig, hres: dict[str, Any]) -> 
             f"per-head diagnosis and the discussion.</p>")
 
 
-def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: dict[str, Any]
+def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: heads.HeadsResult
                   ) -> dict[str, Path]:
     """The summed maps per model, and each found head's map (the paper's figure 1)."""
-    ex = hres["examples"]
+    ex = hres.examples
     test = {s.id: s for s in heads.held_out_splits(
-        dataclasses.replace(config, test_samples=len(ex["ids"]), vqa_samples=1))[1]}
-    conds = [c for c in hres["conditions"] if c in ex]
+        dataclasses.replace(config, test_samples=len(hres.example_ids), vqa_samples=1))[1]}
+    conds = [c for c in hres.conditions if c in ex]
     summed, per_head = [], []
-    for sid in ex["ids"]:
+    for sid in hres.example_ids:
         s = test[sid]
         title = s.structured["expression"]
         summed.append({"image": s.image, "title": title, "boxes": list(s.geometry.boxes),
-                       "maps": {HEADS_LABELS[c]: ex[c][sid]["heatmap"] for c in conds},
-                       "predicted": {HEADS_LABELS[c]: ex[c][sid]["box"] for c in conds}})
+                       "maps": {HEADS_LABELS[c]: ex[c][sid].heatmap for c in conds},
+                       "predicted": {HEADS_LABELS[c]: ex[c][sid].box for c in conds}})
         best = "klal" if "klal" in conds else conds[-1]
-        spec = hres["conditions"][best]["spec"]
+        spec = hres.conditions[best].spec
         per_head.append({"image": s.image, "title": title, "boxes": list(s.geometry.boxes),
                          "maps": {f"{HEADS_LABELS[best]} L{h[0]}H{h[1]}": m
-                                  for h, m in zip(spec["heads"], ex[best][sid]["maps"],
+                                  for h, m in zip(spec.heads, ex[best][sid].maps,
                                                   strict=True)}})
     return {
         "Localization heads on held-out Shapes expressions: the found heads' smoothed maps "
@@ -105,21 +103,22 @@ def heads_figures(out_dir: Path, config: heads.HeadsExperimentConfig, hres: dict
 # --------------------------------------------------------------------------- the lens part
 
 
-def lens_section(config: lens.LensExperimentConfig, lres: dict[str, Any]) -> str:
+def lens_section(config: lens.LensExperimentConfig, lres: lens.LensResult) -> str:
     """The lens part's HTML: what was run, a table per concept type (mIoU and pointing per layer
     and model, and the no-model reference), and VQA accuracy."""
     e = html.escape
-    conds = [c for c in lens.CONDITIONS if c in lres["conditions"]]
+    conds = [c for c in lens.CONDITIONS if c in lres.conditions]
     train = config.train
     trained_layer = config.trained_layer
-    ntp = lres["conditions"].get("ntp", {}).get("train", {})
-    ntp_from = (f"reused from {e(ntp['reused_from'])}: the same initial weights, batches and "
-                "steps, so the very same model" if ntp.get("reused_from") else "trained here")
+    ntp = lres.conditions.get("ntp")
+    source = ntp.train.reused_from if ntp is not None else None
+    ntp_from = (f"reused from {e(source)}: the same initial weights, batches and "
+                "steps, so the very same model" if source else "trained here")
     tables = "".join(_lens_table(kind, lres, conds, trained_layer) for kind in lens.KINDS)
     vqa = "".join(f"<tr><th>{e(lens.LABELS.get(c, c))}</th>"
-                  f"<td>{pct(lres['conditions'][c]['vqa']['accuracy'])}</td></tr>"
+                  f"<td>{pct(lres.conditions[c].vqa.accuracy)}</td></tr>"
                   for c in conds)
-    shared = lres.get("concepts", {}).get("shared_ids", [])
+    shared = lres.concepts.shared_ids if lres.concepts is not None else []
     shared_note = ("" if not shared else " Words that share their first token (so their maps "
                    "coincide): " + "; ".join(e(" / ".join(ws)) for ws in shared) + ".")
     rule = ": the cells above the map's mean" if config.threshold == "mean" else ""
@@ -152,43 +151,42 @@ def _lll_concept(config: lens.LensExperimentConfig) -> str:
             f"object carrying that word")
 
 
-def _lens_table(kind: str, lres: dict[str, Any], conds: list[str], trained_layer: int) -> str:
+def _lens_table(kind: str, lres: lens.LensResult, conds: list[str], trained_layer: int) -> str:
     e = html.escape
     head = "".join(f"<th>{e(lens.LABELS.get(c, c))} {m}</th>" for c in conds
                    for m in ("mIoU", "pointing"))
     rows = []
-    for layer in lres["layers"]:
+    for layer in lres.layers:
         name = f"L{layer}" + (" (LLL layer)" if layer == trained_layer else "")
-        cells = "".join(f"<td>{pct(lres['conditions'][c]['lens'][str(layer)][kind].get(m))}</td>"
+        cells = "".join(f"<td>{pct(getattr(lres.conditions[c].lens[layer][kind], m, None))}</td>"
                         for c in conds for m in ("mIoU", "pointing"))
         rows.append(f"<tr><th>{e(name)}</th>{cells}</tr>")
-    share = pct(lres["reference"][kind]["region_share"])
+    share = pct(lres.reference[kind].region_share)
     rows.append("<tr><th>no model (whole image / random peak)</th>"
                 + f"<td>{share}</td>" * (2 * len(conds)) + "</tr>")
     return (f"<table><thead><tr><th>{e(kind)} words, in %</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dict[str, Any],
+def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: lens.LensResult,
                  layers: Sequence[int] | None = None) -> dict[str, Path]:
     """Caption -> figure path: the example lens maps (image | NTP | NTP+LLL at ``layers``,
     default the middle reported layer and the LLL layer) and mIoU / pointing by layer."""
     out_dir = Path(out_dir)
     figures: dict[str, Path] = {}
     chosen = _figure_layers(config, results, layers)
-    ex = results["examples"]
-    if ex["items"]:
+    if results.items:
         test = {s.id: s for s in held_out_splits(
-            dataclasses.replace(config, test_samples=len(ex["items"]), vqa_samples=1))[1]}
-        conds = [c for c in CONDITIONS if c in ex["maps"]]  # NTP first, whatever ran first
+            dataclasses.replace(config, test_samples=len(results.items), vqa_samples=1))[1]}
+        conds = [c for c in CONDITIONS if c in results.maps]  # NTP first, whatever ran first
         rows = []
-        for j, item in enumerate(ex["items"]):
-            s = test[item["id"]]
-            maps = {f"{LABELS.get(c, c)} L{layer}": ex["maps"][c][j]["maps"][str(layer)]
+        for j, item in enumerate(results.items):
+            s = test[item.id]
+            maps = {f"{LABELS.get(c, c)} L{layer}": results.maps[c][j].maps[layer]
                     for layer in chosen for c in conds}
-            extent = ex["maps"][conds[0]][j]["extent"]
-            rows.append({"image": s.image, "title": f"{item['concept']} ({item['kind']} word)",
-                         "boxes": item["boxes"], "maps": maps, "extent": extent})
+            extent = results.maps[conds[0]][j].extent
+            rows.append({"image": s.image, "title": f"{item.concept} ({item.kind} word)",
+                         "boxes": item.boxes, "maps": maps, "extent": extent})
         figures["Logit-lens maps p(word | visual token) on held-out Shapes images, per model "
                 f"and layer (L{', L'.join(map(str, chosen))}; the LLL trains layer "
                 f"{config.trained_layer}). The objects "
@@ -203,9 +201,9 @@ def lens_figures(out_dir: str | Path, config: LensExperimentConfig, results: dic
     return figures
 
 
-def _figure_layers(config: LensExperimentConfig, results: dict[str, Any],
+def _figure_layers(config: LensExperimentConfig, results: lens.LensResult,
                    layers: Sequence[int] | None) -> list[int]:
-    reported = list(results["layers"])
+    reported = list(results.layers)
     n = config.train.shape.layers
     if layers is not None:
         chosen = list(resolve_layers(layers, n))
@@ -218,26 +216,26 @@ def _figure_layers(config: LensExperimentConfig, results: dict[str, Any],
     return list(dict.fromkeys([reported[(len(reported) - 1) // 2], last]))
 
 
-def plot_layer_scores(results: dict[str, Any], path: str | Path) -> Path:
+def plot_layer_scores(results: lens.LensResult, path: str | Path) -> Path:
     """Two panels (mIoU, pointing) against the layer: one line per (condition, concept type)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from lookhere.io import atomic_path
 
-    layers = [int(x) for x in results["layers"]]
+    layers = list(results.layers)
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     styles = {"shape": "-", "colour": "--"}
     for ax, metric in zip(axes, ("mIoU", "pointing"), strict=True):
-        for c, entry in results["conditions"].items():
+        for c, entry in results.conditions.items():
             colour = "tab:blue" if c == "ntp" else "tab:orange"
             for kind in KINDS:
-                ys = [100 * entry["lens"][str(x)][kind].get(metric, np.nan) for x in layers]
+                ys = [100 * getattr(entry.lens[x][kind], metric, np.nan) for x in layers]
                 ax.plot(layers, ys, styles[kind], color=colour, marker="o",
                         label=f"{LABELS.get(c, c)}, {kind} words")
-        ax.axhline(100 * results["reference"]["all"]["region_share"], color="grey",
+        ax.axhline(100 * results.reference["all"].region_share, color="grey",
                    linestyle=":")
         ax.set_xticks(layers)
         ax.set_xlabel("layer")

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy.interpolate import BSpline
 
 from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic.base import SyntheticTask, register_task
@@ -54,6 +53,13 @@ _CANDIDATES = 64  # control polygons per batch
 _AIM = 0.5  # free layouts: share of them with a control point next to an already placed curve
 _MAX_TURN = math.radians(120)  # sharpest bend of a control polygon (no hairpins)
 _MAX_CROSS_TURN = math.radians(30)  # most a curve may turn while passing through a crossing
+# Free layouts: weights of the 11 cues of ``_cues`` in the choice of the queried curve. Rejection
+# sampling keeps curves that end far from their start and leave it heading away from their end
+# (heading at a nearby end would bring the curve back along itself), so a uniform choice gave
+# those cues away, both ways (the heading ray 0.20, the farthest end 0.35, chance 0.29).
+# Fit by fit_query_tilt(layout, (100, 101), 400) (1,600 scenes, 224 and 336 px).
+_QUERY_TILT = {"scatter": (0.49, -0.39, 0.04, 1.66, 1.63, 0.63, -0.27, -0.32, -0.09, -0.21, -0.04),
+               "border": (0.62, -0.16, 0.12, 0.69, 2.71, 0.38, -0.28, -0.75, -0.05, -0.01, 0.19)}
 
 
 
@@ -169,18 +175,20 @@ class LineTracingTask(SyntheticTask):
     def sample(self, index: int) -> Sample:
         cfg = self.config
         rng = self.rng(index)
-        dims = _Dims.of(cfg)
-        for _ in range(_ATTEMPTS):
-            scene = _make_scene(cfg, dims, rng)
-            if scene is not None:
-                break
-        else:
-            raise RuntimeError(
-                f"line_tracing: no valid layout in {_ATTEMPTS} attempts for sample {index}; "
-                "lower max_curves / min_crossings / min_crossing_angle or raise image_size")
+        scene = self._scene(rng, index)
         color = CURVE_COLORS[int(rng.integers(len(CURVE_COLORS)))]
         image = _render(cfg, scene, color)
         return _to_sample(self, index, cfg, scene, color, image)
+
+    def _scene(self, rng: np.random.Generator, index: int) -> _Scene:
+        dims = _Dims.of(self.config)
+        for _ in range(_ATTEMPTS):
+            scene = _make_scene(self.config, dims, rng)
+            if scene is not None:
+                return scene
+        raise RuntimeError(
+            f"line_tracing: no valid layout in {_ATTEMPTS} attempts for sample {index}; "
+            "lower max_curves / min_crossings / min_crossing_angle or raise image_size")
 
 
 # ----------------------------------------------------------------------------- scene building
@@ -244,12 +252,109 @@ def _make_scene(cfg: LineTracingConfig, d: _Dims, rng: np.random.Generator) -> _
     curves, crossings = made
     if cfg.layout == "sides":
         markers, curves, crossings = _reorient(rng, d.size, markers, curves, crossings)
-    per_curve = _crossings_per_curve(crossings, k)
-    candidates = [i for i in range(k) if per_curve[i] >= cfg.min_query_crossings]
-    query = candidates[int(rng.integers(len(candidates)))]
+    query = _choose_query(cfg, d, rng, markers, curves, crossings)
     letters = [LETTERS[j] for j in rng.permutation(k)]
     numbers = [str(j + 1) for j in rng.permutation(k)]
     return _Scene(markers[:k], markers[k:], letters, numbers, curves, crossings, query)
+
+
+def _candidates_for_query(cfg: LineTracingConfig, crossings: Crossings, k: int) -> list[int]:
+    per_curve = _crossings_per_curve(crossings, k)
+    return [i for i in range(k) if per_curve[i] >= cfg.min_query_crossings]
+
+
+def _choose_query(cfg: LineTracingConfig, d: _Dims, rng: np.random.Generator,
+                  markers: np.ndarray, curves: list[np.ndarray], crossings: Crossings) -> int:
+    """The queried curve, among those with enough crossings: uniformly in 'sides'; in the free
+    layouts with weights exp(_QUERY_TILT . cues), which cancel the sampler's lean (towards curves
+    that end far away and leave their start heading away from their end) on average."""
+    k = len(curves)
+    candidates = _candidates_for_query(cfg, crossings, k)
+    if cfg.layout == "sides":
+        return candidates[int(rng.integers(len(candidates)))]
+    logits = _cues(d, markers[:k], markers[k:], curves)[candidates] @ np.array(
+        _QUERY_TILT[cfg.layout])
+    p = np.exp(logits - logits.max())
+    return candidates[int(rng.choice(len(candidates), p=p / p.sum()))]
+
+
+def fit_query_tilt(layout: str, seeds: tuple[int, ...], count: int,
+                   sizes: tuple[int, ...] = (224, 336)) -> np.ndarray:
+    """Refit ``_QUERY_TILT[layout]`` on ``count`` scenes per seed and size: the weights beta with
+    which the queried curve's cues give its end marker chance probability on average, i.e. the
+    minimum of the mean over scenes of log sum_candidates exp(beta . cues) (convex; its gradient
+    is the mean cue of the chosen curve). The scenes do not depend on the weights."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp, softmax
+
+    rows = []
+    for seed in seeds:
+        for size in sizes:
+            task = LineTracingTask(seed=seed, image_size=size, layout=layout)
+            d = _Dims.of(task.config)
+            for i in range(count):
+                sc = task._scene(task.rng(i), i)
+                cues = _cues(d, sc.starts, sc.ends, sc.curves)
+                rows.append(cues[_candidates_for_query(task.config, sc.crossings, len(cues))])
+    res = minimize(lambda b: np.mean([logsumexp(g @ b) for g in rows]),
+                   np.zeros(rows[0].shape[1]), method="BFGS",
+                   jac=lambda b: np.mean([softmax(g @ b) @ g for g in rows], axis=0))
+    return res.x
+
+
+def _cues(d: _Dims, starts: np.ndarray, ends: np.ndarray, curves: list[np.ndarray]) -> np.ndarray:
+    """(K, F) what F simple cues that do not trace the curve give curve k's own end marker, minus
+    chance (1/K). Each cue is a distribution over the end markers, seen from curve k's start (a
+    cue that names a set is uniform over it; an empty set: over all): the nearest, the farthest,
+    the one closest in angle to the curve's heading as it leaves its marker, those within 30 / 60
+    degrees of that heading, on the start's image edge, on the opposite edge, within 30 degrees of
+    the direction to the image centre, the one nearest the centre, the one with the most curve
+    length around it, and the one in the start's place in order along the axis the starts spread
+    along."""
+    k, centre = len(curves), np.full(2, d.size / 2)
+    edge, start_edge = _edge(ends, d.size), _edge(starts, d.size)
+    central = np.eye(k)[np.hypot(*(ends - centre).T).argmin()]
+    densest = np.eye(k)[_ring_length(d, ends, curves).argmax()]
+    axis = int(np.argmax(starts.std(0)))
+    across = np.argsort(ends[:, axis])[np.argsort(np.argsort(starts[:, axis]))]
+    out = np.empty((k, 11))
+    for c, curve in enumerate(curves):
+        to = ends - starts[c]
+        dist = np.hypot(to[:, 0], to[:, 1])
+        out_of_marker = np.hypot(*(curve - starts[c]).T) > d.radius + 3 * d.width
+        cos = _cos(to, curve[int(np.argmax(out_of_marker))] - starts[c])
+        cues = [np.eye(k)[dist.argmin()], np.eye(k)[dist.argmax()], np.eye(k)[cos.argmax()],
+                _uniform_over(cos >= math.cos(math.radians(30))),
+                _uniform_over(cos >= math.cos(math.radians(60))),
+                _uniform_over(edge == start_edge[c]), _uniform_over(edge == start_edge[c] ^ 1),
+                _uniform_over(_cos(to, centre - starts[c]) >= math.cos(math.radians(30))),
+                central, densest, np.eye(k)[across[c]]]
+        out[c] = [cue[c] - 1 / k for cue in cues]
+    return out
+
+
+def _cos(vectors: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    norms = np.hypot(vectors[:, 0], vectors[:, 1]) * np.hypot(*direction)
+    return vectors @ direction / np.maximum(norms, 1e-9)
+
+
+def _ring_length(d: _Dims, ends: np.ndarray, curves: list[np.ndarray]) -> np.ndarray:
+    """(K,) length of all curves within a ring of radius r + 1 to 3 r around each end marker."""
+    pts = np.concatenate([(c[1:] + c[:-1]) / 2 for c in curves])
+    seg = np.concatenate([np.hypot(*np.diff(c, axis=0).T) for c in curves])
+    dist = np.hypot(*(pts[None] - ends[:, None]).transpose(2, 0, 1))
+    return ((dist > d.radius + 1) & (dist < 3 * d.radius)) @ seg
+
+
+def _edge(points: np.ndarray, size: int) -> np.ndarray:
+    """The image edge nearest to each point: 0 left, 1 right, 2 top, 3 bottom."""
+    return np.stack([points[:, 0], size - points[:, 0], points[:, 1], size - points[:, 1]],
+                    1).argmin(1)
+
+
+def _uniform_over(mask: np.ndarray) -> np.ndarray:
+    mask = mask if mask.any() else np.ones_like(mask)
+    return mask / mask.sum()
 
 
 def _one_at_a_time(cfg: LineTracingConfig, d: _Dims, rng: np.random.Generator,
@@ -519,6 +624,10 @@ def _chords_cross(p: np.ndarray, q: np.ndarray, r: np.ndarray, s: np.ndarray) ->
 @functools.lru_cache(maxsize=1024)
 def _basis(n_ctrl: int, n_samples: int) -> np.ndarray:
     """(n_samples, n_ctrl) B-spline basis at uniform parameters, exact at both ends."""
+    # imported here: scipy.interpolate takes ~0.4 s, which every `--help` that shows an
+    # experiment config (it imports the task registry) would pay otherwise
+    from scipy.interpolate import BSpline
+
     k = min(3, n_ctrl - 1)
     knots = np.concatenate([np.zeros(k), np.linspace(0.0, 1.0, n_ctrl - k + 1), np.ones(k)])
     u = np.linspace(0.0, 1.0, n_samples)
