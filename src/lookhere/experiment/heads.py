@@ -19,7 +19,6 @@ different seeds of the generator and none was used for any choice.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from lookhere.heads.locate import head_maps, locate
 from lookhere.heads.search import find_heads
 from lookhere.heads.selection import HeadSpec
 from lookhere.models.adapter import get_adapter
+from lookhere.record import FlatRecord
 
 TEST_SEED_OFFSET = 10_000  # held-out VQA and REC come from seed data_seed + this
 SEARCH_SEED_OFFSET = 20_000  # the search's REC samples come from seed data_seed + this
@@ -55,7 +55,7 @@ VQA_ANSWER_TOKENS = 4  # "purple</s>" and the like
 
 
 @dataclass(frozen=True)
-class VQAScore:
+class VQAScore(FlatRecord):
     """Accuracy on held-out Shapes VQA: overall, with its 95% bootstrap interval, and per
     question type (colour, shape, size, count)."""
 
@@ -64,45 +64,24 @@ class VQAScore:
     n: int
     by_type: dict[str, float]
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> VQAScore:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class Stability:
+class Stability(FlatRecord):
     """Agreement of the top-k of repeated searches on disjoint samples (`stability`)."""
 
     heads: list[list[list[int]]]  # per search, its heads as [layer, head]
     mean_overlap: float  # mean pairwise |A & B| / k
     identical: bool  # every search found the same set
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Stability:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class HeadExample:
+class HeadExample(FlatRecord):
     """The found heads on one held-out expression, for the figures."""
 
     maps: list  # per found head, its (rows, cols) map
     heatmap: list  # (rows, cols): the smoothed maps summed, as `ground` reads them
     box: list[float]  # the predicted box, xyxy pixels
     extent: list[int]  # [0, 0, width, height] of the image
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> HeadExample:
-        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ from lookhere.lens import lens_maps
 from lookhere.losses.config import KLALConfig
 from lookhere.maps import parse_threshold, peak_cell, pointing, segment
 from lookhere.models.adapter import get_adapter
+from lookhere.record import FlatRecord
 from lookhere.targets import cell_coverage
 
 KINDS = ("shape", "colour")  # concept types: the object attribute that gives the word
@@ -239,7 +240,7 @@ class LensMaps:
 
 
 @dataclass(frozen=True)
-class LensItem:
+class LensItem(FlatRecord):
     """A figure image: its id, the concept shown and the boxes of the objects carrying it."""
 
     id: str
@@ -247,45 +248,24 @@ class LensItem:
     concept: str
     boxes: list[list[float]]
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LensItem:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class ReferenceScore:
+class ReferenceScore(FlatRecord):
     """What the metrics give without a model (`reference_scores`)."""
 
     region_share: float  # the image share the word's region covers
     object_share: float  # the image share any object covers
     n: int  # (image, word) pairs
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ReferenceScore:
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class ConceptTable:
+class ConceptTable(FlatRecord):
     """The vocabulary, each word's token ids, and the words that share an id."""
 
     words: dict[str, list[str]]  # concept type -> words
     ids: dict[str, list[int]]  # word -> token ids (the token rule's)
     rule: str
     shared_ids: list[list[str]]  # groups of words with a token in common
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ConceptTable:
-        return cls(**data)
 
 
 @dataclass(frozen=True)
