@@ -37,7 +37,8 @@ from lookhere.experiment.config import HEADS_CONDITIONS as CONDITIONS  # noqa: F
 from lookhere.experiment.config import HEADS_TRAIN as TRAIN  # noqa: F401
 from lookhere.experiment.config import HeadsExperimentConfig
 from lookhere.experiment.klal import train_one
-from lookhere.experiment.training import (
+from lookhere.experiment.training import (  # noqa: F401 (TEST_SEED_OFFSET: named here too)
+    TEST_SEED_OFFSET,
     TrainRecord,
 )
 from lookhere.heads.locate import head_maps, locate
@@ -46,7 +47,6 @@ from lookhere.heads.selection import HeadSpec
 from lookhere.models.adapter import get_adapter
 from lookhere.record import FlatRecord
 
-TEST_SEED_OFFSET = 10_000  # held-out VQA and REC come from seed data_seed + this
 SEARCH_SEED_OFFSET = 20_000  # the search's REC samples come from seed data_seed + this
 VQA_ANSWER_TOKENS = 4  # "purple</s>" and the like
 

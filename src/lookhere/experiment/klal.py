@@ -42,6 +42,7 @@ from lookhere.experiment.config import (  # noqa: F401 (the config, named here t
 )
 from lookhere.experiment.config import KLAL_CONDITIONS as CONDITIONS  # noqa: F401
 from lookhere.experiment.training import (
+    TEST_SEED_OFFSET,
     TrainRecord,
     fit,
     shapes_defaults,
@@ -51,7 +52,6 @@ from lookhere.models.adapter import get_adapter
 
 #: the generator of each task whose name is not its generator's
 GENERATORS = {"rec": "shapes", "point": "scenes"}
-TEST_SEED_OFFSET = 10_000  # test samples come from seed data_seed + this: disjoint streams
 #: Scenes trains the shipped checkpoint from seed 0: fine-tuning draws from seed data_seed +
 #: this, a stream pretraining never used (test: data_seed + TEST_SEED_OFFSET, as its eval)
 FINETUNE_SEED_OFFSET = 20_000

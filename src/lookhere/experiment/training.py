@@ -37,6 +37,11 @@ def sampler_seed(spec: TrainSpec) -> int:
     return spec.data_seed + spec.seed if spec.init else spec.data_seed
 
 
+#: every experiment's held-out data come from seed data_seed + this: a stream disjoint from
+#: training (and, for Scenes, from pretraining, which used seed 0)
+TEST_SEED_OFFSET = 10_000
+
+
 @dataclass(frozen=True)
 class TrainRecord:
     """How a model of an experiment was trained, as its results file records it (``train``):
