@@ -52,3 +52,42 @@ def test_data_make_killed_then_rerun_is_identical(tmp_path):
     assert main([*argv, "--out", str(out)]) == 0  # the rerun is not blocked
     assert _files(out) == _files(tmp_path / "whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed", "whole"]  # no temp left
+
+
+@pytest.mark.slow
+def test_training_killed_then_resumed_equals_uninterrupted(tmp_path):
+    """``lookhere train`` killed after its second checkpoint, then ``--resume``: the same
+    losses at every step and the same final weights as one uninterrupted run."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from lookhere.data.disk import write_dataset
+    from lookhere.models.tiny import build_tiny, save_tiny
+
+    save_tiny(*build_tiny("llava", "test", seed=0), tmp_path / "model")
+    write_dataset("grid_patch", 32, tmp_path / "data", seed=0, progress=False)
+    argv = ["train", "--model-name", str(tmp_path / "model"), "--data-train",
+            str(tmp_path / "data"), "--max_steps", "40", "--save_steps", "5",
+            "--per_device_train_batch_size", "4", "--logging_steps", "1", "--learning_rate",
+            "1e-3", "--dataloader_num_workers", "0", "--quiet"]
+    assert main([*argv, "--output_dir", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "killed"
+    _kill_when([*argv, "--output_dir", str(out)],
+               lambda: (out / "checkpoint-10" / "trainer_state.json").is_file())
+    assert not (out / "train.json").exists()  # killed before the end
+    assert main([*argv, "--output_dir", str(out), "--resume"]) == 0
+
+    def losses(folder):
+        log = json.loads((folder / "train.json").read_text())["log"]
+        return [(r["step"], r["loss"], r["klal_loss"]) for r in log]
+
+    whole, resumed = losses(tmp_path / "whole"), losses(out)
+    assert [s for s, *_ in resumed] == [s for s, *_ in whole] == list(range(1, 41))
+    flat = [v for _, *vs in resumed for v in vs]
+    assert flat == pytest.approx([v for _, *vs in whole for v in vs], rel=1e-5)
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from lookhere import __version__
-from lookhere.cli import data, eval, experiment, heads, models, pretrain
+from lookhere.cli import data, eval, experiment, heads, models, pretrain, train
 from lookhere.cli.common import LazyParser, fail
 
-GROUPS = (models, data, eval, heads, experiment, pretrain)
+GROUPS = (models, data, eval, heads, train, experiment, pretrain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,7 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules builds them only when it is the command given (`LazyParser`), so that
     ``lookhere --help`` and the other commands' help stay quick."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    root = parser()
+    args, extra = root.parse_known_args(argv)
+    if extra and not getattr(args, "extra_args", False):
+        root.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # `lookhere train`: the TrainingArguments options
     try:
         return args.run(args)
     except SystemExit as stop:

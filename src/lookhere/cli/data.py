@@ -1,4 +1,5 @@
-"""``lookhere data``: make synthetic datasets on disk, and contact sheets of them."""
+"""``lookhere data``: make synthetic datasets on disk, import a user's JSONL as one, and contact
+sheets of them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from lookhere.cli.common import add_overwrite, check_out_dir, check_outputs, fai
 
 #: the commands this module adds, with their one-line help (`lookhere --help`)
 COMMANDS = {
-    "data": "synthetic datasets",
+    "data": "datasets on disk: synthetic tasks, your own data (import), contact sheets",
 }
 
 
@@ -27,6 +28,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="generator processes")
     _add_set(p)
     p.set_defaults(run=_make)
+    p = data.add_parser("import", help="a plain JSONL of your samples (image, question, answer, "
+                        "boxes / points / mask) as a dataset folder; format in "
+                        "lookhere.data.jsonl and docs/datasets.md")
+    p.add_argument("src", type=Path, help="the JSONL file, one sample per line")
+    p.add_argument("--out", type=Path, required=True, help="new folder to write")
+    p.add_argument("--images", type=Path, default=None,
+                   help="folder the rows' image and mask paths are relative to (default: the "
+                   "JSONL's folder)")
+    p.set_defaults(run=_import)
     p = data.add_parser("convert-refs", help="convert a RefCOCO refs(*).p pickle to JSON/parquet "
                         "with a restricted unpickler (plain data only)")
     p.add_argument("src", type=Path, help="refs(unc).p or similar")
@@ -86,6 +96,21 @@ def _make(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, TypeError) as err:
         raise SystemExit(f"lookhere data make: {err}") from None
     print(f"wrote {args.n} {args.task} samples to {out}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from lookhere.data.jsonl import import_jsonl
+
+    prog = "lookhere data import"
+    check_out_dir(args.out, prog)
+    if not args.src.is_file():
+        raise fail(f"{args.src}: no such file", prog)
+    try:
+        n = import_jsonl(args.src, args.out, args.images)
+    except (OSError, ValueError) as err:
+        raise fail(str(err), prog) from None
+    print(f"wrote {n} samples to {args.out}")
     return 0
 
 

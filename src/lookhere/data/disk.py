@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +82,24 @@ def _write_chunk(args: tuple) -> list[dict[str, Any]]:
 
 def sample_row(s: Sample, file_name: str) -> dict[str, Any]:
     """A sample's metadata.jsonl row (the image is stored separately)."""
-    return {
-        "file_name": file_name, "id": s.id, "task": s.task, "question": s.question,
-        "answer": s.answer, "structured": json.dumps(s.structured, sort_keys=True),
-        "geometry": json.dumps(s.geometry.to_json(), sort_keys=True),
-        "meta": json.dumps(s.meta, sort_keys=True),
-        "image_width": s.image.width, "image_height": s.image.height,
+    return sample_fields(file_name, s.id, s.task, s.question, s.answer, s.structured,
+                         s.geometry, s.meta, s.image.size)
+
+
+def sample_fields(file_name: str, id: str, task: str, question: str, answer: str,
+                  structured: dict[str, Any], geometry: Geometry,
+                  meta: dict[str, Any] | None = None, size: tuple[int, int] | None = None
+                  ) -> dict[str, Any]:
+    """A metadata.jsonl row from its parts (``size``: the image's, recorded when known)."""
+    row = {
+        "file_name": file_name, "id": id, "task": task, "question": question,
+        "answer": answer, "structured": json.dumps(structured, sort_keys=True),
+        "geometry": json.dumps(geometry.to_json(), sort_keys=True),
+        "meta": json.dumps(meta or {}, sort_keys=True),
     }
+    if size is not None:
+        row["image_width"], row["image_height"] = size
+    return row
 
 
 def read_info(folder: str | Path) -> dict[str, Any]:
@@ -116,23 +128,49 @@ def read_samples(folder: str | Path) -> Iterator[Sample]:
     or holds geometry that is not finite, empty or outside its image is a ValueError naming
     ``metadata.jsonl:<line>``; so is a row count other than the info file's ``n``."""
     folder = Path(folder)
+    for row in read_rows(folder):
+        yield row_sample(folder, row)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One checked metadata.jsonl row, its image not yet read."""
+
+    line: int  # 1-based line number in metadata.jsonl
+    fields: dict[str, Any]
+
+
+def read_rows(folder: str | Path) -> list[Row]:
+    """Every row of a dataset folder, its fields checked (JSON, presence, types, the count
+    against the info file's ``n``) but no image read: `row_sample` reads one. Errors are
+    ValueErrors naming ``metadata.jsonl:<line>``."""
+    folder = Path(folder)
     info = read_info(folder)
     path = folder / "metadata.jsonl"
-    count = 0
+    rows = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            count += 1
             try:
-                yield _read_row(folder, line)
-            except (ValueError, TypeError, KeyError, OSError) as err:
+                rows.append(Row(lineno, _parse_row(line)))
+            except (ValueError, TypeError, KeyError) as err:
                 raise ValueError(f"{path}:{lineno}: {err}") from None
-    if "n" in info and info["n"] != count:
-        raise ValueError(f"{path} has {count} rows, its {_INFO} says n = {info['n']}")
+    if "n" in info and info["n"] != len(rows):
+        raise ValueError(f"{path} has {len(rows)} rows, its {_INFO} says n = {info['n']}")
+    return rows
 
 
-def _read_row(folder: Path, line: str) -> Sample:
+def row_sample(folder: str | Path, row: Row) -> Sample:
+    """The `Sample` of a checked row: its image read, its geometry checked against it."""
+    folder = Path(folder)
+    try:
+        return _row_sample(folder, row.fields)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        raise ValueError(f"{folder / 'metadata.jsonl'}:{row.line}: {err}") from None
+
+
+def _parse_row(line: str) -> dict[str, Any]:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
@@ -145,6 +183,10 @@ def _read_row(folder: Path, line: str) -> Sample:
         if not isinstance(row.get(key), kind):
             raise ValueError(f"field {key!r} must be a {kind.__name__}, got "
                              f"{type(row.get(key)).__name__}")
+    return row
+
+
+def _row_sample(folder: Path, row: dict[str, Any]) -> Sample:
     image_path = (folder / row["file_name"]).resolve()
     if not image_path.is_relative_to(folder.resolve()):
         raise ValueError(f"file_name {row['file_name']!r} lies outside the dataset folder")

@@ -10,6 +10,9 @@ What counts as correct, per task (``sample.task``):
   (``geometry.boxes[0]``); its IoU is kept for the mean IoU.
 - ``shapes``, VQA mode: the first word of the question type's vocabulary (colours, shapes, sizes)
   equals the gold word; counts take the first number, in digits or words.
+- ``custom`` (a user's data, `lookhere.data.jsonl`), by ``structured["kind"]``: ``box`` as
+  REC, ``points`` as PixMo-Points' point mode, ``text`` the answer text (case, surrounding
+  space and a final full stop ignored).
 - ``pixmo_points``, point mode: the predicted points match the gold objects one to one, a point
   matching an object when it lies in its region (`point_in_region` on its box, and its mask if
   there is one); gold given only as points (PixMo-Points) counts a point within `POINT_RADIUS` of
@@ -212,8 +215,22 @@ def _pixmo_points(sample: Sample, text: str, style: str) -> Outcome:
     return _judged({"points": [[float(x), float(y)] for x, y in points]}, ok)
 
 
+def _custom(sample: Sample, text: str, style: str) -> Outcome:
+    kind = sample.structured.get("kind", "text")
+    if kind == "box":
+        return _box_answer(sample, text, style)
+    if kind == "points":
+        return _pixmo_points(sample, text, style)
+    got, gold = _plain_text(text), _plain_text(sample.answer)
+    return _judged({"answer": got}, got == gold) if got else _failed()
+
+
+def _plain_text(text: str) -> str:
+    return " ".join(text.strip().removesuffix(".").lower().split())
+
+
 _SCORERS: dict[str, Callable[[Sample, str, str], Outcome]] = {
-    "grid_patch": _grid_patch, "line_intersection": _line_intersection,
+    "custom": _custom, "grid_patch": _grid_patch, "line_intersection": _line_intersection,
     "line_tracing": _line_tracing, "shapes": _shapes, "pixmo_points": _pixmo_points,
     "scenes": _scenes,
     **{t: _rec for t in REC_TASKS},
@@ -229,7 +246,8 @@ def _scorer(task: str) -> Callable[[Sample, str, str], Outcome]:
 
 def _is_box_task(sample: Sample) -> bool:
     return sample.task in REC_TASKS or (sample.task in ("shapes", "scenes")
-                                        and "box" in sample.structured)
+                                        and "box" in sample.structured) \
+        or (sample.task == "custom" and sample.structured.get("kind") == "box")
 
 
 def _box_answer(sample: Sample, text: str, style: str) -> Outcome:

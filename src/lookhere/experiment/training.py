@@ -61,14 +61,16 @@ class TrainRecord:
         return cls(**data)
 
 
-def fit(trainer: Any, steps: int, progress: bool = True) -> TrainRecord:
-    """Train; the record: steps, seconds, and the logged losses (printed only with
-    ``progress``: without its bar, the Trainer would print every logged dict)."""
+def fit(trainer: Any, steps: int, progress: bool = True, resume: str | None = None
+        ) -> TrainRecord:
+    """Train (from the checkpoint folder ``resume``, if given); the record: steps, seconds, and
+    the logged losses (printed only with ``progress``: without its bar, the Trainer would print
+    every logged dict)."""
     if not progress:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     return TrainRecord(steps, time.perf_counter() - start,
                        [r for r in trainer.state.log_history if "loss" in r])
