@@ -38,7 +38,8 @@ def env(tmp_path_factory):
 def reference(model, processor, image, prompt, word_id, layer):
     """``p(word | h)`` of every visual token at the output of decoder layer ``layer``, as a
     (rows, cols) float64 array: HF's hidden states, then the final norm and the LM head in
-    float64, then a softmax; visual tokens from the image token id, in row-major grid order."""
+    float64, then a softmax; visual tokens from the image token id, in row-major grid order
+    on LLaVA's (image size / patch size)^2 grid."""
     batch = processor(text=[prompt], images=[image], return_tensors="pt")
     lm_config = model.model.language_model.config
     lm_config.tie_last_hidden_states = False  # hidden_states[-1]: the final norm's input
@@ -53,7 +54,8 @@ def reference(model, processor, image, prompt, word_id, layer):
     head = copy.deepcopy(model.lm_head).double()
     with torch.no_grad():
         p = torch.softmax(head(norm(h)), dim=-1)[:, word_id]  # (K,)
-    side = int(round(len(p) ** 0.5))
+    vision = model.config.vision_config
+    side = vision.image_size // vision.patch_size  # LLaVA: one square grid, row-major tokens
     return p.reshape(side, side).numpy()
 
 
