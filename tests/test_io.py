@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from lookhere.io import atomic_dir, atomic_path, write_json
+from lookhere.io import atomic_dir, atomic_path, safe_name, write_json
 
 
 @pytest.fixture()
@@ -58,3 +58,9 @@ def test_leftovers_of_dead_writers_are_removed(tmp_path):
     write_json({}, tmp_path / "f.json")
     assert not stale_dir.exists() and not stale_file.exists() and live.is_dir()
     assert (tmp_path / "d" / "f").is_file()
+
+
+@pytest.mark.parametrize("text, name", [("a b/c", "a_b_c"), ("ok-1.2_x", "ok-1.2_x"),
+                                        ("..", "_.."), ("", "_"), ("é", "_")])
+def test_safe_name(text, name):
+    assert safe_name(text) == name

@@ -1,6 +1,8 @@
 """The logit lens against a manual unembedding of ``output_hidden_states``, for every family."""
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,15 +13,19 @@ from PIL import Image
 from lookhere.capture import capture_hidden
 from lookhere.data.concepts import concept_ids
 from lookhere.lens import (
+    LensMap,
+    LensMapSet,
     LensResult,
     TokenNorms,
+    lens_file,
     lens_log_probs,
     lens_maps,
     token_norms,
 )
+from lookhere.maps import segment
 from lookhere.models import get_adapter
 from lookhere.models.adapter import resolve_layers
-from lookhere.viz import plot_lens_maps
+from lookhere.viz import plot_lens_maps, plot_lens_overlays
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -420,6 +426,62 @@ def test_plot_lens_maps(tmp_path):
         plot_lens_maps(result, ims[:1], tmp_path / "x.png")
     with pytest.raises(ValueError, match="grid"):
         plot_lens_maps(result, ims, tmp_path / "x.png", grid=5)
+
+
+# -- records of maps, for `lookhere lens` --------------------------------------------------------
+def test_records_pick_and_segment(family):
+    """`LensResult.records` holds each image's chosen words at every layer of the first grid,
+    the values of `map`; `pick` is one image's result; `segment` is `maps.segment` of `map`."""
+    model, processor = tiny(family)
+    ims = images()[:2]
+    result = lens_maps(model, processor, get_adapter(model), ims, ["circle", "red"], [0, -1])
+    last = result.layers[1]
+    recs = result.records(["a", "b"], [["red"], ["circle", "red"]])
+    assert [(r.image, r.word, r.layer) for r in recs] == [
+        ("a", "red", 0), ("a", "red", last), ("b", "circle", 0), ("b", "circle", last),
+        ("b", "red", 0), ("b", "red", last)]
+    for r in recs:
+        i = "ab".index(r.image)
+        want = result.maps[i][0][result.layers.index(r.layer), result.concepts.index(r.word)]
+        assert r.grid == list(want.shape) and torch.equal(torch.tensor(r.probs), want)
+    assert len(result.records(["a", "b"])) == 2 * 2 * 2  # default: every concept
+    alone = result.pick(1)
+    assert len(alone.maps) == 1 and alone.geometries[0] == result.geometries[1]
+    assert torch.equal(alone.map(0, -1, "red"), result.map(1, -1, "red"))
+    seg = result.segment(1, 0, "circle", threshold=0.5)
+    want = segment(result.map(1, 0, "circle").numpy(), result.geometries[1][0], 0.5)
+    assert np.array_equal(seg.pixel_mask, want.pixel_mask)
+    assert seg.pixel_mask.shape == ims[1].size[::-1]
+    with pytest.raises(ValueError, match="one entry per image"):
+        result.records(["a"])
+    with pytest.raises(ValueError, match="out of range"):
+        result.pick(2)
+
+
+def test_lens_map_set_round_trip(tmp_path):
+    maps = [LensMap("img/1", "red square", 3, [2, 3], [[0.1, 0.2, 0.3], [0.0, 1.0, 1e-9]])]
+    saved = LensMapSet("m", "sum", "USER: <image>", [3], {"red square": [7, 9]}, maps)
+    path = saved.save(tmp_path / "maps.json")
+    assert LensMapSet.load(path) == saved
+    assert LensMapSet.from_json(json.loads(json.dumps(saved.to_json()))) == saved
+    assert [p.name for p in tmp_path.iterdir()] == ["maps.json"]  # written atomically
+    with pytest.raises(ValueError, match="2 rows of 3"):
+        LensMap("img", "red", 0, [2, 3], [[0.1, 0.2, 0.3]])
+    assert lens_file("img/1", "red square", 3) == Path("img_1/red_square_L3.png")
+    assert lens_file("..", "a", 0, ".json") == Path("_../a_L0.json")
+
+
+def test_plot_lens_overlays(tmp_path):
+    model, processor = tiny("llava")
+    ims = images()[:2]
+    result = lens_maps(model, processor, get_adapter(model), ims, ["circle", "red"], [0, 1])
+    paths = plot_lens_overlays(result, ims, tmp_path, ["x", "y"], [["red"], []])
+    assert paths == [tmp_path / "x" / "red_L0.png", tmp_path / "x" / "red_L1.png"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["red_L0.png", "red_L1.png", "x"]
+    with Image.open(paths[0]) as im:
+        assert im.format == "PNG"
+    with pytest.raises(ValueError, match="one entry per image"):
+        plot_lens_overlays(result, ims, tmp_path, ["x"])
 
 
 def _prompt(adapter, processor):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -65,6 +66,13 @@ def write_json(obj: Any, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     return Path(path)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one file-name component: anything but ``[A-Za-z0-9._-]`` becomes ``_`` (a
+    sample id or a word may hold slashes, spaces or dots only)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    return "_" + name if name.strip(".") == "" else name
 
 
 def _umask() -> int:

@@ -27,9 +27,12 @@ context manager that records decoder-layer outputs at the visual tokens.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,9 +40,12 @@ from torch import nn
 
 from lookhere.capture import capture_hidden
 from lookhere.data.concepts import Rule, concept_ids
+from lookhere.io import atomic_path, safe_name
 from lookhere.losses.lll import concept_log_probs
+from lookhere.maps import Segmentation, Threshold, segment
 from lookhere.models.adapter import Adapter, resolve_layers, unwrap_model
 from lookhere.models.layout import GridGeometry
+from lookhere.record import FlatRecord
 
 DEFAULT_QUESTION = "Describe the image."
 
@@ -122,6 +128,36 @@ class LensResult:
             concept = self.concepts.index(concept)
         return self.maps[image][grid][layer_index(self.layers, layer, self.layers_total), concept]
 
+    def pick(self, image: int) -> LensResult:
+        """The same result for image ``image`` alone (e.g. to draw it on its own)."""
+        if not 0 <= image < len(self.maps):
+            raise ValueError(f"image {image} is out of range: the result has {len(self.maps)}")
+        return dataclasses.replace(self, maps=self.maps[image:image + 1],
+                                   geometries=self.geometries[image:image + 1],
+                                   grid_names=self.grid_names[image:image + 1])
+
+    def segment(self, image: int, layer: int, concept: str | int = 0, grid: int = 0,
+                threshold: Threshold = "mean") -> Segmentation:
+        """The map's mask (`lookhere.maps.segment` with ``threshold``) on its grid and image."""
+        heat = self.map(image, layer, concept, grid).numpy()  # (rows, cols)
+        return segment(heat, self.geometries[image][grid], threshold)
+
+    def records(self, names: Sequence[str], words: Sequence[Sequence[str]] | None = None
+                ) -> list[LensMap]:
+        """Every map on each image's first grid as a `LensMap`: image ``i`` is called
+        ``names[i]`` and keeps ``words[i]`` (default: every concept); ordered by image, word,
+        layer."""
+        if len(names) != len(self.maps) or (words is not None and len(words) != len(names)):
+            raise ValueError(f"names (and words) must give one entry per image: "
+                             f"{len(self.maps)} images")
+        out = []
+        for i, name in enumerate(names):
+            for word in self.concepts if words is None else words[i]:
+                for layer in self.layers:
+                    m = self.map(i, layer, word)  # (rows, cols)
+                    out.append(LensMap(name, word, layer, list(m.shape), m.tolist()))
+        return out
+
 
 @dataclass(frozen=True)
 class TokenNorms:
@@ -145,6 +181,64 @@ def layer_index(layers: tuple[int, ...], layer: int, total: int) -> int:
     if key not in layers:
         raise ValueError(f"layer {layer} is not in this result's layers {layers}")
     return layers.index(key)
+
+
+@dataclass(frozen=True)
+class LensMap(FlatRecord):
+    """One lens heatmap: ``p(word | h)`` of each visual token of an image's first grid at the
+    output of one decoder layer."""
+
+    image: str  # the image's name: a dataset sample's id, or an image file's stem
+    word: str
+    layer: int  # non-negative decoder-layer index
+    grid: list[int]  # [rows, cols]
+    probs: list[list[float]]  # (rows, cols) probabilities
+
+    def __post_init__(self) -> None:
+        rows, cols = self.grid
+        if len(self.probs) != rows or any(len(r) != cols for r in self.probs):
+            raise ValueError(f"lens map {self.image!r}/{self.word!r}/L{self.layer}: probs must "
+                             f"be {rows} rows of {cols} values (its grid)")
+
+
+def lens_file(image: str, word: str, layer: int, suffix: str = ".png") -> Path:
+    """Where `lookhere lens` puts a picture of one map, relative to its folder:
+    ``<image>/<word>_L<layer><suffix>``, each name made safe for a file system."""
+    return Path(safe_name(image)) / f"{safe_name(word)}_L{layer}{suffix}"
+
+
+@dataclass(frozen=True)
+class LensMapSet:
+    """The lens maps of one run (what `lookhere lens` writes as JSON): the model, the token
+    rule, the prompt, the layers, each word's token ids, and the maps."""
+
+    model: str
+    rule: str
+    prompt: str
+    layers: list[int]  # non-negative decoder-layer indices
+    ids: dict[str, list[int]]  # word -> the token ids whose probabilities are summed
+    maps: list[LensMap]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "rule": self.rule, "prompt": self.prompt,
+                "layers": list(self.layers), "ids": dict(self.ids),
+                "maps": [m.to_json() for m in self.maps]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LensMapSet:
+        return cls(data["model"], data["rule"], data["prompt"], list(data["layers"]),
+                   {w: list(i) for w, i in data["ids"].items()},
+                   [LensMap.from_json(m) for m in data["maps"]])
+
+    def save(self, path: str | Path) -> Path:
+        """Compact JSON (one line: a probability per value), written atomically."""
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_json()) + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LensMapSet:
+        return cls.from_json(json.loads(Path(path).read_text()))
 
 
 def lens_maps(model: nn.Module, processor: Any, adapter: Adapter, images: Sequence[Any],

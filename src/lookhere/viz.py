@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
 from lookhere.io import atomic_path
-from lookhere.lens import LensResult, TokenNorms, check_images, layer_index
+from lookhere.lens import LensResult, TokenNorms, check_images, layer_index, lens_file
 
 _OVERLAY = (255, 0, 255)  # magenta: rarely a task colour
 
@@ -126,17 +126,21 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
 
 def plot_lens_maps(result: LensResult | TokenNorms, images: Sequence[Any], path: str | Path,
                    *, concepts: Sequence[str] | None = None, layers: Sequence[int] | None = None,
-                   grid: int = 0, scale: Literal["panel", "shared"] = "panel") -> Path:
+                   grid: int = 0, scale: Literal["panel", "shared"] = "panel",
+                   names: Sequence[str] | None = None) -> Path:
     """Overlay figure: one row per image, the image then one panel per (concept, layer).
 
     Each map is drawn (nearest upsampling, ``inferno``) over the faded image at its grid's pixel
     extent; ``scale="panel"`` scales each map to its own max (shown in the title),
     ``"shared"`` puts every panel on one 0..max scale. A `TokenNorms` result draws one panel per
-    layer. Written atomically; the format follows the path's suffix (.png, .pdf, .svg).
+    layer. ``names``: the images' titles (default ``image <i>``). Written atomically; the format
+    follows the path's suffix (.png, .pdf, .svg).
     """
     images = check_images(images)
     if len(images) != len(result.maps):
         raise ValueError(f"images has {len(images)} images, the result {len(result.maps)}")
+    if names is not None and len(names) != len(images):
+        raise ValueError(f"names has {len(names)} entries for {len(images)} images")
     if scale not in ("panel", "shared"):
         raise ValueError(f"scale must be 'panel' or 'shared', got {scale!r}")
     panels = _panels(result, concepts, layers)  # [(title, concept index | None, layer)]
@@ -149,7 +153,7 @@ def plot_lens_maps(result: LensResult | TokenNorms, images: Sequence[Any], path:
     for i, image in enumerate(images):
         w, h = image.size
         axes[i][0].imshow(image.convert("RGB"), extent=(0, w, h, 0))
-        axes[i][0].set_title(f"image {i}", fontsize=9)
+        axes[i][0].set_title(f"image {i}" if names is None else names[i], fontsize=9)
         extent = result.geometries[i][grid].grid_box_to_image(
             (0, 0, result.geometries[i][grid].cols, result.geometries[i][grid].rows), clip=False)
         for j, ((title, _, _), m) in enumerate(zip(panels, cells[i], strict=True), start=1):
@@ -163,6 +167,27 @@ def plot_lens_maps(result: LensResult | TokenNorms, images: Sequence[Any], path:
     fig.suptitle(f"Logit lens: {kind}; maps scaled to "
                  f"{'each panel max' if top is None else f'{top:.3g}'}", fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_lens_overlays(result: LensResult, images: Sequence[Any], folder: str | Path,
+                       names: Sequence[str], words: Sequence[Sequence[str]] | None = None
+                       ) -> list[Path]:
+    """One overlay figure per image x word x layer: `plot_lens_maps` of the image alone with
+    that one panel, at ``folder / lens_file(name, word, layer)``. Image ``i`` is called
+    ``names[i]`` and drawn for ``words[i]`` (default: every concept of the result)."""
+    images = check_images(images)
+    if len(names) != len(images) or (words is not None and len(words) != len(images)):
+        raise ValueError(f"names (and words) must give one entry per image: {len(images)} "
+                         f"images")
+    paths = []
+    for i, (image, name) in enumerate(zip(images, names, strict=True)):
+        alone = result.pick(i)
+        for word in result.concepts if words is None else words[i]:
+            for layer in result.layers:
+                path = Path(folder) / lens_file(name, word, layer)
+                paths.append(plot_lens_maps(alone, [image], path, concepts=[word],
+                                            layers=[layer], names=[name]))
+    return paths
 
 
 def _panels(result: LensResult | TokenNorms, concepts: Sequence[str] | None,

@@ -135,6 +135,20 @@ def read_data(folder: Path, limit: int | None, prog: str) -> list[Any]:
     return samples
 
 
+def read_image(path: Path, prog: str, flag: str = "--image") -> Any:
+    """The RGB image at ``path`` as a viewer shows it (a phone photo's orientation tag
+    applied), or exit 2 naming ``flag`` and what is wrong (missing, not an image, too large)."""
+    from PIL import UnidentifiedImageError
+
+    from lookhere.data.image import open_rgb
+
+    try:
+        return open_rgb(path, exif=True)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
+        raise fail(f"{flag} {message}", prog) from None
+
+
 def resolve_device(device: str | None) -> str:
     """``device``, or cuda when available, else cpu."""
     if device is not None:

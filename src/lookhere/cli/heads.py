@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from lookhere.cli.common import (
     parse_grid,
     positive_int,
     read_data,
+    read_image,
     resolve_device,
 )
 
@@ -319,23 +319,17 @@ def _ground_samples(args: argparse.Namespace, prog: str) -> list[Any]:
 
 
 def _image_sample(path: Path, text: str, prog: str) -> Any:
-    from PIL import UnidentifiedImageError
-
-    from lookhere.data.image import open_rgb
     from lookhere.data.sample import Geometry, Sample
 
-    try:  # as a viewer shows it: a phone photo's orientation tag applied
-        image = open_rgb(path, exif=True)
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        message = str(err) if str(err).startswith(str(path)) else f"{path}: {err}"
-        raise fail(f"--image {message}", prog) from None
-    return Sample(image=image, question=text, answer="", structured={}, geometry=Geometry(),
-                  id=path.stem)
+    return Sample(image=read_image(path, prog), question=text, answer="", structured={},
+                  geometry=Geometry(), id=path.stem)
 
 
 def mask_name(sample_id: str) -> str:
     """A file name for a sample's mask: the id with anything but [A-Za-z0-9._-] as ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", sample_id) + ".png"
+    from lookhere.io import safe_name
+
+    return safe_name(sample_id) + ".png"
 
 
 def write_mask(mask: Any, path: Path) -> Path:
