@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import itertools
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,10 @@ def _eval_api(args: argparse.Namespace) -> int:
     samples = read_data(args.data, args.limit, "lookhere eval")
     try:
         run = ask_all(samples, config, answers, key=key)
+    except KeyboardInterrupt:  # the answers in flight were saved first
+        print(f"lookhere eval: interrupted; the answers received are saved in {answers}; "
+              f"rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
     except (ApiError, OSError) as err:
         raise fail(str(err)) from None
     except ValueError as err:  # the answers file does not fit (names itself)

@@ -120,14 +120,14 @@ def check_url(url: str) -> str:
 
 def read_key(env: str) -> str:
     """The API key in environment variable ``env``; the message never shows its value."""
-    key = os.environ.get(env, "")
-    if not key.strip():
+    key = os.environ.get(env, "").strip()  # a trailing newline from $(cat file) is harmless
+    if not key:
         raise ValueError(f"key_env: the environment variable {env} is not set or empty (the API "
                          f"key is read from it only)")
-    if any(c in key for c in "\r\n") or not key.isprintable() or not key.isascii():
+    if not (key.isprintable() and key.isascii()):  # a header cannot carry the rest
         raise ValueError(f"key_env: the environment variable {env} does not hold a valid key "
                          f"(non-printable or non-ASCII characters)")
-    return key.strip()
+    return key
 
 
 # ---------------------------------------------------------------------------------------------
