@@ -86,9 +86,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_api(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("with --api", "Answers are appended to --api-answers as they come; "
-                             "a rerun resumes and asks no sample twice. The key is read from "
-                             "the environment only and written nowhere.")
+    g = p.add_argument_group("with --api", "Answers are appended to --api-answers as they "
+                             "come; a rerun resumes and asks no sample twice.\nThe key is read "
+                             "from the environment only and written nowhere.")
     g.add_argument("--api-model", metavar="NAME", help="model name sent with each request "
                    "(required with --api)")
     g.add_argument("--api-answers", type=Path, metavar="FILE",
@@ -102,7 +102,8 @@ def _add_api(p: argparse.ArgumentParser) -> None:
         kind, metavar = kinds[name]
         f = fields[name]
         g.add_argument(f"--api-{name.replace('_', '-')}", dest=f"api_{name}", type=kind,
-                       metavar=metavar, help=f"{f.metadata['help']} (default {f.default})")
+                       metavar=metavar, help=f"{f.metadata['help']} (default "
+                       f"{'not sent' if f.default is None else f.default})")
 
 
 def _seconds(text: str) -> float:

@@ -68,11 +68,12 @@ class ApiConfig:
         "help": "retries of one sample after a 429/408/5xx, a timeout, a connection error or "
                 "a malformed response, before the run stops"})
     backoff: float = field(default=1.0, metadata={
-        "help": "first retry delay in seconds; doubled per retry, with jitter, up to backoff_cap"})
+        "help": "first retry delay in seconds; doubled per retry, with jitter, up to "
+                "backoff_cap seconds"})
     backoff_cap: float = field(default=60.0, metadata={
         "help": "longest wait before a retry, Retry-After included"})
     max_tokens: int | None = field(default=None, metadata={
-        "help": "max_tokens of each request (None: not sent, the server's default)"})
+        "help": "max_tokens of each request (None: not sent; the server decides)"})
     temperature: float | None = field(default=0.0, metadata={
         "help": "temperature of each request (None: not sent)"})
 
