@@ -114,7 +114,7 @@ def test_eval_bad_predictions(dataset, tmp_path, capsys):
     (["--predictions", "p.jsonl", "--model", "m"], "not allowed with argument"),
     (["--model", "m", "--limit", "0"], "expected an integer >= 1, got 0"),
     (["--model", "m", "--limit", "two"], "expected an integer >= 1, got 'two'"),
-    ([], "one of the arguments --predictions --model is required"),
+    ([], "one of the arguments --predictions --model --api is required"),
 ])
 def test_eval_argument_errors(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:

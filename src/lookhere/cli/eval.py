@@ -1,14 +1,20 @@
-"""``lookhere eval``: score answers on a dataset folder, from a predictions file or a model;
-``lookhere eval rec``: referring-expression comprehension with localization heads and baselines.
+"""``lookhere eval``: score answers on a dataset folder, from a predictions file, a model or an
+OpenAI-compatible API; ``lookhere eval rec``: referring-expression comprehension with
+localization heads and baselines.
 
-``lookhere eval --data DIR (--predictions FILE | --model PATH)`` is the plain form; ``rec`` is an
-optional subcommand, so the plain form needs no subcommand name.
+``lookhere eval --data DIR (--predictions FILE | --model PATH | --api URL --api-model NAME)`` is
+the plain form; ``rec`` is an optional subcommand, so the plain form needs no subcommand name.
+With ``--api``, the answers are appended to ``--api-answers`` as they come and a rerun resumes
+from it; the key is read from the environment variable ``--api-key-env`` only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,11 +33,15 @@ from lookhere.cli.common import (
     read_data,
 )
 from lookhere.data.formats import STYLES
+from lookhere.eval.api import ApiConfig  # torch-free, stdlib only at import
 from lookhere.report.tables import format_table, rec_table
 
 # Model-branch options: None means "not given", so giving one with --predictions is an error.
 _MODEL_ONLY = ("limit", "batch_size", "max_new_tokens", "predictions_out", "device")
 _DEFAULTS = {"batch_size": 16, "max_new_tokens": 16}
+#: ApiConfig fields given as --api-<field> (None when not given: the config's default applies)
+_API_FIELDS = ("key_env", "concurrency", "timeout", "max_retries", "backoff", "max_tokens",
+               "temperature")
 
 
 #: the commands this module adds, with their one-line help (`lookhere --help`)
@@ -51,6 +61,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="an outside model's answers: JSONL {id, answer} or one JSON id->answer")
     src.add_argument("--model", metavar="PATH",
                      help="model folder (or hub name) to generate answers with")
+    src.add_argument("--api", metavar="URL",
+                     help="an OpenAI-compatible API's base URL, e.g. https://api.openai.com/v1: "
+                          "ask URL/chat/completions for every sample's answer (--api-* below)")
     p.add_argument("--style", default="plain", choices=STYLES, help="box/point answer style")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the metrics here as JSON")
     add_overwrite(p)
@@ -66,9 +79,47 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions-out", type=Path, metavar="FILE",
                    help="with --model: write the generated answers here as JSONL")
     add_device(p, "with --model: ")
+    _add_api(p)
     p.set_defaults(run=_eval)
     modes = p.add_subparsers(dest="eval_command", required=False, metavar="{rec}")
     _add_rec(modes)
+
+
+def _add_api(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("with --api", "Answers are appended to --api-answers as they "
+                             "come; a rerun resumes and asks no sample twice.\nThe key is read "
+                             "from the environment only and written nowhere.")
+    g.add_argument("--api-model", metavar="NAME", help="model name sent with each request "
+                   "(required with --api)")
+    g.add_argument("--api-answers", type=Path, metavar="FILE",
+                   help="JSONL of the answers (a --predictions file too); an existing one is "
+                        "resumed, never replaced (default: --out with suffix .answers.jsonl)")
+    fields = {f.name: f for f in dataclasses.fields(ApiConfig)}
+    kinds = {"key_env": (str, "NAME"), "concurrency": (positive_int, "N"),
+             "timeout": (_seconds, "S"), "max_retries": (_count, "N"), "backoff": (_seconds, "S"),
+             "max_tokens": (positive_int, "N"), "temperature": (float, "T")}
+    for name in _API_FIELDS:
+        kind, metavar = kinds[name]
+        f = fields[name]
+        g.add_argument(f"--api-{name.replace('_', '-')}", dest=f"api_{name}", type=kind,
+                       metavar=metavar, help=f"{f.metadata['help']} (default "
+                       f"{'not sent' if f.default is None else f.default})")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
 
 
 def _add_rec(modes: argparse._SubParsersAction) -> None:
@@ -120,34 +171,106 @@ box; --style). Prints a markdown table; --out writes every number and box as JSO
 def _eval(args: argparse.Namespace) -> int:
     if args.data is None:
         raise fail("the following arguments are required: --data")
-    if args.predictions is None and args.model is None:
-        raise fail("one of the arguments --predictions --model is required")
+    if args.predictions is None and args.model is None and args.api is None:
+        raise fail("one of the arguments --predictions --model --api is required")
+    api_given = [f"--api-{k.replace('_', '-')}" for k in ("model", "answers", *_API_FIELDS)
+                 if getattr(args, f"api_{k}") is not None]
+    if api_given and args.api is None:
+        raise fail(f"{', '.join(api_given)} only apply with --api")
     check_data(args.data, "lookhere eval")
     check_outputs(args, ("out", "predictions_out"), "lookhere eval")
-    if args.predictions is not None:
-        given = [f"--{k.replace('_', '-')}" for k in _MODEL_ONLY if getattr(args, k) is not None]
+    if args.model is None:  # --predictions or --api; --api takes --limit too
+        allowed = ("limit",) if args.api is not None else ()
+        given = [f"--{k.replace('_', '-')}" for k in _MODEL_ONLY
+                 if getattr(args, k) is not None and k not in allowed]
         if given:
             raise fail(f"{', '.join(given)} only apply with --model")
+    if args.predictions is not None:
         return _eval_predictions(args)
     if args.missing is not None:
         raise fail("--missing only applies with --predictions")
-    return _eval_model(args)
+    return _eval_api(args) if args.api is not None else _eval_model(args)
 
 
 def _eval_predictions(args: argparse.Namespace) -> int:
     from lookhere.data.disk import read_samples
-    from lookhere.eval.scoring import read_predictions, score_predictions
+    from lookhere.eval.scoring import read_predictions
 
     try:
         predictions = read_predictions(args.predictions)
-        scores = score_predictions(read_samples(args.data), predictions, style=args.style,
-                                   missing=args.missing or "error")
+        samples = list(read_samples(args.data))
     except (OSError, ValueError, TypeError) as err:
+        raise fail(str(err)) from None
+    return _score(args, samples, predictions, {"predictions": str(args.predictions)},
+                  args.missing or "error")
+
+
+def _eval_api(args: argparse.Namespace) -> int:
+    """Ask the API for every sample without a saved answer, then score as --predictions does."""
+    from lookhere.eval.api import ApiError, ask_all, read_key
+
+    if args.api_model is None:
+        raise fail("--api needs --api-model NAME")
+    answers = _answers_path(args)
+    try:
+        config = ApiConfig(url=args.api, model=args.api_model, **{
+            k: getattr(args, f"api_{k}") for k in _API_FIELDS
+            if getattr(args, f"api_{k}") is not None})
+        key = read_key(config.key_env)
+    except ValueError as err:  # "<field>: ..." -> the field's option
+        field, _, message = str(err).partition(": ")
+        flag = "--api" if field == "url" else f"--api-{field.replace('_', '-')}"
+        raise fail(f"{flag}: {message}") from None
+    samples = read_data(args.data, args.limit, "lookhere eval")
+    try:
+        run = ask_all(samples, config, answers, key=key)
+    except KeyboardInterrupt:  # the answers in flight were saved first
+        print(f"lookhere eval: interrupted; the answers received are saved in {answers}; "
+              f"rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ApiError, OSError) as err:
+        raise fail(str(err)) from None
+    except ValueError as err:  # the answers file does not fit (names itself)
+        raise fail(f"--api-answers {err}" if str(err).startswith(str(answers)) else str(err)
+                   ) from None
+    print(f"answers: {run.asked} asked, {run.resumed} resumed from {answers}, "
+          f"{run.retries} retries")
+    return _score(args, samples, run.answers, {"api": args.api, "api_model": args.api_model,
+                                                "answers": str(answers)})
+
+
+def _answers_path(args: argparse.Namespace) -> Path:
+    """--api-answers, or --out's path with the suffix .answers.jsonl; its folder checked."""
+    path = args.api_answers
+    if path is None and args.out is None:
+        raise fail("--api needs --api-answers FILE (or --out FILE, beside which the answers "
+                   "are saved as FILE.answers.jsonl)")
+    path = path if path is not None else args.out.with_suffix(".answers.jsonl")
+    if args.out is not None and path.resolve() == args.out.resolve():
+        raise fail(f"--api-answers {path} is also --out; give two files")
+    if path.is_dir():
+        raise fail(f"--api-answers {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise fail(f"--api-answers {path}: cannot create its folder ({err.strerror})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"--api-answers {path}: not writable")
+    return path
+
+
+def _score(args: argparse.Namespace, samples: list[Any], predictions: dict[str, str],
+           source: dict[str, str], missing: str = "error") -> int:
+    """Score, print the table and write --out: the same for every source of answers."""
+    from lookhere.eval.scoring import score_predictions
+
+    try:
+        scores = score_predictions(samples, predictions, style=args.style, missing=missing)
+    except (ValueError, TypeError) as err:
         raise fail(str(err)) from None
     print(format_table(scores.tasks))
     if args.out is not None:
-        _write(args.out, {"data": str(args.data), "predictions": str(args.predictions),
-                          **scores.to_json()})
+        _write(args.out, {"data": str(args.data), **source, **scores.to_json()})
     return 0
 
 
