@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from lookhere import __version__
-from lookhere.cli import data, eval, experiment, heads, models, pretrain
+from lookhere.cli import data, eval, experiment, heads, models, pretrain, view
 from lookhere.cli.common import LazyParser, fail
 
-GROUPS = (models, data, eval, heads, experiment, pretrain)
+GROUPS = (models, data, eval, heads, experiment, pretrain, view)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
