@@ -140,17 +140,17 @@ def build_app(model: Any, processor: Any, adapter: Any, *, model_name: str,
     with gr.Blocks(title="lookhere view", analytics_enabled=False) as app:
         state = gr.State(None)
         gr.Markdown(f"## lookhere view: `{model_name}`\n{adapter.family}, {n_layers} language "
-                    f"layers x {n_heads} heads. Pick a sample or upload an image, ask, then click "
-                    "an answer token.")
+                    f"layers x {n_heads} heads. Pick a sample (its target in magenta) or upload an "
+                    "image, ask, then click an answer token.")
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=6, min_width=560):
                 gallery = gr.Gallery(
                     [(s.image, s.id) for s in examples], label="synthetic samples (click one)",
-                    columns=5, rows=2, height=250, allow_preview=False, elem_id="samples",
-                    visible=bool(examples))
+                    columns=5, height=252, allow_preview=False, interactive=False,
+                    buttons=[], elem_id="samples", visible=bool(examples))
                 with gr.Row():
-                    image = gr.Image(label="image (magenta: a sample's target)", type="pil",
-                                     interactive=False, height=240, elem_id="image", scale=2)
+                    image = gr.Image(label="image", type="pil", interactive=False, height=240,
+                                     buttons=["fullscreen"], elem_id="image", scale=2)
                     upload_btn = gr.UploadButton("Upload an image", file_types=["image"],
                                                  elem_id="upload", scale=1)
                 question = gr.Textbox(label="question", elem_id="question")
@@ -158,9 +158,10 @@ def build_app(model: Any, processor: Any, adapter: Any, *, model_name: str,
                 answer = gr.Textbox(label="answer (greedy)", interactive=False, elem_id="answer")
                 tokens = gr.Radio([], label="answer tokens (click one)", type="value",
                                   elem_id="tokens")
-            with gr.Column(scale=1):
+            with gr.Column(scale=5):
                 overlay = gr.Image(label="overlay", type="pil", format="png", interactive=False,
-                                   height=384, elem_id="overlay")
+                                   height=384, buttons=["download", "fullscreen"],
+                                   elem_id="overlay")
                 info = gr.Markdown(elem_id="info")
                 with gr.Row():
                     layer = gr.Dropdown(layer_choices, value=MEAN, label="token map: layer",
