@@ -62,12 +62,13 @@ def server(tmp_path_factory):
         wait_for(url, proc, folder / "server.log")
         yield url
     finally:
-        proc.terminate()
+        proc.terminate()  # as Ctrl-C: the server closes and its download folder goes
         try:
-            proc.wait(10)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+    assert proc.returncode == 0, (folder / "server.log").read_text()[-3000:]
 
 
 def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -183,7 +184,8 @@ def test_upload_ask_click_tokens(page, tmp_path):
     page.fill("#expression textarea", sample.question.removeprefix("Where is ").rstrip("?"))
     page.click("#heads")
     wait_new_overlay(page, src)
-    assert "localization heads" in page.locator("#info").inner_text()
+    info = page.locator("#info").inner_text()
+    assert "localization heads [[3, 1], [2, 2], [3, 0]]" in info and "box (x0, y0, x1, y1)" in info
     with page.expect_download() as download:
         page.click("#json")
     data = json.loads(Path(download.value.path()).read_text())

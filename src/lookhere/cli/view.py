@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import signal
 import socket
 from pathlib import Path
 
@@ -59,8 +60,13 @@ def _view(args: argparse.Namespace) -> int:
                     examples=example_samples(size), max_new_tokens=args.max_new_tokens)
     print(f"lookhere view: {args.model} on http://{args.host}:{args.port} (Ctrl-C stops)",
           flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the server as Ctrl-C does
     launch(app, args.host, args.port)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def check_port(host: str, port: int) -> None:

@@ -22,11 +22,17 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
 import gradio as gr  # noqa: E402
 from PIL import UnidentifiedImageError  # noqa: E402
 
-from lookhere.data.image import MAX_PIXELS, open_rgb  # noqa: E402
+from lookhere.data.image import open_rgb  # noqa: E402
 from lookhere.data.sample import Sample  # noqa: E402
 from lookhere.heads.selection import HeadSpec  # noqa: E402
 from lookhere.view.overlay import display_image  # noqa: E402
-from lookhere.view.viewer import MapView, TokenMap, Viewer, ViewError  # noqa: E402
+from lookhere.view.viewer import (  # noqa: E402
+    HeadsBox,
+    MapView,
+    TokenMap,
+    Viewer,
+    ViewError,
+)
 from lookhere.viz import draw_geometry  # noqa: E402
 
 #: the largest upload the page accepts (the pixel limit is checked when the image is opened)
@@ -42,7 +48,8 @@ def build_app(model: Any, processor: Any, adapter: Any, *, model_name: str,
     examples = list(examples or [])
     lock = threading.Lock()
     n_layers, n_heads = adapter.num_layers, adapter.num_heads
-    out_dir = Path(tempfile.mkdtemp(prefix="lookhere-view-"))
+    downloads = tempfile.TemporaryDirectory(prefix="lookhere-view-")  # removed at exit
+    out_dir = Path(downloads.name)
 
     def viewer_of(state: Viewer | None) -> Viewer:
         return state if state is not None else Viewer(model, processor, adapter, spec=spec,
@@ -84,7 +91,7 @@ def build_app(model: Any, processor: Any, adapter: Any, *, model_name: str,
             return (gr.skip(),) * 9
         name = Path(path).name
         try:
-            image = open_rgb(path, exif=True, max_pixels=MAX_PIXELS)
+            image = open_rgb(path, exif=True)  # the pixel limit, checked before decoding
         except (UnidentifiedImageError, OSError) as err:
             raise gr.Error(f"{name} is not an image PIL can read ({type(err).__name__}); "
                            "upload a PNG, JPEG, WebP, ...") from None
@@ -196,6 +203,7 @@ def build_app(model: Any, processor: Any, adapter: Any, *, model_name: str,
         spec_btn.upload(load_heads, [state, spec_btn], [state, spec_box])
         for trigger in (heads_btn.click, expression.submit):
             trigger(heads, [state, expression], [state, *shown_out])
+    app.downloads = downloads  # lives as long as the page
     return app
 
 
@@ -215,8 +223,11 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860,
 
 
 def caption(view: MapView) -> str:
-    """The map's title, and for a token its attention ratio and image share."""
+    """The map's title, and for a token its attention ratio and image share, for the heads
+    their box."""
     text = f"**{view.title}**"
+    if isinstance(view, HeadsBox):
+        text += "  \nbox (x0, y0, x1, y1): " + ", ".join(f"{v:.1f}" for v in view.box) + " px"
     if isinstance(view, TokenMap):
         ratio = "n/a (no target: pick a sample)" if view.ratio is None else f"{view.ratio:.2f}"
         text += (f"  \nattention ratio on the target: {ratio}; attention on the image: "

@@ -127,7 +127,8 @@ class Viewer:
     """Answers, attention maps, lens maps and head groundings for one image at a time.
 
     Args:
-        model, processor: a supported VLM (language model on SDPA) and its processor.
+        model, processor: a supported VLM (language model on SDPA; put in eval mode) and its
+            processor.
         adapter: overrides the one found from the model.
         spec: a `HeadSpec` for `heads_box` (or set ``viewer.spec`` later).
         max_new_tokens: the generation budget of `answer`.
