@@ -193,13 +193,18 @@ def test_upload_ask_click_tokens(page, tmp_path):
     assert data["model"] == "lookhere:llava-mini" and len(data["map"]) == data["grid"]["rows"]
 
 
-def test_bad_upload_says_so_and_keeps_the_image(page, tmp_path):
+def test_bad_uploads_say_so(page, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")
     upload(page, "#upload", fake)
-    toast = page.get_by_text("notes.png is not an image PIL can read")
-    toast.wait_for()
-    assert page.locator("#image img").count() == 0
+    page.get_by_text("notes.png is not an image PIL can read").wait_for()
+    big = tmp_path / "huge.png"  # 72 Mi pixels in 9 kB: refused from its header, never decoded
+    from PIL import Image
+
+    Image.new("1", (9000, 8000)).save(big)
+    upload(page, "#upload", big)
+    page.get_by_text("huge.png: 9000x8000 pixels is over the limit").wait_for()
+    assert page.locator("#image img").count() == 0  # no image was taken
 
 
 def test_gallery_sample_shows_a_ratio(page):
