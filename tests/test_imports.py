@@ -28,7 +28,7 @@ LAYERS = {
     "lookhere.train": 6, "lookhere.heads": 6, "lookhere.lens": 6, "lookhere.pretrain": 6,
     "lookhere.eval": 7, "lookhere.viz": 7,
     "lookhere.experiment": 8,
-    "lookhere.report": 9,
+    "lookhere.report": 9, "lookhere.view": 9,
     "lookhere.cli": 10,
 }
 

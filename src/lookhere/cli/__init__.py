@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from lookhere import __version__
-from lookhere.cli import data, eval, experiment, heads, lens, models, pretrain, train
+from lookhere.cli import data, eval, experiment, heads, lens, models, pretrain, train, view
 from lookhere.cli.common import LazyParser, fail
 
-GROUPS = (models, data, eval, heads, lens, train, experiment, pretrain)
+GROUPS = (models, data, eval, heads, lens, view, train, experiment, pretrain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
