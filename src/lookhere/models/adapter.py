@@ -26,6 +26,7 @@ from lookhere.models.prompt import ChatFormat
 ImageSizes = Sequence[Sequence[Any]]  # per sample: PIL images or (width, height) pairs
 
 _REGISTRY: dict[str, type[Adapter]] = {}
+_FALLBACK: list[Callable[[Any], Adapter]] = []  # at most one: `register_fallback`
 
 
 class UnsupportedModelError(ValueError):
@@ -40,6 +41,23 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
         raise ValueError(f"adapter family {cls.family!r} is already registered")
     _REGISTRY[cls.family] = cls
     return cls
+
+
+def register_fallback(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: the adapter `get_adapter` returns for a model no family claims.
+
+    ``cls(config)`` raises `UnsupportedModelError` itself where the config lacks what it needs.
+    It is not a family: `families` does not list it and the family tests do not run on it.
+    """
+    if _FALLBACK:
+        raise ValueError(f"a fallback adapter is already registered: {_FALLBACK[0].__name__}")
+    _FALLBACK.append(cls)
+    return cls
+
+
+def supported_families() -> str:
+    """The registered families and their model types, for error messages."""
+    return ", ".join(f"{c.family} ({'/'.join(c.model_types)})" for c in _REGISTRY.values())
 
 
 def families() -> list[str]:
@@ -68,7 +86,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def get_adapter(model_or_config: nn.Module | Any) -> Adapter:
     """The adapter for a loaded (possibly wrapped) model or its config, by ``config.model_type``.
 
-    Raises `UnsupportedModelError`, listing the supported families, for any other model.
+    A model type no family claims gets the fallback adapter (`lookhere.models.generic`) where
+    one is registered; it raises `UnsupportedModelError`, listing the supported families and
+    saying what to pass as ``adapter=``, when the config has no image token.
     """
     if isinstance(model_or_config, nn.Module):
         model_or_config = unwrap_model(model_or_config)
@@ -77,9 +97,11 @@ def get_adapter(model_or_config: nn.Module | Any) -> Adapter:
     for cls in _REGISTRY.values():
         if model_type in cls.model_types:
             return cls(config)
-    supported = ", ".join(f"{c.family} ({'/'.join(c.model_types)})" for c in _REGISTRY.values())
+    if _FALLBACK:
+        return _FALLBACK[0](config)
     raise UnsupportedModelError(
-        f"no lookhere adapter for model_type {model_type!r}; supported families: {supported}"
+        f"no lookhere adapter for model_type {model_type!r}; supported families: "
+        f"{supported_families()}"
     )
 
 
@@ -118,11 +140,10 @@ class Adapter(ABC):
 
     @property
     def image_token_id(self) -> int:
-        for name in ("image_token_id", "image_token_index"):
-            value = getattr(self.config, name, None)
-            if value is not None:
-                return int(value)
-        raise AttributeError(f"{type(self.config).__name__} has no image token id")
+        value = config_image_token_id(self.config)
+        if value is None:
+            raise AttributeError(f"{type(self.config).__name__} has no image token id")
+        return value
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder stack (has ``.layers`` and ``.norm``)."""
@@ -190,6 +211,21 @@ class Adapter(ABC):
     def tiny_prompt(cls, processor: Any, text: str, n_images: int) -> str:
         """A raw prompt string with ``n_images`` image placeholders for the tiny processor."""
         return processor.image_token * n_images + text
+
+
+def config_image_token_id(config: Any) -> int | None:
+    """The image placeholder id of a VLM config (``image_token_id`` or ``image_token_index``, on
+    the config or its text config), None when it has none."""
+    configs = [config]
+    text = getattr(config, "text_config", None)
+    if text is not None:
+        configs.append(text)
+    for cfg in configs:
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, Integral) and not isinstance(value, bool):
+                return int(value)
+    return None
 
 
 def image_size_of(image: Any) -> tuple[int, int]:
