@@ -17,7 +17,8 @@ from PIL import Image
 
 import lookhere.models.gemma3  # noqa: F401  (registers the adapter)
 from lookhere.models import get_adapter
-from lookhere.models.gemma3 import IMAGE, Gemma3Adapter, gemma3_geometry
+from lookhere.models.adapter import squash_geometry as gemma3_geometry
+from lookhere.models.gemma3 import IMAGE, Gemma3Adapter
 from lookhere.models.tiny import build_tiny
 
 

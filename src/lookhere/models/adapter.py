@@ -115,6 +115,10 @@ class Adapter(ABC):
     #: The chat turn for processors without a chat template (the tiny ones); mirrors the
     #: family's official template. Real checkpoints use their own template (models.prompt).
     chat: ClassVar[ChatFormat] = ChatFormat()
+    #: Values of the processor's per-token entries on the answer tokens a collator appends
+    #: after the prompt (entries not named get 0: text). PaliGemma's answer is its causal
+    #: suffix (token_type_ids 1).
+    answer_token_values: ClassVar[Mapping[str, int]] = {"attention_mask": 1}
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -144,6 +148,11 @@ class Adapter(ABC):
         if value is None:
             raise AttributeError(f"{type(self.config).__name__} has no image token id")
         return value
+
+    @property
+    def attn_implementation(self) -> str | dict[str, str]:
+        """What lookhere loads the model with (`models.loading`): SDPA, which the probe wraps."""
+        return "sdpa"
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder stack (has ``.layers`` and ``.norm``)."""
@@ -272,6 +281,38 @@ def resized_size(size: Any, w: int, h: int) -> tuple[int, int]:
     if size_field(size, "height") and size_field(size, "width"):
         return size_field(size, "width"), size_field(size, "height")
     raise ValueError(f"unsupported image processor size {size}")
+
+
+def squash_geometry(image_processor: Any, image_size: tuple[int, int], side: int,
+                    cell: tuple[float, float], canvas: tuple[int, int]) -> GridGeometry:
+    """Pixel map of an image processor that resizes to exactly ``size`` (height, width), with no
+    aspect preservation, crop or pad (Gemma3 without pan-and-scan, SigLIP / PaliGemma): each
+    axis has its own scale and there is no offset; ``side x side`` cells of ``cell`` canvas
+    pixels. ``canvas`` is the processed images' (width, height), checked against the resize.
+    """
+    w, h = image_size
+    target = _resize_target(image_processor, w, h)
+    if target != tuple(canvas):
+        raise ValueError(
+            f"pixel_values are {canvas[0]}x{canvas[1]} (w x h) but processor.image_processor "
+            f"resizes to {target[0]}x{target[1]}; was the batch made by this processor?"
+        )
+    return GridGeometry(rows=side, cols=side, cell_size=cell, scale=(target[0] / w, target[1] / h),
+                        offset=(0.0, 0.0), image_size=(w, h))
+
+
+def _resize_target(image_processor: Any, w: int, h: int) -> tuple[int, int]:
+    """(width, height) after the processor's resize (the image itself when it does not resize)."""
+    if not getattr(image_processor, "do_resize", True):
+        return w, h
+    size = image_processor.size
+    height, width = size_field(size, "height"), size_field(size, "width")
+    if not (height and width):
+        raise ValueError(
+            f"processor.image_processor.size must be {{'height', 'width'}} (a plain resize), "
+            f"got {size}"
+        )
+    return int(width), int(height)
 
 
 def canvas_size(batch: Mapping[str, Any]) -> tuple[int, int]:
