@@ -13,6 +13,7 @@ from lookhere.models import idefics3  # noqa: F401
 from lookhere.models import paligemma  # noqa: F401
 from lookhere.models import qwen3_vl  # noqa: F401
 from lookhere.models import llava_onevision  # noqa: F401
+from lookhere.models import internvl  # noqa: F401
 from lookhere.models import generic  # noqa: F401  (the fallback, not a family)
 from lookhere.models.adapter import (
     Adapter,
