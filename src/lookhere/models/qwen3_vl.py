@@ -17,15 +17,15 @@ from torch import nn
 from transformers import Qwen3VLProcessor
 
 from lookhere.models.adapter import register_adapter
-from lookhere.models.qwen2_vl import _ImageTextOnly, _QwenVLAdapter
+from lookhere.models.qwen2_vl import ImageTextOnly, QwenVLAdapter
 
 
-class Qwen3VLImageTextProcessor(_ImageTextOnly, Qwen3VLProcessor):
+class Qwen3VLImageTextProcessor(ImageTextOnly, Qwen3VLProcessor):
     """`Qwen3VLProcessor` for images and text (no torchvision needed)."""
 
 
 @register_adapter
-class Qwen3VLAdapter(_QwenVLAdapter):
+class Qwen3VLAdapter(QwenVLAdapter):
     family = "qwen3_vl"
     model_types = ("qwen3_vl",)
     processor_class = Qwen3VLImageTextProcessor
