@@ -213,3 +213,42 @@ def test_no_decoder_layers_found():
         lm.layers, lm.norm = layers, norm
         if hasattr(lm, "blocks"):
             del lm.blocks
+
+
+def test_klal_and_the_lens_through_the_fallback():
+    """KLAL's pieces (layout -> target over visual keys, the probe's log rows, the loss and its
+    gradient) and the lens (captured hidden states -> concept log-probabilities that match the
+    model's own logits) run on a class without a family."""
+    from lookhere.capture import capture_hidden
+    from lookhere.data.sample import Geometry
+    from lookhere.lens import lens_log_probs
+    from lookhere.losses.config import KLALConfig
+    from lookhere.targets import batch_targets
+    from lookhere.train.objective import klal_probe, klal_term
+
+    model, images = _BUILT.get("mistral3") or mistral3()
+    adapter = get_adapter(model)
+    batch = make_batch(images)
+    layout = adapter.layout(batch, [[(56, 56)], [(56, 56), (80, 40)]], None)
+    # the box covers the top-left cell of each sample's first 2 x 2 grid: the target's peak
+    target, has = batch_targets(layout, [Geometry(boxes=[(0, 0, 28, 28)])] * 2)
+    assert has.all() and (target.argmax(1) == 0).all()
+    torch.testing.assert_close(target.sum(1), torch.ones(2))
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    aux = {"answer_mask": batch["labels"] != -100, "target": target, "has_target": has}
+    model.zero_grad()
+    with klal_probe(model, inputs, aux, KLALConfig(weight=1.0)) as probe:
+        model(**inputs)
+        loss = klal_term(probe, aux, KLALConfig(weight=1.0))
+        loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    grads = [p.grad for p in adapter.language_model(model).parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    model.zero_grad()
+    with torch.no_grad(), capture_hidden(model, adapter, [-1], positions="all") as cap:
+        logits = model(**inputs).logits
+    ids = [[7], [8, 9]]
+    got = lens_log_probs(model, adapter, cap.hidden[1], ids)  # (B, L, 2)
+    logp = logits.float().log_softmax(-1)
+    torch.testing.assert_close(got[..., 0], logp[..., 7], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[..., 1], logp[..., 8:10].logsumexp(-1), rtol=1e-4, atol=1e-5)
