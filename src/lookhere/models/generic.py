@@ -13,10 +13,12 @@ shares, and this adapter finds it without family knowledge:
 Pixel geometry is family knowledge (resize, crop, pad, tiling, pooling), so `layout` infers a
 grid only in the one case that needs none: an image whose tokens form one contiguous block of a
 square number ``n * n``, read as an ``n x n`` grid over the whole image, row-major (the image
-squashed to a square canvas, as SigLIP-style processors do; Pixtral on a square image). Anything
-else raises a ValueError naming ``adapter=``: only drawing maps (targets, lens maps, head maps)
-needs the grid, the probe does not. Where the fallback cannot find something, the error says
-what to pass as ``adapter=`` instead: an `Adapter` subclass for the family.
+squashed to a square canvas, as SigLIP-style processors do; Pixtral on a square image). It is a
+guess: a resampler's latents (Idefics2's 64) are square in number but not a grid, so maps of such
+a model need its own adapter. Anything else raises a ValueError naming ``adapter=``: only
+drawing maps (targets, lens maps, head maps) needs the grid, the probe does not. Where the
+fallback cannot find something, the error says what to pass as ``adapter=`` instead: an
+`Adapter` subclass for the family.
 """
 
 from __future__ import annotations
