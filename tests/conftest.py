@@ -49,11 +49,6 @@ def torchrun(args: list, nproc: int = 2, timeout: int = 300) -> subprocess.Compl
     return proc
 
 
-def families_of(module) -> list[str]:
-    """The registered families whose adapter a module defines (a per-family test file's)."""
-    return [f for f in FAMILIES if adapter_class(f).__module__ == module.__name__]
-
-
 def tiny(family: str):
     """(model, processor) for a family, built once per test session, fp32, eval mode."""
     if family not in _CACHE:

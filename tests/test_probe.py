@@ -189,6 +189,26 @@ def test_attention_rows_reference():
         attention_rows(q, k, None, torch.tensor([[n]]).expand(b, 1), kpos)
 
 
+def test_additive_mask_and_softcap_reference():
+    """Eager's additive masks hide a key with the dtype's minimum: probability 0 as in eager,
+    and log-probability -inf (not a finite -3.4e38); soft-capping caps the scores first."""
+    torch.manual_seed(0)
+    b, h, n, d = 1, 2, 5, 4
+    q, k = torch.randn(b, h, n, d) * 3, torch.randn(b, h, n, d) * 3
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()
+    additive = torch.zeros(b, 1, n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    qpos, kpos = torch.tensor([[1, 4]]), torch.arange(n)[None]
+    for cap in (None, 2.0):
+        scores = q @ k.transpose(-1, -2) * d**-0.5
+        scores = scores if cap is None else torch.tanh(scores / cap) * cap
+        expect = scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)[:, :, [1, 4]]
+        got = attention_rows(q, k, additive, qpos, kpos, softcap=cap, log=True)
+        torch.testing.assert_close(got, expect)
+        assert torch.isneginf(got[:, :, 0, 2:]).all()
+        torch.testing.assert_close(attention_rows(q, k, additive, qpos, kpos, softcap=cap),
+                                   expect.exp())
+
+
 def test_query_roles():
     ids = torch.tensor([[0, 0, 5, 6, 7, 8, 2], [5, 6, 7, 8, 9, 2, 0]])
     attn = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0]])

@@ -66,7 +66,8 @@ class GroundingCollator:
                               "right")
         answers = [tok(t.answer, add_special_tokens=False)["input_ids"] for t in turns]
         ends = [end_ids(tok, t.end) for t in turns]
-        batch = _append_answers(enc, answers, ends, tok.pad_token_id)
+        batch = _append_answers(enc, answers, ends, tok.pad_token_id,
+                                self.adapter.answer_token_values)
         layout = None
         if self.targets or self.lll is not None:
             images = [[s.image] for s in samples]
@@ -155,8 +156,9 @@ def process_prompts(adapter: Adapter, processor: Any, prompts: list[str],
 
 
 def _append_answers(enc: Mapping[str, Any], answers: list[list[int]], ends: list[list[int]],
-                    pad_id: int) -> dict[str, Any]:
-    """Prompt tokens + answer + end per sample, right padded; every (B, L) entry follows."""
+                    pad_id: int, values: Mapping[str, int]) -> dict[str, Any]:
+    """Prompt tokens + answer + end per sample, right padded; every (B, L) entry follows, with
+    ``values[key]`` (default 0) on the appended tokens."""
     ids, attn = enc["input_ids"], enc["attention_mask"]  # (B, L)
     per_token = [k for k, v in enc.items()
                  if isinstance(v, torch.Tensor) and v.shape == ids.shape and k != "input_ids"]
@@ -166,8 +168,8 @@ def _append_answers(enc: Mapping[str, Any], answers: list[list[int]], ends: list
         extra = answers[b] + ends[b]
         n_new = len(extra)
         row = {"input_ids": torch.cat([ids[b][keep], torch.tensor(extra, dtype=ids.dtype)])}
-        for k in per_token:  # attention_mask -> 1, token types -> 0 (text)
-            fill = 1 if k == "attention_mask" else 0
+        for k in per_token:  # attention_mask -> 1, token types -> 0 (text) or the adapter's
+            fill = values.get(k, 0)
             row[k] = torch.cat([enc[k][b][keep], torch.full((n_new,), fill, dtype=enc[k].dtype)])
         n_prompt = int(keep.sum())
         labels = torch.full_like(row["input_ids"], IGNORE_INDEX)

@@ -14,14 +14,19 @@ rows (softmax over *all* keys in fp32) and then calls transformers' own ``sdpa_a
 with untouched arguments, so the model's outputs are bit-identical to a run without the probe.
 On exit the original implementation is restored and the hooks are removed.
 
+A language model that transformers runs only on eager attention (Gemma 2, whose logit
+soft-capping SDPA lacks: PaliGemma 2) is probed the same way: the registered function computes
+the rows, soft-capping included, then calls the model's own ``eager_attention_forward``.
+
 Gradient checkpointing works with non-reentrant checkpointing (transformers' default), provided
 ``backward()`` runs inside the context: recomputation must see the probe again.
 """
 
 from __future__ import annotations
 
+import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -34,8 +39,8 @@ QueryRole = Literal["last_answer", "answer_start", "all_answer", "last_text"]
 QUERY_ROLES: tuple[str, ...] = ("last_answer", "answer_start", "all_answer", "last_text")
 IGNORE_INDEX = -100
 
-_IMPL_NAME = "lookhere_probe"
-_PROBABLE_IMPLS = ("sdpa",)  # implementations the probe wraps bit-exactly
+# implementation probed -> the name the probe registers for it (each wraps it bit-exactly)
+_IMPL_NAMES = {"sdpa": "lookhere_probe", "eager": "lookhere_probe_eager"}
 # attention module -> active probe; weak so a dropped model never stays alive through us
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, AttentionProbe] = weakref.WeakKeyDictionary()
 
@@ -104,10 +109,10 @@ class AttentionProbe:
         configs = {id(m.config): m.config for m in self._modules}.values()
         for cfg in configs:
             impl = cfg._attn_implementation
-            if impl not in _PROBABLE_IMPLS:
+            if impl not in _IMPL_NAMES:
                 raise ProbeError(
-                    f"the probe needs the language model on attn_implementation='sdpa', "
-                    f"got {impl!r}; "
+                    f"the probe needs the language model on attn_implementation='sdpa' (or "
+                    f"'eager' where transformers has no SDPA for it), got {impl!r}; "
                     "load with attn_implementation='sdpa' or call "
                     "model.set_attn_implementation({'text_config': 'sdpa'})"
                 )
@@ -115,6 +120,8 @@ class AttentionProbe:
             if not hasattr(m, "layer_idx") or m in _ACTIVE:
                 why = "already inside another probe" if m in _ACTIVE else "has no layer_idx"
                 raise ProbeError(f"cannot probe {type(m).__name__}: it {why}")
+            if m.config._attn_implementation == "eager":
+                _eager_function(m)  # fails here, before any forward, if there is none
         lm = self.adapter.language_model(self.model)
         if not getattr(lm, "_supports_attention_backend", False):
             raise ProbeError(
@@ -124,7 +131,7 @@ class AttentionProbe:
         _register_impl()
         for cfg in configs:
             self._saved.append((cfg, cfg._attn_implementation))
-            cfg._attn_implementation = _IMPL_NAME
+            cfg._attn_implementation = _IMPL_NAMES[cfg._attn_implementation]
         for m in self._modules:
             _ACTIVE[m] = self
         hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
@@ -208,7 +215,7 @@ class AttentionProbe:
             query, key, mask, self.query_positions, self.key_positions,
             scaling=scaling, is_causal=causal, check=False,
             sliding_window=kwargs.get("sliding_window"), position_bias=kwargs.get("position_bias"),
-            log=self.log_probs,
+            softcap=kwargs.get("softcap"), log=self.log_probs,
         )
         valid = self.query_mask[:, None, :, None] & self.key_mask[:, None, None, :]
         rows = rows.masked_fill(~valid, float("-inf")) if self.log_probs else rows * valid
@@ -230,6 +237,7 @@ def attention_rows(
     position_bias: torch.Tensor | None = None,
     check: bool = True,
     log: bool = False,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention probabilities of selected query rows over selected keys: ``(B, H, Q, K)`` fp32.
 
@@ -237,7 +245,8 @@ def attention_rows(
     causal rule, same scale); only then are the K wanted keys gathered. A query with no allowed key
     gets a row of zeros instead of NaN. ``log=True`` returns log-probabilities (``-inf`` for
     disallowed keys and empty rows). ``check=False`` skips the bounds check (a host sync)
-    for callers that checked already.
+    for callers that checked already. ``softcap`` caps the scores as eager attention does
+    (``softcap * tanh(scores / softcap)``, before bias and mask: Gemma 2).
     """
     b, h, seq_q, d = query.shape
     h_kv, seq_k = key.shape[1], key.shape[2]
@@ -251,11 +260,17 @@ def attention_rows(
     q = query.gather(2, idx).view(b, h_kv, g * n_q, d)  # (B, Hkv, G*Q, D)
     scores = _Fp32Scores.apply(q, key) * scale  # (B, Hkv, G*Q, S) fp32
     scores = scores.reshape(b, h, n_q, seq_k)  # (B, H, Q, S)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if position_bias is not None:
         scores = scores + _gather_rows(position_bias, query_positions, h).float()
     allowed = _allowed(mask, query_positions, b, h, seq_q, seq_k, is_causal, sliding_window)
     if mask is not None and mask.dtype != torch.bool:
-        scores = scores + _gather_rows(mask, query_positions, h).float()
+        bias = _gather_rows(mask, query_positions, h)  # (B, 1|H, Q, S)
+        scores = scores + bias.float()
+        # An additive mask hides a key with its dtype's minimum (eager's masks): the softmax
+        # gives it exactly 0, as -inf would, but its log-probability must be -inf too.
+        allowed = bias > torch.finfo(bias.dtype).min
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     empty = torch.isneginf(scores).all(-1, keepdim=True)  # (B, H, Q, 1) rows with no key
@@ -422,14 +437,38 @@ def _probe_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                                   dropout=dropout, **kwargs)
 
 
+def _probe_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                           value: torch.Tensor, attention_mask: torch.Tensor | None,
+                           scaling: float | None = None, dropout: float = 0.0, **kwargs: Any):
+    probe = _ACTIVE.get(module)
+    if probe is not None:
+        probe._record(module, query, key, attention_mask, scaling, kwargs)
+    return _eager_function(module)(module, query, key, value, attention_mask, scaling=scaling,
+                                   dropout=dropout, **kwargs)
+
+
+def _eager_function(module: nn.Module) -> Callable[..., Any]:
+    """The ``eager_attention_forward`` of the attention module's own modeling file: what the
+    model runs under ``attn_implementation="eager"`` (eager is no registered function)."""
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if not callable(fn):
+        raise ProbeError(f"{type(module).__name__} runs on eager attention, but its module "
+                         f"{type(module).__module__} has no eager_attention_forward to wrap; "
+                         "load the model with attn_implementation='sdpa'")
+    return fn
+
+
 def _register_impl() -> None:
-    """Register the probe's attention and mask functions under their own name (idempotent).
+    """Register the probe's attention and mask functions under their own names (idempotent).
 
     The mask must be registered too: transformers builds no mask for an unknown name, and
-    padding would then be silently ignored.
+    padding would then be silently ignored. Each name gets the mask of the implementation it
+    wraps (eager's is additive and never None).
     """
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    AttentionInterface.register(_IMPL_NAME, _probe_attention)
-    AttentionMaskInterface.register(_IMPL_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    functions = {"sdpa": _probe_attention, "eager": _probe_eager_attention}
+    for impl, name in _IMPL_NAMES.items():
+        AttentionInterface.register(name, functions[impl])
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])

@@ -1,13 +1,14 @@
 """Every generic check of an adapter, run for every registered family (the ``family`` fixture
-iterates `families()`): a family gets all of them by registering. The per-family files
-(test_<family>_layout.py) keep only what is particular to a family, with hand-computed cases;
-test_layout.py checks every family's pixel geometry against its real processor and model."""
+iterates `families()`): a family gets all of them by registering. test_layout.py checks every
+family's pixel geometry against its real processor and model and holds the hand-computed cases
+particular to a family; test_generic.py covers the fallback for classes without a family."""
 
 import importlib.util
+import re
 
 import pytest
 import torch
-from conftest import make_batch, tiny
+from conftest import ROOT, make_batch, tiny
 from transformers import LlamaConfig
 
 from lookhere.models import UnsupportedModelError, adapter_class, families, get_adapter
@@ -19,13 +20,19 @@ def test_torchvision_absent():
     assert importlib.util.find_spec("torchvision") is None
 
 
-def test_registry_order_and_unsupported():
-    """The one deliberate list of families in the tests: what lookhere registers, in order
-    (Qwen2.5-VL before Qwen2-VL, SmolVLM before Idefics3). Every other test takes the families
-    from the registry, so adding one means adding it here too, and nowhere else."""
-    assert families() == [
-        "llava", "qwen2_5_vl", "qwen2_vl", "llava_next", "gemma3", "smolvlm", "idefics3",
-    ]
+def documented_families() -> list[str]:
+    """The family column of README.md's families table, in its order (the fallback row, not a
+    family, has no code name)."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("\n## Families\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE)
+
+
+def test_registry_matches_the_documented_families():
+    """The registry holds exactly the README's families, in its order: a family is registered
+    and documented together. A text-only model is refused with every family named."""
+    assert families() == documented_families()
+    assert len(set(families())) == len(families()) >= 2
     with pytest.raises(UnsupportedModelError) as err:
         get_adapter(LlamaConfig())
     for fam in families():

@@ -10,6 +10,11 @@ from lookhere.models import qwen2_vl  # noqa: F401
 from lookhere.models import llava_next  # noqa: F401
 from lookhere.models import gemma3  # noqa: F401
 from lookhere.models import idefics3  # noqa: F401
+from lookhere.models import paligemma  # noqa: F401
+from lookhere.models import qwen3_vl  # noqa: F401
+from lookhere.models import llava_onevision  # noqa: F401
+from lookhere.models import internvl  # noqa: F401
+from lookhere.models import generic  # noqa: F401  (the fallback, not a family)
 from lookhere.models.adapter import (
     Adapter,
     UnsupportedModelError,
@@ -18,12 +23,14 @@ from lookhere.models.adapter import (
     get_adapter,
     register_adapter,
 )
+from lookhere.models.generic import GenericAdapter
 from lookhere.models.layout import Grid, GridGeometry, ImageLayout, SampleLayout, VisualLayout
 from lookhere.models.loading import load_pretrained
 from lookhere.models.tiny import TINY_SIZES, TinySize, build_tiny
 
 __all__ = [
-    "Adapter", "Grid", "GridGeometry", "ImageLayout", "SampleLayout", "TINY_SIZES", "TinySize",
+    "Adapter", "GenericAdapter", "Grid", "GridGeometry", "ImageLayout", "SampleLayout",
+    "TINY_SIZES", "TinySize",
     "UnsupportedModelError", "VisualLayout", "adapter_class", "build_tiny", "families",
     "get_adapter", "load_pretrained", "register_adapter",
 ]

@@ -26,6 +26,7 @@ from lookhere.models.prompt import ChatFormat
 ImageSizes = Sequence[Sequence[Any]]  # per sample: PIL images or (width, height) pairs
 
 _REGISTRY: dict[str, type[Adapter]] = {}
+_FALLBACK: list[Callable[[Any], Adapter]] = []  # at most one: `register_fallback`
 
 
 class UnsupportedModelError(ValueError):
@@ -40,6 +41,23 @@ def register_adapter(cls: type[Adapter]) -> type[Adapter]:
         raise ValueError(f"adapter family {cls.family!r} is already registered")
     _REGISTRY[cls.family] = cls
     return cls
+
+
+def register_fallback(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: the adapter `get_adapter` returns for a model no family claims.
+
+    ``cls(config)`` raises `UnsupportedModelError` itself where the config lacks what it needs.
+    It is not a family: `families` does not list it and the family tests do not run on it.
+    """
+    if _FALLBACK:
+        raise ValueError(f"a fallback adapter is already registered: {_FALLBACK[0].__name__}")
+    _FALLBACK.append(cls)
+    return cls
+
+
+def supported_families() -> str:
+    """The registered families and their model types, for error messages."""
+    return ", ".join(f"{c.family} ({'/'.join(c.model_types)})" for c in _REGISTRY.values())
 
 
 def families() -> list[str]:
@@ -68,7 +86,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def get_adapter(model_or_config: nn.Module | Any) -> Adapter:
     """The adapter for a loaded (possibly wrapped) model or its config, by ``config.model_type``.
 
-    Raises `UnsupportedModelError`, listing the supported families, for any other model.
+    A model type no family claims gets the fallback adapter (`lookhere.models.generic`) where
+    one is registered; it raises `UnsupportedModelError`, listing the supported families and
+    saying what to pass as ``adapter=``, when the config has no image token.
     """
     if isinstance(model_or_config, nn.Module):
         model_or_config = unwrap_model(model_or_config)
@@ -77,9 +97,11 @@ def get_adapter(model_or_config: nn.Module | Any) -> Adapter:
     for cls in _REGISTRY.values():
         if model_type in cls.model_types:
             return cls(config)
-    supported = ", ".join(f"{c.family} ({'/'.join(c.model_types)})" for c in _REGISTRY.values())
+    if _FALLBACK:
+        return _FALLBACK[0](config)
     raise UnsupportedModelError(
-        f"no lookhere adapter for model_type {model_type!r}; supported families: {supported}"
+        f"no lookhere adapter for model_type {model_type!r}; supported families: "
+        f"{supported_families()}"
     )
 
 
@@ -93,6 +115,10 @@ class Adapter(ABC):
     #: The chat turn for processors without a chat template (the tiny ones); mirrors the
     #: family's official template. Real checkpoints use their own template (models.prompt).
     chat: ClassVar[ChatFormat] = ChatFormat()
+    #: Values of the processor's per-token entries on the answer tokens a collator appends
+    #: after the prompt (entries not named get 0: text). PaliGemma's answer is its causal
+    #: suffix (token_type_ids 1).
+    answer_token_values: ClassVar[Mapping[str, int]] = {"attention_mask": 1}
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -118,11 +144,15 @@ class Adapter(ABC):
 
     @property
     def image_token_id(self) -> int:
-        for name in ("image_token_id", "image_token_index"):
-            value = getattr(self.config, name, None)
-            if value is not None:
-                return int(value)
-        raise AttributeError(f"{type(self.config).__name__} has no image token id")
+        value = config_image_token_id(self.config)
+        if value is None:
+            raise AttributeError(f"{type(self.config).__name__} has no image token id")
+        return value
+
+    @property
+    def attn_implementation(self) -> str | dict[str, str]:
+        """What lookhere loads the model with (`models.loading`): SDPA, which the probe wraps."""
+        return "sdpa"
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder stack (has ``.layers`` and ``.norm``)."""
@@ -192,6 +222,21 @@ class Adapter(ABC):
         return processor.image_token * n_images + text
 
 
+def config_image_token_id(config: Any) -> int | None:
+    """The image placeholder id of a VLM config (``image_token_id`` or ``image_token_index``, on
+    the config or its text config), None when it has none."""
+    configs = [config]
+    text = getattr(config, "text_config", None)
+    if text is not None:
+        configs.append(text)
+    for cfg in configs:
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, Integral) and not isinstance(value, bool):
+                return int(value)
+    return None
+
+
 def image_size_of(image: Any) -> tuple[int, int]:
     """(width, height) of a PIL image or of a (width, height) pair."""
     if hasattr(image, "size") and not isinstance(image, (tuple, list)):
@@ -236,6 +281,38 @@ def resized_size(size: Any, w: int, h: int) -> tuple[int, int]:
     if size_field(size, "height") and size_field(size, "width"):
         return size_field(size, "width"), size_field(size, "height")
     raise ValueError(f"unsupported image processor size {size}")
+
+
+def squash_geometry(image_processor: Any, image_size: tuple[int, int], side: int,
+                    cell: tuple[float, float], canvas: tuple[int, int]) -> GridGeometry:
+    """Pixel map of an image processor that resizes to exactly ``size`` (height, width), with no
+    aspect preservation, crop or pad (Gemma3 without pan-and-scan, SigLIP / PaliGemma): each
+    axis has its own scale and there is no offset; ``side x side`` cells of ``cell`` canvas
+    pixels. ``canvas`` is the processed images' (width, height), checked against the resize.
+    """
+    w, h = image_size
+    target = _resize_target(image_processor, w, h)
+    if target != tuple(canvas):
+        raise ValueError(
+            f"pixel_values are {canvas[0]}x{canvas[1]} (w x h) but processor.image_processor "
+            f"resizes to {target[0]}x{target[1]}; was the batch made by this processor?"
+        )
+    return GridGeometry(rows=side, cols=side, cell_size=cell, scale=(target[0] / w, target[1] / h),
+                        offset=(0.0, 0.0), image_size=(w, h))
+
+
+def _resize_target(image_processor: Any, w: int, h: int) -> tuple[int, int]:
+    """(width, height) after the processor's resize (the image itself when it does not resize)."""
+    if not getattr(image_processor, "do_resize", True):
+        return w, h
+    size = image_processor.size
+    height, width = size_field(size, "height"), size_field(size, "width")
+    if not (height and width):
+        raise ValueError(
+            f"processor.image_processor.size must be {{'height', 'width'}} (a plain resize), "
+            f"got {size}"
+        )
+    return int(width), int(height)
 
 
 def canvas_size(batch: Mapping[str, Any]) -> tuple[int, int]:

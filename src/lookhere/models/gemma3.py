@@ -11,7 +11,6 @@ images, each with its own token block) is not supported: `layout` raises on it.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -27,9 +26,9 @@ from lookhere.models.adapter import (
     check_image_count,
     count_image_blocks,
     register_adapter,
-    size_field,
+    squash_geometry,
 )
-from lookhere.models.layout import GridGeometry, VisualLayout
+from lookhere.models.layout import VisualLayout
 from lookhere.models.prompt import ChatFormat
 
 BOI, EOI, IMAGE = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
@@ -68,7 +67,7 @@ class Gemma3Adapter(Adapter):
         sizes = _check_images(images, counts)
         canvas = (canvas_w, canvas_h)
         return block_layout(positions, sizes, per_image,
-                            lambda size: gemma3_geometry(image_processor, size, side, cell, canvas))
+                            lambda size: squash_geometry(image_processor, size, side, cell, canvas))
 
     @classmethod
     def build_tiny(cls, size: Any, seed: int) -> tuple[nn.Module, Any]:
@@ -83,37 +82,6 @@ class Gemma3Adapter(Adapter):
         )
         processor = _gemma3_processor(image_processor, tok, config.mm_tokens_per_image)
         return model, processor
-
-
-def gemma3_geometry(image_processor: Any, image_size: tuple[int, int], side: int,
-                    cell: tuple[float, float], canvas: tuple[int, int]) -> GridGeometry:
-    """Pixel map of `Gemma3ImageProcessor` without pan-and-scan: a plain resize to ``size``.
-
-    The resize squashes the image to exactly ``(size.width, size.height)`` (PIL resize, no aspect
-    preservation), so each axis has its own scale and there is no offset.
-    """
-    w, h = image_size
-    target = _resize_target(image_processor, w, h)
-    if target != tuple(canvas):
-        raise ValueError(
-            f"pixel_values are {canvas[0]}x{canvas[1]} (w x h) but processor.image_processor "
-            f"resizes to {target[0]}x{target[1]}; was the batch made by this processor?"
-        )
-    return GridGeometry(rows=side, cols=side, cell_size=cell, scale=(target[0] / w, target[1] / h),
-                        offset=(0.0, 0.0), image_size=(w, h))
-
-
-def _resize_target(image_processor: Any, w: int, h: int) -> tuple[int, int]:
-    """(width, height) after the processor's resize (the image itself when it does not resize)."""
-    if not getattr(image_processor, "do_resize", True):
-        return w, h
-    size = image_processor.size
-    get = functools.partial(size_field, size)
-    if not (get("height") and get("width")):
-        raise ValueError(
-            f"processor.image_processor.size must be {{'height', 'width'}} for Gemma3, got {size}"
-        )
-    return int(get("width")), int(get("height"))
 
 
 def _check_no_pan_and_scan(image_processor: Any) -> None:

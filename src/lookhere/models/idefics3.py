@@ -292,7 +292,7 @@ def _image_layout(pos: torch.Tensor, start: int, size: tuple[int, int], split: T
                        offset=(0.0, 0.0), image_size=(w, h))
     grids = [Grid(positions=pos[key], key_index=key, geometry=geo, name="global")]
     if n_tiles:
-        key = start + _stitched_index(split.tile_rows, split.tile_cols, n)
+        key = start + stitched_index(split.tile_rows, split.tile_cols, n)
         cw, ch = split.canvas
         geo = GridGeometry(rows=split.tile_rows * n, cols=split.tile_cols * n,
                            cell_size=(cell, cell), scale=(cw / w, ch / h), offset=(0.0, 0.0),
@@ -301,7 +301,7 @@ def _image_layout(pos: torch.Tensor, start: int, size: tuple[int, int], split: T
     return ImageLayout(grids=tuple(grids), image_size=(w, h))
 
 
-def _stitched_index(tile_rows: int, tile_cols: int, n: int) -> torch.Tensor:
+def stitched_index(tile_rows: int, tile_cols: int, n: int) -> torch.Tensor:
     """(tile_rows*n * tile_cols*n,) token index, row-major over the stitched canvas grid.
 
     Tile (tr, tc) is the ``tr * tile_cols + tc``-th block of ``n*n`` tokens; its token (a, b)

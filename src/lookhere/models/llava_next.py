@@ -72,13 +72,13 @@ class LlavaNextAdapter(Adapter):
         positions = self.visual_positions(batch["input_ids"])
         counts = images_per_sample([len(p) for p in positions], [p.num_tokens for p in plans])
         sizes = check_image_count(images, counts)
-        _check_sizes(sizes, [p.base.image_size for p in plans])
+        check_processed_sizes(sizes, [p.base.image_size for p in plans])
         samples, it = [], iter(plans)
         for pos, ims in zip(positions, sizes, strict=True):
             layouts, start = [], 0
             for size in ims:
                 plan = next(it)
-                layouts.append(_image_layout(plan, pos, start, size))
+                layouts.append(anyres_image_layout(plan, pos, start, size))
                 start += plan.num_tokens
             samples.append(SampleLayout(visual_positions=pos, images=tuple(layouts)))
         return VisualLayout(samples=tuple(samples))
@@ -90,9 +90,9 @@ class LlavaNextAdapter(Adapter):
         if pinpoints != [list(p) for p in self.config.image_grid_pinpoints]:
             raise ValueError(f"processor image_grid_pinpoints {pinpoints} differ from the model's "
                              f"{self.config.image_grid_pinpoints}")
-        if tuple(pixel_values.shape[-2:]) != (side, side) or _crop_side(ip) != side:
+        if tuple(pixel_values.shape[-2:]) != (side, side) or crop_side(ip) != side:
             raise ValueError(f"processor makes {tuple(pixel_values.shape[-2:])} px views from "
-                             f"{_crop_side(ip)} px crops; the vision tower expects {side} px")
+                             f"{crop_side(ip)} px crops; the vision tower expects {side} px")
         extra = getattr(processor, "num_additional_image_tokens", 0) - (
             getattr(processor, "vision_feature_select_strategy", None) == "default")
         if extra:
@@ -164,7 +164,7 @@ def _crops_geometry(ip: Any, image_size: tuple[int, int], patch: int) -> GridGeo
     from transformers.image_processing_utils import select_best_resolution
 
     w, h = image_size
-    side = _crop_side(ip)
+    side = crop_side(ip)
     if _view_steps(ip, side, side) != ((1.0, 1.0), (0, 0), (side, side)):
         raise ValueError(f"the processor's resize/center-crop changes its {side} px crops; "
                          "the crops would not tile one grid")
@@ -223,7 +223,7 @@ def _base_size(ip: Any) -> tuple[int, int]:
     return size_field(size, "shortest_edge"), size_field(size, "shortest_edge")
 
 
-def _crop_side(ip: Any) -> int:
+def crop_side(ip: Any) -> int:
     """Side of the high-resolution crops (``patch_size`` in ``_preprocess``)."""
     if ip.crop_size and size_field(ip.crop_size, "height"):
         return size_field(ip.crop_size, "height")
@@ -232,7 +232,9 @@ def _crop_side(ip: Any) -> int:
 
 
 # -- token bookkeeping ----------------------------------------------------------------------------
-def _check_sizes(sizes: list[list[tuple[int, int]]], processed: list[tuple[int, int]]) -> None:
+def check_processed_sizes(sizes: list[list[tuple[int, int]]], processed: list[tuple[int, int]]
+                          ) -> None:
+    """Each given image size must be the one the batch was processed at (``image_sizes``)."""
     flat = [s for ims in sizes for s in ims]
     for i, (given, seen) in enumerate(zip(flat, processed, strict=True)):
         if given != seen:
@@ -240,8 +242,9 @@ def _check_sizes(sizes: list[list[tuple[int, int]]], processed: list[tuple[int, 
                              f"processed from a {seen[0]}x{seen[1]} image (image_sizes)")
 
 
-def _image_layout(plan: AnyresGrids, pos: torch.Tensor, start: int,
-                  size: tuple[int, int]) -> ImageLayout:
+def anyres_image_layout(plan: AnyresGrids, pos: torch.Tensor, start: int,
+                        size: tuple[int, int]) -> ImageLayout:
+    """The base and crops grids of one image whose token block starts at ``start``."""
     base_idx, crops_idx = plan.key_index(start)
     grids = (
         Grid(positions=pos[base_idx], key_index=base_idx, geometry=plan.base, name="base"),

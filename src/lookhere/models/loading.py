@@ -17,7 +17,8 @@ def load_model(
     device_map: Any = None,
     **kwargs: Any,
 ) -> tuple[nn.Module, Any, Adapter]:
-    """``(model, processor, adapter)`` for a supported VLM, with the language model on SDPA.
+    """``(model, processor, adapter)`` for a VLM, with the language model on SDPA (or on what
+    the adapter's ``attn_implementation`` says: eager for Gemma 2, which has no SDPA).
 
     Checks the family first (from the config alone), so an unsupported model fails before any
     weights are read. ``lookhere:llava-mini`` names the checkpoint shipped in the package
@@ -30,7 +31,8 @@ def load_model(
     config = AutoConfig.from_pretrained(name_or_path)
     adapter = get_adapter(config)
     model = AutoModelForImageTextToText.from_pretrained(
-        name_or_path, dtype=dtype, device_map=device_map, attn_implementation="sdpa", **kwargs
+        name_or_path, dtype=dtype, device_map=device_map,
+        attn_implementation=adapter.attn_implementation, **kwargs
     )
     processor = type(adapter).load_processor(name_or_path)
     return model, processor, get_adapter(model)

@@ -39,7 +39,7 @@ QWEN_PAD, QWEN_EOS = "<|endoftext|>", "<|im_end|>"
 
 
 # -- processors without a video processor ------------------------------------------------------
-class _ImageTextOnly:
+class ImageTextOnly:
     """Mixin: build a Qwen processor from an image processor and a tokenizer only.
 
     The real processors also take a video processor, and every video processor needs torchvision
@@ -54,19 +54,20 @@ class _ImageTextOnly:
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
 
-class Qwen2_5_VLImageTextProcessor(_ImageTextOnly, Qwen2_5_VLProcessor):  # noqa: N801
+class Qwen2_5_VLImageTextProcessor(ImageTextOnly, Qwen2_5_VLProcessor):  # noqa: N801
     """`Qwen2_5_VLProcessor` for images and text (no torchvision needed)."""
 
 
-class Qwen2VLImageTextProcessor(_ImageTextOnly, Qwen2VLProcessor):
+class Qwen2VLImageTextProcessor(ImageTextOnly, Qwen2VLProcessor):
     """`Qwen2VLProcessor` for images and text (no torchvision needed)."""
 
 
 # -- adapters ----------------------------------------------------------------------------------
-class _QwenVLAdapter(Adapter):
+class QwenVLAdapter(Adapter):
+    """Shared layout and tiny-model logic of Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`qwen3_vl`)."""
+
     chat = ChatFormat("<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n",
                       "", "<|im_end|>\n")
-    """Shared layout and tiny-model logic of Qwen2-VL and Qwen2.5-VL."""
 
     processor_class: ClassVar[type] = Qwen2VLImageTextProcessor
 
@@ -133,7 +134,7 @@ class _QwenVLAdapter(Adapter):
 
 
 @register_adapter
-class Qwen2_5_VLAdapter(_QwenVLAdapter):  # noqa: N801
+class Qwen2_5_VLAdapter(QwenVLAdapter):  # noqa: N801
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     processor_class = Qwen2_5_VLImageTextProcessor
@@ -162,7 +163,7 @@ class Qwen2_5_VLAdapter(_QwenVLAdapter):  # noqa: N801
 
 
 @register_adapter
-class Qwen2VLAdapter(_QwenVLAdapter):
+class Qwen2VLAdapter(QwenVLAdapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     processor_class = Qwen2VLImageTextProcessor
