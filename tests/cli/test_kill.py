@@ -55,23 +55,33 @@ def test_data_make_killed_then_rerun_is_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_killed_then_resumed_equals_uninterrupted(tmp_path):
-    """``lookhere train`` killed after its second checkpoint, then ``--resume``: the same
-    losses at every step and the same final weights as one uninterrupted run."""
+@pytest.mark.parametrize("example", ["llava-1.5-7b-refcoco-klal",
+                                     "qwen2.5-vl-7b-pixmo-points-klal"])
+def test_training_killed_then_resumed_equals_uninterrupted(example, tmp_path):
+    """``lookhere train`` on an example config (LoRA, bf16, activation checkpointing; a tiny
+    model of its class and the fixture data of its format) killed after its second checkpoint,
+    then ``--resume``: the same losses at every step and the same final adapter as one
+    uninterrupted run."""
     import json
 
     import torch
+    from conftest import FIXTURES
     from safetensors.torch import load_file
 
-    from lookhere.data.disk import write_dataset
     from lookhere.models.tiny import build_tiny, save_tiny
 
-    save_tiny(*build_tiny("llava", "test", seed=0), tmp_path / "model")
-    write_dataset("grid_patch", 32, tmp_path / "data", seed=0, progress=False)
-    argv = ["train", "--model-name", str(tmp_path / "model"), "--data-train",
-            str(tmp_path / "data"), "--max_steps", "40", "--save_steps", "5",
-            "--per_device_train_batch_size", "4", "--logging_steps", "1", "--learning_rate",
-            "1e-3", "--dataloader_num_workers", "0", "--quiet"]
+    family, data = {
+        "llava-1.5-7b-refcoco-klal": ("llava", ["--data-train", FIXTURES / "refer"]),
+        "qwen2.5-vl-7b-pixmo-points-klal": ("qwen2_5_vl", [
+            "--data-train", FIXTURES / "pixmo_points" / "data",
+            "--data-images", FIXTURES / "pixmo_points" / "images",
+            "--data-train-split", "all", "--data-eval-split", "all"])}[example]
+    save_tiny(*build_tiny(family, "test", seed=0), tmp_path / "model")
+    argv = ["train", "--config", str(ROOT / "examples" / f"{example}.yaml"), "--model-name",
+            str(tmp_path / "model"), *map(str, data), "--lora-r", "4", "--max_steps", "40",
+            "--save_steps", "5", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+            "--dataloader_num_workers", "0", "--data-eval-limit", "1", "--eval-max-new-tokens",
+            "4", "--quiet"]
     assert main([*argv, "--output_dir", str(tmp_path / "whole")]) == 0
     out = tmp_path / "killed"
     _kill_when([*argv, "--output_dir", str(out)],
@@ -87,7 +97,10 @@ def test_training_killed_then_resumed_equals_uninterrupted(tmp_path):
     assert [s for s, *_ in resumed] == [s for s, *_ in whole] == list(range(1, 41))
     flat = [v for _, *vs in resumed for v in vs]
     assert flat == pytest.approx([v for _, *vs in whole for v in vs], rel=1e-5)
-    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
+    name = "adapter_model.safetensors"
+    a, b = load_file(tmp_path / "whole" / name), load_file(out / name)
+    assert a.keys() == b.keys() and a
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+    assert json.loads((out / "eval.json").read_text())["scores"] == \
+        json.loads((tmp_path / "whole" / "eval.json").read_text())["scores"]

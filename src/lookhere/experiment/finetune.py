@@ -110,8 +110,11 @@ def finetune(config: TrainConfig, args: Any, *, resume: bool = False, eval_only:
     """Train ``config``'s model on its data with ``args`` (`TrainingArguments`), save it, and
     evaluate it on the eval split; ``eval_only``: evaluate the model already in the run folder.
     ``resume``: continue from the folder's last checkpoint."""
+    from transformers import set_seed
+
     check_run_folder(config, args, resume, eval_only)
     out = Path(args.output_dir)
+    set_seed(args.seed)  # before the LoRA weights are drawn, as the Trainer's init is too late
     if eval_only:
         model, processor, adapter = _load_trained(config, out)
         return FinetuneResult(str(out), None,
