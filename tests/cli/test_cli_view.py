@@ -51,3 +51,31 @@ def test_small_samples_and_missing_gradio(cli_error, monkeypatch):
     monkeypatch.setattr(view.importlib.util, "find_spec",
                         lambda name, *a: None if name == "gradio" else real(name, *a))
     assert "gradio is not installed: pip install 'lookhere[view]'" in cli_error(["view"])
+
+
+def test_heads_found_at_start(cli_error, tmp_path, monkeypatch):
+    """--heads-data: the page gets the HeadSpec `lookhere heads find` writes for that folder."""
+    from lookhere.cli import main
+    from lookhere.heads.selection import HeadSpec
+    from lookhere.models.tiny import build_tiny, save_tiny
+
+    save_tiny(*build_tiny("llava", {"layers": 4}, seed=0), tmp_path / "model")
+    assert main(["data", "make", "shapes", "--n", "6", "--out", str(tmp_path / "rec"), "--set",
+                 "image_size=112", "--set", "mode=rec"]) == 0
+    assert main(["heads", "find", "--model", str(tmp_path / "model"), "--data",
+                 str(tmp_path / "rec"), "--out", str(tmp_path / "heads.json"), "--quiet"]) == 0
+    import lookhere.view.app as app
+
+    given = {}
+    monkeypatch.setattr(app, "build_app", lambda *a, spec=None, **kw: given.update(spec=spec))
+    monkeypatch.setattr(app, "launch", lambda *a: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["view", "--model", str(tmp_path / "model"), "--heads-data",
+                 str(tmp_path / "rec"), "--port", str(port)]) == 0
+    expected = HeadSpec.load(tmp_path / "heads.json")
+    assert given["spec"].heads == expected.heads and len(expected.heads) == 3
+    line = cli_error(["view", "--heads", tmp_path / "heads.json", "--heads-data",
+                      tmp_path / "rec", "--port", port])
+    assert "give --heads or --heads-data, not both" in line

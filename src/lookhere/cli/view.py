@@ -15,7 +15,14 @@ import signal
 import socket
 from pathlib import Path
 
-from lookhere.cli.common import add_device, fail, load_model_for_cli, load_spec, positive_int
+from lookhere.cli.common import (
+    add_device,
+    fail,
+    load_model_for_cli,
+    load_spec,
+    positive_int,
+    read_data,
+)
 
 PROG = "lookhere view"
 
@@ -31,6 +38,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=Path, metavar="FILE",
                    help="a HeadSpec JSON (`lookhere heads find`) for the heads' boxes; the page "
                         "can also load one")
+    p.add_argument("--heads-data", type=Path, metavar="FOLDER",
+                   help="instead of --heads: find the localization heads on this REC dataset "
+                        "folder at start (`lookhere heads find`'s defaults; --heads-limit "
+                        "samples)")
+    p.add_argument("--heads-limit", type=positive_int, default=64, metavar="N",
+                   help="samples of --heads-data the search reads (default 64)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default 127.0.0.1; 0.0.0.0 opens it to the "
                         "network, with no login)")
@@ -48,9 +61,15 @@ def _view(args: argparse.Namespace) -> int:
         raise fail("gradio is not installed: pip install 'lookhere[view]'", PROG)
     if args.sample_size is not None and args.sample_size < 32:
         raise fail(f"--sample-size must be >= 32, got {args.sample_size}", PROG)
+    if args.heads is not None and args.heads_data is not None:
+        raise fail("give --heads or --heads-data, not both", PROG)
     check_port(args.host, args.port)
+    samples = None if args.heads_data is None else read_data(args.heads_data, args.heads_limit,
+                                                                 PROG)
     model, processor, adapter = load_model_for_cli(args.model, args.device, PROG)
     spec = None if args.heads is None else load_spec(args.heads, adapter, PROG)
+    if samples is not None:
+        spec = _find_heads(model, processor, adapter, samples, args.model)
 
     from lookhere.view.app import build_app, launch
     from lookhere.view.examples import example_samples, model_image_size
@@ -63,6 +82,19 @@ def _view(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the server as Ctrl-C does
     launch(app, args.host, args.port)
     return 0
+
+
+def _find_heads(model: object, processor: object, adapter: object, samples: list,
+                model_id: str) -> object:
+    """The HeadSpec of `heads.search.find_heads` (the paper's defaults) on ``samples``."""
+    from lookhere.heads.search import find_heads
+
+    try:
+        spec = find_heads(model, processor, adapter, samples, model_id=model_id)
+    except ValueError as err:  # e.g. too few layers left after skip_layers
+        raise fail(f"--heads-data: {err}", PROG) from None
+    print(f"lookhere view: heads {spec.heads} found on {len(samples)} samples", flush=True)
+    return spec
 
 
 def _interrupt(signum: int, frame: object) -> None:
