@@ -249,9 +249,9 @@ def lens_maps(model: nn.Module, processor: Any, adapter: Adapter, images: Sequen
 
     Each image is one sample: the family's chat turn with the image and the question ``prompt``
     (default ``"Describe the image."``), right padded, ``batch_size`` samples per forward. In
-    every supported family the image precedes the question and attention is causal, so the
-    visual tokens' states do not depend on the question; it is there to keep the input a
-    normal chat turn. The model runs in eval mode, without gradients.
+    the causal families the image precedes the question, so the visual tokens' states do not
+    depend on it (it keeps the input a normal chat turn); in PaliGemma's bidirectional prefix
+    they do. The model runs in eval mode, without gradients.
     """
     ids = _check_concepts(processor, concepts, rule)
     n = adapter.num_layers

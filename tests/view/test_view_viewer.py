@@ -120,15 +120,18 @@ def test_ratio_is_the_figure_4_formula_and_the_runners(family):
 def test_lens_map_matches_lens_maps(family, layer):
     model, processor = tiny(family)
     image = noise_image(70, 45, 3)
-    want = lens_maps(model, processor, get_adapter(model), [image], ["circle"], [layer])
-    want = want.map(0, layer, "circle").numpy()
+    def want(prompt=None):  # PaliGemma's prefix attends both ways: the question matters
+        maps = lens_maps(model, processor, get_adapter(model), [image], ["circle"], [layer],
+                         prompt=prompt)
+        return maps.map(0, layer, "circle").numpy()
+
     v = viewer(family)
     v.set_image(image)
     before = v.lens_map("circle", layer)  # no question yet: the lens's own forward
     v.answer(None, QUESTION, given=ANSWER)
     after = v.lens_map(" circle ", layer)  # the answer's cached forward
-    for got in (before, after):
-        np.testing.assert_allclose(got.map, want, atol=1e-6)
+    for got, expected in ((before, want()), (after, want(QUESTION))):
+        np.testing.assert_allclose(got.map, expected, atol=1e-6)
         assert got.info["word"] == "circle" and got.info["layer"] == layer % v.num_layers
 
 
