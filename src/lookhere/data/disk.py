@@ -170,13 +170,19 @@ def row_sample(folder: str | Path, row: Row) -> Sample:
         raise ValueError(f"{folder / 'metadata.jsonl'}:{row.line}: {err}") from None
 
 
-def _parse_row(line: str) -> dict[str, Any]:
+def json_object(line: str) -> dict[str, Any]:
+    """One JSONL line as a JSON object; anything else is a ValueError saying what it is."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"not valid JSON ({err.msg})") from None
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _parse_row(line: str) -> dict[str, Any]:
+    row = json_object(line)
     for key, kind in _ROW_FIELDS.items():
         if key not in row:
             raise ValueError(f"field {key!r} is missing")

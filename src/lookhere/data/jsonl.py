@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from lookhere.data.disk import sample_fields
+from lookhere.data.disk import json_object, sample_fields
 from lookhere.data.image import open_rgb
 from lookhere.data.sample import Geometry, check_geometry
 from lookhere.io import atomic_dir
@@ -90,12 +90,7 @@ def _read(src: Path, base: Path) -> list[tuple[dict[str, Any], Path, Geometry]]:
 
 
 def _row(line: str, base: Path, lineno: int) -> tuple[dict[str, Any], Path, Geometry]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not valid JSON ({err.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    row = json_object(line)
     unknown = sorted(set(row) - set(_FIELDS))
     if unknown:
         raise ValueError(f"unknown field(s) {unknown}; expected some of {sorted(_FIELDS)}")
