@@ -159,3 +159,22 @@ def test_read_info_names_the_file_and_line(tmp_path):
     (tmp_path / "d" / "lookhere.json").write_text('{"n": "2"}')
     with pytest.raises(ValueError, match=r"lookhere\.json: expected a JSON object whose 'n'"):
         read_info(tmp_path / "d")
+
+
+def test_samples_digest_keys_on_content_not_on_paths(tmp_path):
+    """The digest a resumed run checks: equal for the same samples read from two folders, and
+    different when one pixel, a question or the order changes (each alone)."""
+    from lookhere.data.sample import samples_digest
+
+    for name in ("a", "b"):
+        assert main(["data", "make", "shapes", "--n", "3", "--out", str(tmp_path / name),
+                     "--set", "image_size=112"]) == 0
+    a, b = (list(read_samples(tmp_path / n)) for n in ("a", "b"))
+    digest = samples_digest(a)
+    assert samples_digest(b) == digest and len(digest) == 64
+    pixels = np.array(b[1].image)
+    pixels[0, 0, 0] ^= 1
+    changed = [b[0], Sample(**{**vars(b[1]), "image": Image.fromarray(pixels)}), b[2]]
+    asked = [b[0], Sample(**{**vars(b[1]), "question": b[1].question + " "}), b[2]]
+    assert len({digest, samples_digest(changed), samples_digest(asked),
+                samples_digest(b[::-1])}) == 4

@@ -1,4 +1,5 @@
-"""Answer formats: native rendering, tolerant parsing, and a failure rate instead of crashes."""
+"""Answer formats: native rendering, tolerant parsing, and a failure rate instead of crashes;
+answers are read where a person reads them, not found in token soup."""
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from lookhere.data.formats import (
     parse_points,
     parse_word,
     parse_yes_no,
+    reads_as_answer,
     render_box,
     render_grid_cell,
     render_point,
@@ -105,3 +107,62 @@ def test_pixels_style_round_trip():
     assert render_point((3.6, 7.2), (200, 100), "pixels") == "[4, 7]"
     assert parse_points("[4, 7]", (200, 100), "pixels") == [(4, 7)]
     assert render_box((-5, 10, 250, 90), (200, 100), clip=True) == "[0.00, 0.10, 1.00, 0.90]"
+
+
+# Replies as real models write them: the answer first, or after one plain sentence.
+REAL_REPLIES = [
+    (parse_yes_no, ["Yes", "No.", "Yes, the two lines intersect.", "No, they don't cross.",
+                    "The answer is yes.", "**Yes**", "Answer:\nno"]),
+    (parse_number, ["7", "The line ends at number 7.", "It ends at 12"]),
+    (parse_grid_cell, ["Row 3, column 5", "The highlighted patch is in row 3, column 5.",
+                       "(2, 4)"]),
+    (lambda t: parse_word(t, ["red", "blue"]), ["red", "The square is red.", "It's Red!",
+                                                "The colour of the small square is blue."]),
+    (lambda t: parse_box(t, (200, 100)), [
+        "[0.12, 0.34, 0.56, 0.78]", "The red circle is at [0.12, 0.34, 0.56, 0.78].",
+        "Sure! [0.1, 0.2, 0.3, 0.4]", "[0.1 0.2 0.3 0.4]",
+        "The black cat on the left side of the image is located at [0.1, 0.2, 0.3, 0.4]"]),
+    (lambda t: parse_box(t, (200, 100), "qwen"), [
+        '```json\n[\n\t{"bbox_2d": [64, 96, 120, 99], "label": "dog"}\n]\n```',
+        '{"label": "cat", "bbox_2d": [1, 2, 3, 4]}']),
+    (lambda t: parse_points(t, (200, 100)), ["[0.26, 0.23]", "[[0.25, 0.50], [0.75, 0.50]]",
+                                             "The brown square is at [0.26, 0.23]."]),
+]
+
+# Token soup, as random tiny models write it (the first four cut from their replies), where the
+# parsers before the rule found an answer and a person finds none.
+SOUP = [
+    (parse_number, "Hۂ�cyNourant 6��redbox��redbox"),  # lead-in of symbols
+    (parse_number, "18 12Q Stracing�\x1a�\x1a�"),  # U+FFFD and controls right after it
+    (parse_number, "oss 2\x0foss 2\x0foss 2"),  # a control character after it
+    (parse_number, "16ell 16ell 16ell"),  # glued to letters
+    (parse_yes_no, "ۂcyN\t��redbox no"),
+    (lambda t: parse_box(t, (200, 100)), "[a1, b2, c3, d4]"),  # numbers inside words
+    (lambda t: parse_word(t, ["red"]), "7 apples, and red"),  # a digit before it
+    (lambda t: parse_word(t, ["red"]), " ".join(["word"] * 17) + " red"),  # a paragraph first
+]
+
+
+def test_answers_are_read_where_a_person_reads_them():
+    for parse, replies in REAL_REPLIES:
+        for text in replies:
+            assert parse(text) is not None, text
+    for parse, text in SOUP:
+        assert parse(text) is None, text
+    # the bounds of the rule: 16 plain words may lead, and legibility ends 20 characters past it
+    assert parse_word(" ".join(["word"] * 16) + " red", ["red"]) == "red"
+    assert parse_number("It ends at 7." + " " * 18 + "\ufffd") is None  # the 20th after 7
+    assert parse_number("It ends at 7." + " " * 19 + "\ufffd") == 7
+    assert reads_as_answer("row 3", 0, 5) and not reads_as_answer("arrow 3", 2, 7)
+
+
+def test_parsing_is_linear_in_the_reply():
+    """A long reply (a run of digits, words, brackets) parses in milliseconds: no regular
+    expression backtracks quadratically."""
+    import time
+
+    for text in ["[" + "1" * 50_000 + "x]", "a " * 50_000 + "3", "(" + "1," * 20_000]:
+        start = time.perf_counter()
+        parse_box(text, (64, 48)), parse_points(text, (64, 48)), parse_number(text)
+        parse_grid_cell(text), parse_yes_no(text), parse_word(text, ["red"])
+        assert time.perf_counter() - start < 0.5, text[:20]

@@ -106,3 +106,29 @@ def test_bad_arguments():
     twice = samples(1) * 2  # the same id twice: one answer would silently replace the other
     with pytest.raises(ValueError, match="ids must be unique"):
         generate_answers(model, processor, adapter, twice, progress=False)
+
+
+def test_default_answer_length_fits_a_box():
+    """A normalised box is written digit by digit in the tiny and shipped tokenizers: the
+    default answer cap (the CLI's and the library's, one value) holds the longest box the
+    shapes REC answers produce, which 16 cut short."""
+    import inspect
+
+    from lookhere.cli.eval import _DEFAULTS
+    from lookhere.data.formats import render_box
+    from lookhere.eval.runner import MAX_NEW_TOKENS
+    from lookhere.models import load_pretrained
+
+    for fn in (generate_answers, evaluate):
+        assert inspect.signature(fn).parameters["max_new_tokens"].default == MAX_NEW_TOKENS
+    assert _DEFAULTS["max_new_tokens"] == MAX_NEW_TOKENS
+    rng = np.random.default_rng(0)
+    corners = [(*sorted(rng.uniform(1, 111, 2)), *sorted(rng.uniform(1, 111, 2)))
+               for _ in range(50)]
+    boxes = ["[0.12, 0.34, 0.56, 0.78]",
+             *(render_box((x0, y0, x1, y1), (112, 112)) for x0, x1, y0, y1 in corners)]
+    for processor in (load_pretrained("llava-mini")[1], tiny("llava")[1]):
+        lengths = [len(processor.tokenizer(b, add_special_tokens=False)["input_ids"])
+                   for b in boxes]
+        assert max(lengths) <= MAX_NEW_TOKENS, lengths
+        assert max(lengths) > 16  # the old default truncated it

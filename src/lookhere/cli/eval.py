@@ -38,7 +38,7 @@ from lookhere.report.tables import format_table, rec_table
 
 # Model-branch options: None means "not given", so giving one with --predictions is an error.
 _MODEL_ONLY = ("limit", "batch_size", "max_new_tokens", "predictions_out", "device")
-_DEFAULTS = {"batch_size": 16, "max_new_tokens": 16}
+_DEFAULTS = {"batch_size": 16, "max_new_tokens": 32}  # eval.runner.MAX_NEW_TOKENS
 #: ApiConfig fields given as --api-<field> (None when not given: the config's default applies)
 _API_FIELDS = ("key_env", "concurrency", "timeout", "max_retries", "backoff", "max_tokens",
                "temperature")

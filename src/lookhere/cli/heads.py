@@ -90,8 +90,10 @@ every sample of a dataset folder, whose questions are the expressions (--data). 
 line per sample, {"id", "text", "box"} with the box xyxy in image pixels (no score: grounding
 does not judge), or writes them to --out as JSONL. --masks-dir writes each mask as a PNG at the
 image's size (255 = object): the heads' pseudo-mask upsampled, or SAM's with --sam. With --data
-and --out, records are kept chunk by chunk in a hidden .<out>.partial file: after an interruption
-(even kill -9), the same command grounds only what is left."""
+and --out, records are appended chunk by chunk (fsynced) to a hidden .<out>.partial file headed
+by a content fingerprint (weights, heads, samples, settings): after an interruption (even kill
+-9), the same command grounds only what is left and writes what one whole run writes; a partial
+file of another run is refused. Without --out, records are printed chunk by chunk."""
 
 
 def _add_ground_options(p: argparse.ArgumentParser) -> None:
@@ -191,14 +193,16 @@ def _ground(args: argparse.Namespace) -> int:
     model, processor, adapter = load_model_for_cli(args.model, args.device, prog)
     spec = load_spec(args.heads, adapter, prog)
     refiner = load_refiner(args.sam, args.device, prog)
-    if args.out is None:  # to stdout: one pass, nothing to resume
-        for rec in _ground_chunk(args, model, processor, adapter, spec, refiner, samples, prog):
-            print(json.dumps(rec))
+    chunk = args.batch_size * GROUND_CHUNK_BATCHES
+    if args.out is None:  # to stdout, chunk by chunk: nothing to resume
+        for i in range(0, len(samples), chunk):
+            for rec in _ground_chunk(args, model, processor, adapter, spec, refiner,
+                                     samples[i:i + chunk], prog):
+                print(json.dumps(rec), flush=True)
         return 0
-    partial = _Partial(args.out, _ground_fingerprint(args, model, samples))
-    done = partial.open(prog)
-    todo = [s for s in samples if s.id not in done]
-    chunk = args.batch_size * GROUND_CHUNK_BATCHES  # whole batches: the same padding as one run
+    partial = _Partial(args.out, _ground_fingerprint(args, model, refiner, samples))
+    done = partial.open(samples, args.batch_size, prog)
+    todo = samples[done:]  # starts on a batch boundary: the batches (padding) of one whole run
     for i in range(0, len(todo), chunk):
         partial.append(_ground_chunk(args, model, processor, adapter, spec, refiner,
                                      todo[i:i + chunk], prog))
@@ -208,7 +212,7 @@ def _ground(args: argparse.Namespace) -> int:
         raise fail(f"{partial.path} lacks {len(missing)} groundings (first: {missing[0]})", prog)
     _write_jsonl(args.out, [records[s.id] for s in samples])
     partial.remove()
-    resumed = f" ({len(done)} from an interrupted run)" if done else ""
+    resumed = f" ({done} from an interrupted run)" if done else ""
     print(f"wrote {len(samples)} groundings to {args.out}{resumed}")
     return 0
 
@@ -237,48 +241,65 @@ def _ground_chunk(args: argparse.Namespace, model: Any, processor: Any, adapter:
     return records
 
 
-def _ground_fingerprint(args: argparse.Namespace, model: Any, samples: list[Any]
+def _ground_fingerprint(args: argparse.Namespace, model: Any, refiner: Any, samples: list[Any]
                         ) -> dict[str, Any]:
-    """What a partial run's records depend on: the weights, the heads, the samples, the
-    settings (a rerun with any of them changed starts over, it does not mix)."""
+    """What a partial run's records depend on, by content rather than by path: the weights
+    (and SAM's), the heads file's bytes, the samples' ids, questions and pixels, and the
+    settings. A rerun with any of them changed is refused; it never mixes two runs."""
     import hashlib
 
+    from lookhere.data.sample import samples_digest
     from lookhere.models.fingerprint import weights_digest
 
-    ids = json.dumps([s.id for s in samples]).encode()
     return {"weights_sha256": weights_digest(model),
             "heads_sha256": hashlib.sha256(Path(args.heads).read_bytes()).hexdigest(),
-            "samples_sha256": hashlib.sha256(ids).hexdigest(), "grid": args.grid,
-            "batch_size": args.batch_size, "sam": args.sam,
+            "samples_sha256": samples_digest(samples), "grid": args.grid,
+            "batch_size": args.batch_size,
+            "sam_sha256": None if refiner is None else weights_digest(refiner.model),
             "masks_dir": None if args.masks_dir is None else str(args.masks_dir)}
 
 
 class _Partial:
     """``.<out>.partial``: a JSONL whose first line is the run's fingerprint, then one record per
-    grounded sample, appended and flushed chunk by chunk."""
+    grounded sample, appended and fsynced chunk by chunk. Only appends touch it in place; its
+    header and its trimming are written atomically, so a kill at any moment leaves a header."""
 
     def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
         self.path = out.parent / f".{out.name}.partial"
         self.fingerprint = fingerprint
 
-    def open(self, prog: str) -> set[str]:
-        """The ids already grounded by an interrupted run of the same settings."""
+    def open(self, samples: list[Any], batch_size: int, prog: str) -> int:
+        """How many leading samples an interrupted run of the same settings grounded, in whole
+        batches (or all of them); the file is trimmed to exactly their records."""
+        header = json.dumps({"fingerprint": self.fingerprint}) + "\n"
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"fingerprint": self.fingerprint}) + "\n")
-            return set()
+            self._write(header)
+            return 0
         lines = self.path.read_text(encoding="utf-8").split("\n")
         try:
             saved = json.loads(lines[0]).get("fingerprint")
         except (json.JSONDecodeError, AttributeError):
             saved = None
         if saved != self.fingerprint:
+            keys = self.fingerprint.keys() | (saved.keys() if isinstance(saved, dict) else set())
+            diff = sorted(k for k in keys if not isinstance(saved, dict)
+                          or saved.get(k) != self.fingerprint.get(k))
             raise fail(f"{self.path} holds an interrupted run with other weights, heads, samples "
-                       "or settings; delete it to start over", prog)
-        kept = _parse_records(lines[1:])  # rewritten without a line a kill cut short
-        self.path.write_text(lines[0] + "\n" + "".join(json.dumps(r) + "\n"
-                                                       for r in kept.values()))
-        return set(kept)
+                       f"or settings (differs in {diff}); delete it to start over", prog)
+        records = _parse_records(lines[1:])  # without a line a kill cut short
+        done = 0
+        while done < len(samples) and samples[done].id in records:
+            done += 1
+        if done < len(samples):  # a chunk cut short: back to its last whole batch
+            done -= done % batch_size
+        self._write(header + "".join(json.dumps(records[s.id]) + "\n" for s in samples[:done]))
+        return done
+
+    def _write(self, text: str) -> None:
+        from lookhere.io import atomic_path
+
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
 
     def records(self) -> dict[str, dict[str, Any]]:
         return _parse_records(self.path.read_text(encoding="utf-8").split("\n")[1:])
@@ -301,7 +322,8 @@ def _parse_records(lines: list[str]) -> dict[str, dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill: that sample is grounded again
-        out[rec["id"]] = rec
+        if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+            out[rec["id"]] = rec
     return out
 
 

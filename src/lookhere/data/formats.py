@@ -1,7 +1,10 @@
 """Answer formats: render structured answers in each family's native style, parse model text back.
 
 Parsing is tolerant and never raises on model output: a parser returns None when it finds no
-answer, and `ParseStats` counts those so evaluations report a parse-failure rate.
+answer, and `ParseStats` counts those so evaluations report a parse-failure rate. It reads an
+answer where a person would (`reads_as_answer`): the first candidate of the expected form, at
+the start of the reply or after a few plain words, standing alone, in legible text; an answer
+hidden in token soup (a random model's output) is a parse failure, not an answer.
 
 Box and point styles:
 - ``"llava"``: LLaVA-1.5's normalised ``[x0, y0, x1, y1]`` with 2 decimals. LLaVA-1.5 learned
@@ -22,13 +25,56 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 Box = tuple[float, float, float, float]
 STYLES = ("llava", "qwen", "plain", "pixels")
-_NUM = r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?"
+# a number; possessive, so a long run of digits is read in one way (no quadratic backtracking)
+_NUM = r"[-+]?+(?:\d++(?:\.\d++)?+|\.\d++)(?:[eE][-+]?+\d++)?+"
+#: plain words a reply may open with before its answer ("The box is", "It is in", "```json"):
+#: one sentence, however wordy
+LEAD_WORDS = 16
+#: characters past the answer that must be legible too (no control or replacement characters)
+LEGIBLE_AFTER = 20
+_PUNCT = r"[\s\"'`*_#>\[\]{}():,.;!?-]*+"  # possessive: no backtracking on long replies
+_LEAD = re.compile(rf"{_PUNCT}(?:[A-Za-z]++(?:'[A-Za-z]++)?+{_PUNCT}){{0,{LEAD_WORDS}}}+")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                "ten", "eleven", "twelve")
+
+
+def reads_as_answer(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]``, a candidate of the expected form, reads as the reply's
+    answer (docs/methods.md, answer parsing):
+
+    - it leads: before it come at most `LEAD_WORDS` plain words (ASCII letters) and
+      punctuation, no digits or symbols ("The box is [...]", "```json [{"bbox_2d": ...");
+    - it stands alone: no letter or digit glued to either side ("16ell", "arrow3");
+    - the reply is legible through it and `LEGIBLE_AFTER` characters past it: no control
+      character (tab and newlines aside), no U+FFFD (bytes that decode as nothing), no
+      unassigned or private code point: the marks of token soup, which real replies lack.
+    """
+    if _LEAD.fullmatch(text, 0, start) is None:
+        return False
+    if (start > 0 and text[start - 1].isalnum() and text[start].isalnum()) or (
+            end < len(text) and text[end - 1].isalnum() and text[end].isalnum()):
+        return False
+    return all(_legible(c) for c in text[start:end + LEGIBLE_AFTER])
+
+
+def _legible(c: str) -> bool:
+    if c in "\t\n\r":
+        return True
+    return c != "\ufffd" and unicodedata.category(c) not in ("Cc", "Cs", "Co", "Cn")
+
+
+def _answer(match: re.Match[str] | None) -> re.Match[str] | None:
+    """``match`` if it reads as the answer of its text, else None."""
+    if match is None or not reads_as_answer(match.string, match.start(), match.end()):
+        return None
+    return match
 
 
 @dataclass
@@ -88,7 +134,8 @@ def render_box(box: Box | Sequence[float], image_size: tuple[int, int], style: s
 
 def parse_box(text: str, image_size: tuple[int, int], style: str = "plain", square: bool = True,
               frame: tuple[int, int] | None = None) -> Box | None:
-    """The first box in model text, as pixel xyxy of the original image; None if none parses."""
+    """The first box in model text, as pixel xyxy of the original image; None if none reads as
+    the answer (`reads_as_answer`)."""
     ox, oy, fw, fh = _frame(style, image_size, square, frame)
     nums = _first_numbers(text, 4, key="bbox_2d")
     if nums is None:
@@ -120,17 +167,17 @@ def render_point(point: tuple[float, float], image_size: tuple[int, int], style:
 def parse_points(text: str, image_size: tuple[int, int], style: str = "plain",
                  square: bool = True, frame: tuple[int, int] | None = None
                  ) -> list[tuple[float, float]] | None:
-    """Every point in model text, as original-image pixels; None if none parses."""
+    """Every point in model text, as original-image pixels; None if the first does not read as
+    the answer (`reads_as_answer`)."""
     ox, oy, fw, fh = _frame(style, image_size, square, frame)
+    pattern = (rf'"point_2d"\s*:\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*\]' if style == "qwen"
+               else rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*\]")
+    if _answer(re.search(pattern, text)) is None:
+        return None
+    found = [(float(a), float(b)) for a, b in re.findall(pattern, text)]
     if style == "qwen":
-        found = [(float(a), float(b)) for a, b in re.findall(
-            rf'"point_2d"\s*:\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*\]', text)]
-        pts = [(x * image_size[0] / fw, y * image_size[1] / fh) for x, y in found]
-    else:
-        found = [(float(a), float(b)) for a, b in re.findall(
-            rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*\]", text)]
-        pts = [(x * fw - ox, y * fh - oy) for x, y in found]
-    return pts or None
+        return [(x * image_size[0] / fw, y * image_size[1] / fh) for x, y in found]
+    return [(x * fw - ox, y * fh - oy) for x, y in found]
 
 
 def render_grid_cell(row: int, col: int) -> str:
@@ -139,39 +186,57 @@ def render_grid_cell(row: int, col: int) -> str:
 
 
 def parse_grid_cell(text: str) -> tuple[int, int] | None:
+    """``row R, column C`` (or ``(R, C)``), 1-based, as the answer (`reads_as_answer`)."""
     m = re.search(r"row\s*(\d+)\s*[,;]?\s*(?:and\s*)?col(?:umn)?\s*(\d+)", text, re.IGNORECASE)
     if m is None:
         m = re.search(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)", text)
+    m = _answer(m)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def parse_yes_no(text: str) -> bool | None:
-    """The first yes/no word; None when both or neither appear first-equal."""
-    m = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
+    """The first yes/no word, if it reads as the answer (`reads_as_answer`)."""
+    m = _answer(re.search(r"\b(yes|no)\b", text, re.IGNORECASE))
     return None if m is None else m.group(1).lower() == "yes"
 
 
 def parse_number(text: str) -> int | None:
-    m = re.search(r"-?\d+", text)
+    """The first whole number, if it reads as the answer (`reads_as_answer`)."""
+    m = _answer(re.search(r"-?\d+", text))
     return int(m.group(0)) if m else None
 
 
+def parse_count(text: str) -> int | None:
+    """The first count, in digits or a word up to twelve, if it reads as the answer."""
+    words = "|".join(NUMBER_WORDS)
+    m = _answer(re.search(rf"\d+|\b(?:{words})\b", text, re.IGNORECASE))
+    if m is None:
+        return None
+    tok = m.group(0).lower()
+    return int(tok) if tok.isdigit() else NUMBER_WORDS.index(tok)
+
+
 def parse_word(text: str, vocabulary: list[str]) -> str | None:
-    """The first vocabulary word that appears in the text (case-insensitive, whole word)."""
-    hits = [(m.start(), w) for w in vocabulary
+    """The first vocabulary word in the text (case-insensitive, whole word), if it reads as the
+    answer (`reads_as_answer`)."""
+    hits = [(m.start(), w, m) for w in vocabulary
             for m in [re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE)] if m]
-    return min(hits)[1] if hits else None
+    if not hits:
+        return None
+    _, word, m = min(hits, key=lambda h: h[0])
+    return word if _answer(m) else None
 
 
 def _first_numbers(text: str, n: int, key: str) -> list[float] | None:
-    """n numbers from a JSON ``key`` list, else from the first bracketed list of n numbers."""
+    """n numbers from a JSON ``key`` list, else from the first bracketed list of exactly n
+    numbers (separated by commas or spaces, nothing else inside), if it reads as the answer."""
     m = re.search(rf'"{key}"\s*:\s*\[([^\]]*)\]', text)
-    candidates = [m.group(1)] if m else re.findall(r"[\[(]([^\[\]()]*)[\])]", text)
-    for chunk in candidates:
-        nums = re.findall(_NUM, chunk)
-        if len(nums) == n:
-            try:
-                return [float(v) for v in nums]
-            except ValueError:
-                continue
+    candidates = [m] if m else re.finditer(r"[\[(]([^\[\]()]*)[\])]", text)
+    for c in candidates:
+        nums = re.findall(_NUM, c.group(1))
+        if len(nums) == n and _LIST.fullmatch(c.group(1)):
+            return [float(v) for v in nums] if _answer(c) else None
     return None
+
+
+_LIST = re.compile(rf"\s*{_NUM}(?:(?:\s*[,;]\s*|\s+){_NUM})*\s*")  # separators required

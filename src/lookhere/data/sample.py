@@ -7,6 +7,9 @@ xyxy) until an adapter maps it onto its own grid (`lookhere.targets`).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +75,17 @@ class Sample:
     task: str = ""
     id: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # difficulty knobs, objects, ...
+
+
+def samples_digest(samples: Iterable[Sample]) -> str:
+    """sha256 hex digest of what a model reads from ``samples``, in order: each id, question
+    and image (mode, size, pixels). Caches of model outputs key on it rather than on a dataset
+    folder's path, so a folder regenerated with other images or questions is another dataset."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(json.dumps([s.id, s.question, s.image.mode, list(s.image.size)]).encode())
+        h.update(hashlib.sha256(s.image.tobytes()).digest())
+    return h.hexdigest()
 
 
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:

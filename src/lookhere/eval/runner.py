@@ -35,6 +35,11 @@ from lookhere.losses.klal import head_mean
 from lookhere.models.adapter import Adapter
 from lookhere.train.objective import klal_probe
 
+#: the default answer length cap: a normalised box "[0.12, 0.34, 0.56, 0.78]" is 24 tokens in the
+#: tiny and shipped tokenizers (and about as many in LLaMA's), which split numbers digit by digit;
+#: 16 cut such boxes short, so they parsed as nothing
+MAX_NEW_TOKENS = 32
+
 
 @dataclass(frozen=True)
 class RatioSummary:
@@ -90,7 +95,8 @@ class EvalResult:
 
 @torch.no_grad()
 def generate_answers(model: nn.Module, processor: Any, adapter: Adapter,
-                     samples: Sequence[Sample], batch_size: int = 16, max_new_tokens: int = 16,
+                     samples: Sequence[Sample], batch_size: int = 16,
+                     max_new_tokens: int = MAX_NEW_TOKENS,
                      progress: bool = True) -> dict[str, str]:
     """Greedy answers, id -> text (special tokens and surrounding space stripped)."""
     _check_args(samples, batch_size, max_new_tokens)
@@ -141,7 +147,7 @@ def answer_attention(model: nn.Module, processor: Any, adapter: Adapter,
 
 
 def evaluate(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequence[Sample],
-             batch_size: int = 16, max_new_tokens: int = 16, style: str = "plain",
+             batch_size: int = 16, max_new_tokens: int = MAX_NEW_TOKENS, style: str = "plain",
              attention: bool = True, query: str = "last_answer", n_maps: int = 0,
              progress: bool = True) -> EvalResult:
     """Generate, score, and (optionally) measure the answer's attention ratio per task."""

@@ -18,14 +18,16 @@ What counts as correct, per task (``sample.task``):
   there is one); gold given only as points (PixMo-Points) counts a point within `POINT_RADIUS` of
   the gold point. Count mode: the first number equals the count.
 
-Parsers never raise on model text: no answer found is a parse failure, which is also wrong.
+Parsers never raise on model text: no answer found is a parse failure, which is also wrong. An
+answer counts only where a person would read it (`lookhere.data.formats.reads_as_answer`): at the
+start of the reply or after a few plain words, standing alone, in legible text; a box, number or
+word inside token soup is a parse failure.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ import numpy as np
 from lookhere.data.formats import (
     STYLES,
     parse_box,
+    parse_count,
     parse_grid_cell,
     parse_number,
     parse_points,
@@ -59,8 +62,6 @@ SHAPES_VOCAB: dict[str, tuple[str, ...]] = {
 SCENES_WORDS: dict[str, tuple[str, ...]] = {
     **SHAPES_VOCAB, "follow": (*PALETTE, *SHAPES), "position": ("left", "right", "top", "bottom"),
     "read": tuple("ABCDEFGH12345678")}
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-                "ten", "eleven", "twelve")
 
 
 @dataclass(frozen=True)
@@ -268,12 +269,9 @@ def _gold_box(sample: Sample) -> Box:
 
 
 def _count_answer(text: str, gold: int) -> Outcome:
-    words = "|".join(NUMBER_WORDS)
-    m = re.search(rf"\d+|\b(?:{words})\b", text, re.IGNORECASE)
-    if m is None:
+    count = parse_count(text)
+    if count is None:
         return _failed()
-    tok = m.group(0).lower()
-    count = int(tok) if tok.isdigit() else NUMBER_WORDS.index(tok)
     return _judged({"count": count}, count == gold)
 
 

@@ -20,6 +20,7 @@ A map that has no cell above its threshold (a constant map) has no component; it
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,10 +178,16 @@ class HeadScores:
         return cls(*arrays, tuple(i for p in parts for i in p.sample_ids))
 
     def save(self, path: str | Path) -> Path:
-        """Atomic ``.npz`` write (sample ids as a unicode array)."""
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: no ".npz" added
-            np.savez(f, **{k: getattr(self, k) for k in _SCORE_FIELDS},
-                     sample_ids=np.array(self.sample_ids, dtype=np.str_))
+        """Atomic ``.npz`` write (sample ids as a unicode array), byte for byte the same for the
+        same scores: the zip entries carry a fixed date instead of the clock's (`np.savez`
+        stamps the time), so a resumed search's files equal an uninterrupted one's."""
+        arrays = {k: getattr(self, k) for k in _SCORE_FIELDS}
+        arrays["sample_ids"] = np.array(self.sample_ids, dtype=np.str_)
+        with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            for name, array in arrays.items():
+                entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with z.open(entry, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, array, allow_pickle=False)
         return Path(path)
 
     @classmethod

@@ -18,14 +18,19 @@ Per (sample, layer, head) `score_samples` keeps, in a `HeadScores`:
 The search is sharded and resumable. Batches are numbered; under ``torch.distributed`` (torchrun,
 accelerate) rank r scores batches r, r + W, ...; the shards are gathered and merged in batch order,
 so every rank holds the scores of one process. With ``scores_dir`` every finished batch is saved
-as ``batch_{index:06d}.npz`` next to a ``search.json`` fingerprint, and a rerun skips the batches
-already on disk.
+as ``batch_{index:06d}.npz`` (atomically, byte-identical for the same scores) next to a
+``search.json`` fingerprint, and a rerun skips the batches already on disk: after a kill -9 it
+scores only the rest and ends with the files and the `HeadSpec` of an uninterrupted run. The
+fingerprint keys on content, never on a path: the weights (`weights_digest`), the samples' ids,
+questions and pixels (`samples_digest`) and the scoring settings. A batch file that cannot be
+read (cut short by a writer other than `HeadScores.save`) is scored again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lookhere.collate import to_device
-from lookhere.data.sample import Sample
+from lookhere.data.sample import Sample, samples_digest
 from lookhere.heads.scoring import HeadScores, Weight, pooled_entropy, spatial_entropy
 from lookhere.heads.selection import HeadSpec, TauMode, check_options, select_heads
 from lookhere.io import write_json
@@ -56,20 +61,19 @@ FINGERPRINT = "search.json"
 def score_samples(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequence[Sample],
                   *, batch_size: int = 8, threshold: MeanRule = "mean", weight: Weight = "area",
                   grids: Grids = "primary", scores_dir: str | Path | None = None,
-                  model_id: str = "", progress: bool = True) -> HeadScores:
+                  progress: bool = True) -> HeadScores:
     """`HeadScores` ``(N, L, H)`` for every head on every sample, in sample order.
 
     Sharded over the ranks when ``torch.distributed`` is initialised (every rank returns all the
-    scores); with ``scores_dir``, resumable (see the module docstring). ``model_id`` (default:
-    the model's ``_name_or_path``) and a digest of its weights (`weights_digest`: new weights in
-    the same folder are another search) go into the ``scores_dir`` fingerprint.
+    scores); with ``scores_dir``, resumable (see the module docstring): a digest of the
+    weights (`weights_digest`: new weights in the same folder are another search) goes into its
+    fingerprint, not the model's path or name (the same weights moved are the same search).
     """
     _check_args(samples, batch_size, threshold, weight, grids)
-    model_id = model_id or getattr(model.config, "_name_or_path", "")
     rank, world = _world()
     folder = None
     if scores_dir is not None:
-        fingerprint = _fingerprint(adapter, samples, batch_size, threshold, weight, grids, model_id)
+        fingerprint = _fingerprint(adapter, samples, batch_size, threshold, weight, grids)
         fingerprint["weights_sha256"] = weights_digest(model)
         folder = _open_scores_dir(scores_dir, fingerprint, write=rank == 0)
     indices = range(rank, -(-len(samples) // batch_size), world)  # this rank's batches
@@ -127,7 +131,7 @@ def find_heads(model: nn.Module, processor: Any, adapter: Adapter, samples: Sequ
     model_id = model_id or getattr(model.config, "_name_or_path", "")
     scores = score_samples(model, processor, adapter, samples, batch_size=batch_size,
                            threshold=threshold, weight=weight, grids=grids,
-                           scores_dir=scores_dir, model_id=model_id, progress=progress)
+                           scores_dir=scores_dir, progress=progress)
     selection = select_heads(scores.s_img, scores.entropy, top_k, per_sample, skip_layers, tau,
                              scores.bottom_row, bottom_row_limit)
     settings = {"top_k": top_k, "per_sample": per_sample, "tau": tau, "threshold": threshold,
@@ -174,18 +178,18 @@ def _gather(mine: dict[int, HeadScores], world: int) -> HeadScores:
 
 
 def _fingerprint(adapter: Adapter, samples: Sequence[Sample], batch_size: int,
-                 threshold: MeanRule, weight: Weight, grids: Grids, model_id: str
-                 ) -> dict[str, Any]:
-    """What the saved scores depend on: the model, the scoring settings, the ordered samples and
-    the batches (padding changes the numbers in the last bits)."""
+                 threshold: MeanRule, weight: Weight, grids: Grids) -> dict[str, Any]:
+    """What the saved scores depend on, by content: the model's shape (its weights are added
+    by the caller), the scoring settings, the ordered samples (ids, questions, pixels) and the
+    batches (padding changes the numbers in the last bits)."""
     ids = [s.id for s in samples]
     if any(not i for i in ids) or len(set(ids)) != len(ids):
         raise ValueError("scores_dir needs samples with unique, non-empty ids")
     digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
-    return {"model": model_id, "family": adapter.family, "num_layers": adapter.num_layers,
+    return {"family": adapter.family, "num_layers": adapter.num_layers,
             "num_heads": adapter.num_heads, "threshold": threshold, "weight": weight,
             "grids": grids, "num_samples": len(ids), "sample_ids_sha256": digest,
-            "batch_size": batch_size}
+            "samples_sha256": samples_digest(samples), "batch_size": batch_size}
 
 
 def _open_scores_dir(scores_dir: str | Path, fingerprint: dict[str, Any], write: bool) -> Path:
@@ -218,10 +222,13 @@ def _load_or_score(model: nn.Module, processor: Any, adapter: Adapter, batch: Se
 
 
 def _cached(path: Path | None, ids: list[str], adapter: Adapter) -> HeadScores | None:
-    """The saved scores of a batch, or None when it is not on disk yet."""
+    """The saved scores of a batch, or None when it is not on disk yet or cannot be read."""
     if path is None or not path.exists():
         return None
-    scores = HeadScores.load(path)
+    try:
+        scores = HeadScores.load(path)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None  # cut short or damaged: scored again and saved over it
     if list(scores.sample_ids) != ids:
         raise ValueError(f"{path} holds samples {list(scores.sample_ids)}, expected {ids}")
     if scores.s_img.shape[1:] != (adapter.num_layers, adapter.num_heads):
