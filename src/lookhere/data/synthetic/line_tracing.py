@@ -675,7 +675,7 @@ def _clear_of_markers(d: _Dims, curves: np.ndarray, markers: np.ndarray,
     """(C,) whether each curve keeps off every marker, except where it leaves its own start
     marker (a leading run of vertices) and enters its own end marker (a trailing run)."""
     diff = curves[:, :, None, :] - markers[None, None, :, :]
-    near = (diff ** 2).sum(-1) < d.clearance ** 2  # (C, N, M)
+    near = _dot(diff, diff) < d.clearance ** 2  # (C, N, M)
     c = np.arange(len(curves))
     own_start = np.broadcast_to(own_start, c.shape)
     own_end = np.broadcast_to(own_end, c.shape)
@@ -691,22 +691,29 @@ def _self_ok(d: _Dims, curve: np.ndarray) -> bool:
     steps = np.hypot(*np.diff(curve, axis=0).T)
     arc = np.concatenate([[0.0], np.cumsum(steps)])
     far_along = np.abs(arc[:, None] - arc[None, :]) > 3.0 * d.gap
-    dist2 = ((curve[:, None, :] - curve[None, :, :]) ** 2).sum(-1)
+    diff = curve[:, None, :] - curve[None, :, :]
+    dist2 = _dot(diff, diff)
     if (far_along & (dist2 < d.gap ** 2)).any():
         return False
-    t, u = _segment_hits(curve[:-1], curve[1:], curve[:-1], curve[1:])
+    a0, a1 = curve[:-1, None], curve[1:, None]  # (N - 1, 1, 2) against (1, N - 1, 2)
+    t, u = _segment_hits(a0, a1, curve[None, :-1], curve[None, 1:])
     hit = (t >= 0) & (t < 1) & (u >= 0) & (u < 1)
     idx = np.arange(len(curve) - 1)
     hit &= np.abs(idx[:, None] - idx[None, :]) > 1  # neighbours share a vertex
     return not hit.any()
 
 
+def _dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(...) dot products of (..., 2) vectors: the same sums as ``(u * v).sum(-1)``, several times
+    faster (numpy reduces a length-2 axis slowly, and the sampler does it in its inner loop)."""
+    return u[..., 0] * v[..., 0] + u[..., 1] * v[..., 1]
+
+
 def _segment_hits(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray,
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Parameters (t along a, u along b) where the lines of every segment pair meet:
-    a (..., Na, 2) and b (..., Nb, 2) segments give (..., Na, Nb)."""
-    da, db = (a1 - a0)[..., :, None, :], (b1 - b0)[..., None, :, :]
-    w = b0[..., None, :, :] - a0[..., :, None, :]
+    """Parameters (t along a, u along b) where the lines of segments a0-a1 and b0-b1 meet, for
+    (..., 2) arrays broadcast together: (...) each (-1 for parallel segments)."""
+    da, db, w = a1 - a0, b1 - b0, b0 - a0
     den = da[..., 0] * db[..., 1] - da[..., 1] * db[..., 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (w[..., 0] * db[..., 1] - w[..., 1] * db[..., 0]) / den
@@ -719,11 +726,17 @@ def _segment_hits(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray
 def _pair_checks(d: _Dims, a: np.ndarray, b: np.ndarray) -> list[list[tuple[float, float]]] | None:
     """Crossing points of each curve pair (a[p], b[p]) (both (P, N, 2)), or None if any crossing
     is unclear (too flat, or a curve bends at it) or two curves run too close elsewhere."""
-    t, u = _segment_hits(a[:, :-1], a[:, 1:], b[:, :-1], b[:, 1:])
+    dx, dy = (a[:, :, None, i] - b[:, None, :, i] for i in (0, 1))  # (P, Na, Nb) each
+    dist2 = dx * dx + dy * dy  # squared vertex distances
+    # Two segments can only meet if their first vertices are within the sum of their lengths
+    # (the L1 step bounds each length): only those pairs are solved, in the same (p, ia, ib)
+    # order, with the same arithmetic, so the result is that of solving every pair.
+    reach = 1.01 * (_max_step(a) + _max_step(b))
+    p, ia, ib = np.nonzero(dist2[:, :-1, :-1] <= reach ** 2)
+    t, u = _segment_hits(a[p, ia], a[p, ia + 1], b[p, ib], b[p, ib + 1])
     eps = 1e-6  # a crossing exactly at a vertex would be counted ambiguously: reject it
     hit = (t >= -eps) & (t <= 1 + eps) & (u >= -eps) & (u <= 1 + eps)
-    p, ia, ib = np.nonzero(hit)
-    tt, uu = t[p, ia, ib], u[p, ia, ib]
+    p, ia, ib, tt, uu = p[hit], ia[hit], ib[hit], t[hit], u[hit]
     if ((tt < eps) | (tt > 1 - eps) | (uu < eps) | (uu > 1 - eps)).any():
         return None
     pts = a[p, ia] + tt[:, None] * (a[p, ia + 1] - a[p, ia])
@@ -734,7 +747,7 @@ def _pair_checks(d: _Dims, a: np.ndarray, b: np.ndarray) -> list[list[tuple[floa
             arms_a, arms_b = _arms(a, p, ia, tt, pts, reach), _arms(b, p, ib, uu, pts, reach)
             if not _unambiguous(d, arms_a, arms_b):
                 return None
-    if _runs_close(d, a, b, p, pts):
+    if _runs_close(d, a, b, p, pts, dist2):
         return None
     found: list[list[tuple[float, float]]] = [[] for _ in range(len(a))]
     for q, (x, y) in zip(p.tolist(), pts.tolist(), strict=True):
@@ -743,7 +756,7 @@ def _pair_checks(d: _Dims, a: np.ndarray, b: np.ndarray) -> list[list[tuple[floa
 
 
 def _abs_cos(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return np.abs((u * v).sum(-1)) / np.maximum(np.hypot(u[..., 0], u[..., 1])
+    return np.abs(_dot(u, v)) / np.maximum(np.hypot(u[..., 0], u[..., 1])
                                                 * np.hypot(v[..., 0], v[..., 1]), 1e-9)
 
 
@@ -785,32 +798,39 @@ def _unambiguous(d: _Dims, arms_a: tuple[np.ndarray, np.ndarray],
 
 
 def _runs_close(d: _Dims, a: np.ndarray, b: np.ndarray, p: np.ndarray,
-                crossings: np.ndarray) -> bool:
+                crossings: np.ndarray, dist2: np.ndarray) -> bool:
     """Whether curves a[q] and b[q] come within gap of each other away from their crossings
-    (p: the pair of each crossing)."""
+    (p: the pair of each crossing; dist2: (P, Na, Nb) squared vertex distances)."""
     away_a, away_b = _away(a, p, crossings, d.window), _away(b, p, crossings, d.window)
     gap = d.gap
-    dist2 = ((a[:, :, None, :] - b[:, None, :, :]) ** 2).sum(-1)  # (P, Na, Nb) vertex distances
     # Only a vertex within gap + a segment's length of the other curve's vertices can be within
-    # gap of one of its segments: most pairs are settled without the exact distances.
+    # gap of one of its segments: the exact distances are measured for those vertices alone.
     reach2 = (gap + max(_max_step(a), _max_step(b))) ** 2
-    if not ((dist2.min(2) < reach2) & away_a).any() and not ((dist2.min(1) < reach2)
-                                                               & away_b).any():
+    near_a = (dist2.min(2) < reach2) & away_a  # (P, Na)
+    near_b = (dist2.min(1) < reach2) & away_b  # (P, Nb)
+    return _any_within(a, b, near_a, gap) or _any_within(b, a, near_b, gap)
+
+
+def _any_within(a: np.ndarray, b: np.ndarray, which: np.ndarray, gap: float) -> bool:
+    """Whether any vertex a[q, v] marked in ``which`` (P, Na) lies within gap of curve b[q]."""
+    q, v = np.nonzero(which)
+    if not len(q):
         return False
-    close_a = _point_segment_distance(a, b[:, :-1], b[:, 1:]).min(-1) < gap  # (P, Na)
-    close_b = _point_segment_distance(b, a[:, :-1], a[:, 1:]).min(-1) < gap
-    return bool((close_a & away_a).any() or (close_b & away_b).any())
+    dist = _point_segment_distance(a[q, v][:, None], b[q, :-1], b[q, 1:])  # (M, 1, Nb - 1)
+    return bool((dist.min(-1) < gap).any())
 
 
 def _max_step(curves: np.ndarray) -> float:
-    return float(np.abs(np.diff(curves, axis=-2)).sum(-1).max())
+    step = np.abs(np.diff(curves, axis=-2))
+    return float((step[..., 0] + step[..., 1]).max())
 
 
 def _away(curves: np.ndarray, p: np.ndarray, crossings: np.ndarray, window: float) -> np.ndarray:
     """(P, N) whether each vertex lies farther than window from every crossing of its pair."""
     if not len(crossings):
         return np.ones(curves.shape[:2], dtype=bool)
-    d2 = ((curves[:, :, None, :] - crossings[None, None]) ** 2).sum(-1)  # (P, N, C)
+    diff = curves[:, :, None, :] - crossings[None, None]
+    d2 = _dot(diff, diff)  # (P, N, C)
     mine = p[None, None, :] == np.arange(len(curves))[:, None, None]
     return ~((d2 <= window ** 2) & mine).any(-1)
 
@@ -819,8 +839,8 @@ def _point_segment_distance(pts: np.ndarray, s0: np.ndarray, s1: np.ndarray) -> 
     """Distances from points (..., P, 2) to segments (..., S, 2): (..., P, S)."""
     d = (s1 - s0)[..., None, :, :]
     w = pts[..., :, None, :] - s0[..., None, :, :]
-    dd = np.maximum((d * d).sum(-1), 1e-12)
-    t = np.clip((w * d).sum(-1) / dd, 0.0, 1.0)
+    dd = np.maximum(_dot(d, d), 1e-12)
+    t = np.clip(_dot(w, d) / dd, 0.0, 1.0)
     diff = w - t[..., None] * d
     return np.hypot(diff[..., 0], diff[..., 1])
 
