@@ -260,7 +260,7 @@ def _shortcut_rules(s) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
         "initial-direction ray": one(_ray_choice(s, start, ends)),
         "same place in order across": one(_across_choice(meta, letter, ends)),
     }
-    curve_px = (np.asarray(s.image) == np.array(meta["curve_color"])).all(-1)
+    curve_px = _coloured(np.asarray(s.image), meta["curve_color"])
     fixed["curve pixels near end"] = one(_density_choice(curve_px, ends, r))
     fixed["curve pixels on straight path"] = one(_segment_choice(curve_px, start, ends, r))
     heading = {"initial direction": _initial_direction(s, start),
@@ -282,6 +282,13 @@ def _shortcut_rules(s) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
         end_ranks = _ranks(*key(ends))
         learned[f"rank prior ({what})"] = ((k, start_rank), end_ranks, end_ranks[answer])
     return fixed, learned
+
+
+def _coloured(img: np.ndarray, colour) -> np.ndarray:
+    """(H, W) whether each pixel of an (H, W, 3) image has the colour (channel by channel: an
+    ``.all(-1)`` over the length-3 axis is several times slower)."""
+    r, g, b = colour
+    return (img[..., 0] == r) & (img[..., 1] == g) & (img[..., 2] == b)
 
 
 def _uniform(mask: np.ndarray, k: int) -> np.ndarray:
@@ -345,10 +352,16 @@ def _across_choice(meta, letter, ends) -> int:
 
 
 def _density_choice(curve_px, ends, r) -> int:
-    """The end marker with the most curve pixels in a ring around it."""
-    yy, xx = np.mgrid[:curve_px.shape[0], :curve_px.shape[1]] + 0.5
-    counts = [(curve_px & (np.hypot(xx - x, yy - y) > r + 1)
-               & (np.hypot(xx - x, yy - y) < 3 * r)).sum() for x, y in ends]
+    """The end marker with the most curve pixels in a ring around it (pixel centres between r + 1
+    and 3 r away: all inside the square of half-side 3 r around it, the only pixels looked at)."""
+    counts = []
+    for x, y in ends:
+        x0, y0 = max(0, int(x - 3 * r)), max(0, int(y - 3 * r))
+        x1 = min(curve_px.shape[1], int(x + 3 * r) + 1)
+        y1 = min(curve_px.shape[0], int(y + 3 * r) + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1] + 0.5
+        dist = np.hypot(xx - x, yy - y)
+        counts.append((curve_px[y0:y1, x0:x1] & (dist > r + 1) & (dist < 3 * r)).sum())
     return int(np.argmax(counts))
 
 
