@@ -31,17 +31,20 @@ def torchrun(args: list, nproc: int = 2, timeout: int = 300) -> subprocess.Compl
 
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-           str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port),
-           *[str(a) for a in args]]
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    for _ in range(3):  # the free port can be taken before torchrun binds it (parallel tests)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+               "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port",
+               str(port), *[str(a) for a in args]]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode == 0 or "EADDRINUSE" not in proc.stderr:
+            break
     if proc.returncode != 0:
         print(proc.stdout[-5000:])
         print(proc.stderr[-20000:], file=sys.stderr)
