@@ -404,7 +404,7 @@ def _sides_ok(cfg: LineTracingConfig, d: _Dims, curves: np.ndarray, markers: np.
     y = curves[..., 1]
     if y.min() < d.width or y.max() > d.size - d.width or not _smooth(d, curves).all():
         return None
-    ii, jj = np.triu_indices(k, 1)
+    ii, jj = _pairs(k)
     bad, count = _grid_pairs(d, curves[ii], curves[jj])
     per_curve = np.bincount(ii, count, k) + np.bincount(jj, count, k)
     if bad.any() or count.sum() < cfg.min_crossings or per_curve.max() < cfg.min_query_crossings:
@@ -419,6 +419,15 @@ def _sides_ok(cfg: LineTracingConfig, d: _Dims, curves: np.ndarray, markers: np.
     if not _crossing_goal(cfg, k)(crossings) or not _crossings_apart(d, [], crossings):
         return None
     return crossings
+
+
+@functools.lru_cache(maxsize=MAX_CURVES + 1)
+def _pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(k, 1)``, built once per k (it is slow next to the checks it feeds)."""
+    ii, jj = np.triu_indices(k, 1)
+    ii.setflags(write=False)
+    jj.setflags(write=False)
+    return ii, jj
 
 
 def _side_markers(d: _Dims, rng: np.random.Generator, k: int) -> np.ndarray | None:
@@ -743,8 +752,10 @@ def _pair_checks(d: _Dims, a: np.ndarray, b: np.ndarray) -> list[list[tuple[floa
     if len(pts):
         if (_abs_cos(a[p, ia + 1] - a[p, ia], b[p, ib + 1] - b[p, ib]) > d.cos_min).any():
             return None  # too flat right at the crossing
+        arc_a, arc_b = _arc(a), _arc(b)
         for reach in (d.reach, 1.5 * d.reach):
-            arms_a, arms_b = _arms(a, p, ia, tt, pts, reach), _arms(b, p, ib, uu, pts, reach)
+            arms_a = _arms(a, *arc_a, p, ia, tt, pts, reach)
+            arms_b = _arms(b, *arc_b, p, ib, uu, pts, reach)
             if not _unambiguous(d, arms_a, arms_b):
                 return None
     if _runs_close(d, a, b, p, pts, dist2):
@@ -760,19 +771,25 @@ def _abs_cos(u: np.ndarray, v: np.ndarray) -> np.ndarray:
                                                 * np.hypot(v[..., 0], v[..., 1]), 1e-9)
 
 
-def _arms(curves: np.ndarray, p: np.ndarray, seg: np.ndarray, t: np.ndarray, x: np.ndarray,
-          reach: float) -> tuple[np.ndarray, np.ndarray]:
+def _arc(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, N - 1) segment lengths and (P, N) arc length at each vertex of curves (P, N, 2)."""
+    step = np.hypot(*np.diff(curves, axis=1).transpose(2, 0, 1))
+    return step, np.concatenate([np.zeros((len(curves), 1)), np.cumsum(step, axis=1)], axis=1)
+
+
+def _arms(curves: np.ndarray, step: np.ndarray, arc: np.ndarray, p: np.ndarray, seg: np.ndarray,
+          t: np.ndarray, x: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors from each crossing x (on curve p's segment seg, at t) to the curve's points
-    ``reach`` before and after it along the curve: the two arms a viewer sees leave it by."""
-    step = np.hypot(*np.diff(curves, axis=1).transpose(2, 0, 1))  # (P, N - 1)
-    arc = np.concatenate([np.zeros((len(curves), 1)), np.cumsum(step, axis=1)], axis=1)
+    ``reach`` before and after it along the curve (step, arc: ``_arc(curves)``): the two arms a
+    viewer sees leave it by."""
     s = arc[p, seg] + t * step[p, seg]
     n = curves.shape[1]
     out = []
     for shift in (-reach, reach):
-        target = np.clip(s + shift, 0.0, arc[p, -1])
+        # np.minimum / np.maximum: np.clip's result, without its per-call overhead
+        target = np.minimum(np.maximum(s + shift, 0.0), arc[p, -1])
         # The segment holding arc length ``target`` on each crossing's own curve.
-        k = np.clip((arc[p] <= target[:, None]).sum(1) - 1, 0, n - 2)
+        k = np.minimum(np.maximum((arc[p] <= target[:, None]).sum(1) - 1, 0), n - 2)
         frac = (target - arc[p, k]) / np.maximum(step[p, k], 1e-12)
         q = curves[p, k] + frac[:, None] * (curves[p, k + 1] - curves[p, k]) - x
         out.append(q / np.maximum(np.hypot(q[:, 0], q[:, 1]), 1e-9)[:, None])
@@ -788,7 +805,7 @@ def _unambiguous(d: _Dims, arms_a: tuple[np.ndarray, np.ndarray],
     A curve that bends at a crossing could be read as turning onto the other curve.
     """
     def bend(p: np.ndarray, q: np.ndarray) -> np.ndarray:  # deviation from straight, p in, q out
-        return np.arccos(np.clip(-(p * q).sum(1), -1.0, 1.0))
+        return np.arccos(np.minimum(np.maximum(-_dot(p, q), -1.0), 1.0))
 
     own_a, own_b = bend(*arms_a), bend(*arms_b)
     if (own_a > _MAX_CROSS_TURN).any() or (own_b > _MAX_CROSS_TURN).any():
