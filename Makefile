@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Every test, slow and distributed ones included, in two pytest-xdist workers (one per core of
-# the 2-core machines this runs on; explicit, so a bigger machine gives the same split): each
-# test module runs whole in one worker (--dist loadscope), so its module fixtures are built once
-# and its tests keep their order. One torch thread per worker: two workers already fill 2 cores.
-# About 2 minutes on 2 idle CPU cores, install excluded.
+# the 2-core machines this runs on; `-n auto` gives the same there): each test module runs whole
+# in one worker (--dist loadscope), so its module fixtures are built once and its tests keep
+# their order. One torch thread per worker: two workers already fill 2 cores.
+# 275 CPU-seconds, so about 2-2.5 minutes on 2 idle CPU cores, install excluded.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope
