@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml Makefile
 # the 2-core machines this runs on; `-n auto` gives the same there): each test module runs whole
 # in one worker (--dist loadscope), so its module fixtures are built once and its tests keep
 # their order. One torch thread per worker: two workers already fill 2 cores.
-# 275 CPU-seconds, so about 2-2.5 minutes on 2 idle CPU cores, install excluded.
+# Its times: docs/benchmarks.md, "The test suite".
 test: $(STAMP)
 	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope
