@@ -33,7 +33,9 @@ def torchrun(args: list, nproc: int = 2, timeout: int = 300) -> subprocess.Compl
         pytest.skip("torch.distributed with gloo is not available")
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"),
+                                                        env.get("PYTHONPATH")])))
     for _ in range(3):  # the free port can be taken before torchrun binds it (parallel tests)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

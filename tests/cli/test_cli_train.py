@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, torchrun
 from safetensors.torch import load_file
 
 from lookhere.cli import main
@@ -180,22 +180,26 @@ def test_lookhere_options_do_not_shadow_training_arguments():
 # -- several processes ----------------------------------------------------------------------------
 
 def _launch(launcher: str, argv: list, nproc: int = 2) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """``lookhere train argv`` in ``nproc`` processes under torchrun or accelerate launch."""
     if launcher == "torchrun":
-        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_addr", "127.0.0.1", "--master_port", str(port)]
-    else:  # accelerate launch: DDP (MULTI_CPU here, MULTI_GPU on GPUs)
-        head = [shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate",
-                "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
-                "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend",
-                "no"]
+        torchrun(["-m", "lookhere.cli", "train", *argv], nproc=nproc)
+        return
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.run([*head, "-m", "lookhere.cli", "train", *map(str, argv)], env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    for _ in range(3):  # the free port can be taken before the launcher binds it
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        # DDP: MULTI_CPU here, MULTI_GPU on GPUs
+        head = [accelerate, "launch", "--multi_gpu", "--num_processes", str(nproc),
+                "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision",
+                "no", "--dynamo_backend", "no"]
+        proc = subprocess.run([*head, "-m", "lookhere.cli", "train", *map(str, argv)], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0 or "EADDRINUSE" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-5000:]
 
 
