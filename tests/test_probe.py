@@ -71,6 +71,26 @@ def test_log_probs_match_eager(family):
         assert (rows[v].exp() - ref[layer][v]).abs().max() <= 1e-5, f"layer {layer}"
 
 
+def test_log_probs_match_eager_on_training_batches(family):
+    """The trainer's batches (GroundingCollator: right padded), where transformers may pass no
+    mask at all (only the causal rule): log rows equal eager's too."""
+    from trainkit import ragged_samples
+
+    from lookhere.collate import GroundingCollator, split_aux
+
+    model, processor = tiny(family)
+    inputs, _ = split_aux(GroundingCollator(processor, get_adapter(model))(ragged_samples()))
+    with torch.no_grad(), AttentionProbe(model, queries="all_answer", log_probs=True) as probe:
+        model(**inputs)
+    with torch.no_grad():
+        ref = slice_rows(eager_copy(model)(**inputs, output_attentions=True).attentions, probe)
+    valid = probe.query_mask[:, None, :, None] & probe.key_mask[:, None, None, :]
+    for layer, rows in probe.rows.items():
+        v = valid.expand_as(rows)
+        assert torch.isneginf(rows[~v]).all()
+        assert (rows[v].exp() - ref[layer][v]).abs().max() <= 1e-5, f"layer {layer}"
+
+
 def test_gradients_match_eager(family):
     model, processor = tiny(family)
     batch, _ = make_batch(family, processor)
@@ -182,6 +202,8 @@ def test_attention_rows_reference():
         expect = torch.stack([full[bi][:, qpos[bi]][:, :, kpos[bi]] for bi in range(b)])
         got = attention_rows(q, k, None, qpos, kpos, sliding_window=window)
         torch.testing.assert_close(got, expect)
+        got = attention_rows(q, k, None, qpos, kpos, sliding_window=window, log=True)
+        torch.testing.assert_close(got, expect.log())
         got = attention_rows(q, k, allowed.expand(b, 1, n, n), qpos, kpos)
         if window is None:
             torch.testing.assert_close(got, expect)

@@ -293,13 +293,18 @@ def attention_rows(
         scores = scores + _gather_rows(mask, query_positions, h).float()
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    kidx = key_positions[:, None, None, :].expand(b, h, n_q, key_positions.shape[1])
+    if mask is None and position_bias is None:
+        # Only the causal rule (and a window) limit the keys, and a query always sees itself:
+        # no row is empty, so the guard below (four more ops per layer) is not needed.
+        probs = torch.log_softmax(scores, dim=-1) if log else torch.softmax(scores, dim=-1)
+        return probs.gather(3, kidx)  # (B, H, Q, K)
     empty = torch.isneginf(scores).all(-1, keepdim=True)  # (B, H, Q, 1) rows with no key
     if log:
         probs = torch.log_softmax(scores.masked_fill(empty, 0.0), dim=-1)
         probs = probs.masked_fill(empty, float("-inf"))
     else:
         probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-    kidx = key_positions[:, None, None, :].expand(b, h, n_q, key_positions.shape[1])
     return probs.gather(3, kidx)  # (B, H, Q, K)
 
 
