@@ -64,7 +64,9 @@ with a hidden flag):
   (waiting threads sleep, so CPU seconds count work done; --spin turns this off), and a step
   during which other processes took more than 10% of the machine's CPU (/proc/stat) is
   re-run, at most as many times as there are timed rounds (--reruns; 0 on a machine that is
-  busy all along, where re-runs only cost time).
+  busy all along, where re-runs only cost time). At the tiny size on CPU the time process keeps
+  glibc's heap steady (no mmap, no trim: `steady_heap`; --default-malloc turns it off), which
+  takes random page-fault costs out of the steps.
   The headline time ratio is the median over rounds of (NTP+KLAL step / NTP step of the same
   round), and the same for NTP+LLL, in CPU seconds (the work done, which other processes on the
   machine hardly change) and in wall time: the steps ran back to back, so a load that comes and
@@ -327,8 +329,28 @@ def timed_step(model, opt, inputs, aux, variant, cfg, device: str, check: bool) 
             "term": None if term is None else float(term)}
 
 
+def steady_heap() -> bool:
+    """glibc: serve every block from the heap and keep freed memory there (no mmap, no trim).
+
+    With the default dynamic mmap threshold, a step's larger tensors are sometimes mmapped and
+    unmapped, sometimes served from the heap, and each fresh mapping costs page faults: at the
+    tiny size the same step's CPU time then jumps between two levels ~10 ms apart, at random,
+    in every variant alike (seen as 38 vs 50 ms forwards). A steady heap takes that noise out of
+    the comparison. Returns whether glibc accepted the settings."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameters
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def child_time(spec: dict) -> dict:
     """Warm-up and timed rounds of the variants, alternating order; optionally a profile."""
+    heap = spec["steady_heap"] and steady_heap()
     model, opt, inputs, aux, configs, desc = setup(spec)
     device, warmup, rounds, variants = spec["device"], spec["warmup"], spec["rounds"], \
         spec["variants"]
@@ -343,7 +365,7 @@ def child_time(spec: dict) -> dict:
                 rec = timed_step(model, opt, inputs, aux, v, configs[v], device, first(v))
             if r >= warmup:
                 steps[v].append(rec)
-    out = {"desc": desc, "reruns": budget - spare, "steps": steps}
+    out = {"desc": desc, "reruns": budget - spare, "steps": steps, "steady_heap": heap}
     if spec["profile"]:
         out["profile"] = profile_ops(model, opt, inputs, aux, configs, variants, device,
                                      spec["profile"], first)
@@ -431,7 +453,8 @@ def spawn(mode: str, size: str, variants: list[str], args) -> dict:
     spec = {"mode": mode, "size": size, "variants": variants, "device": args.device,
             "dtype": args.dtype, "threads": args.threads, "warmup": warmup, "rounds": rounds,
             "mem_warmup": MEM_WARMUP[size], "profile": args.profile,
-            "tiny_preset": args.tiny_preset, "reruns": args.reruns}
+            "tiny_preset": args.tiny_preset, "reruns": args.reruns,
+            "steady_heap": size == "tiny" and args.device == "cpu" and not args.default_malloc}
     return run_child(__file__, spec, args, f"{mode} {size} {variants}")
 
 
@@ -574,8 +597,9 @@ def report_section(size: str, args) -> dict:
     memory_how = "one process" if args.one_memory_process else "one process per variant"
     parts = [f"## {size}", time_res["desc"],
              f"{warmup} warm-up + {rounds} timed rounds (one step of each variant per round, "
-             f"order alternating); memory: {MEM_WARMUP[size]} warm-up step(s), then one "
-             f"measured step, {memory_how}",
+             f"order alternating; "
+             f"{'steady heap' if time_res['steady_heap'] else 'default malloc'}); memory: "
+             f"{MEM_WARMUP[size]} warm-up step(s), then one measured step, {memory_how}",
              section_table(res), phase_table(res, args.device),
              *(ratio_line(size, res, v) for v in variants if v != "ntp"),
              loss_line(time_res), load_line(time_res)]
@@ -624,6 +648,9 @@ def parse_args(argv=None):
     p.add_argument("--spin", action="store_true",
                    help="CPU: leave OpenMP threads spinning (faster wall time on an idle "
                         "machine; CPU seconds then count the spinning too)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="CPU, tiny size: time with glibc's default malloc instead of a steady "
+                        "heap (no mmap, no trim; see steady_heap), page-fault noise included")
     p.add_argument("--profile", type=int, nargs="?", const=3, default=0, metavar="STEPS",
                    help="after the timing, also profile STEPS steps of each variant (default 3; "
                         "variants alternating) with torch.profiler and print the ops whose "

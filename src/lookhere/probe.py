@@ -284,7 +284,7 @@ def attention_rows(
     scale = d**-0.5 if scaling is None else scaling
     idx = query_positions[:, None, :, None].expand(b, h, n_q, d)
     q = query.gather(2, idx).view(b, h_kv, g * n_q, d)  # (B, Hkv, G*Q, D)
-    scores = _Fp32Scores.apply(q, key) * scale  # (B, Hkv, G*Q, S) fp32
+    scores = _fp32_scores(q, key) * scale  # (B, Hkv, G*Q, S) fp32
     scores = scores.reshape(b, h, n_q, seq_k)  # (B, H, Q, S)
     if position_bias is not None:
         scores = scores + _gather_rows(position_bias, query_positions, h).float()
@@ -321,6 +321,14 @@ def _check_bounds(max_q: int | None, seq_q: int, max_k: int | None, seq_k: int) 
         )
     if max_k is not None and max_k >= seq_k:
         raise ProbeError(f"key position {max_k} is outside {seq_k} keys")
+
+
+def _fp32_scores(q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``q @ key^T`` in fp32: a plain matmul when both are fp32 and autocast is off (autograd
+    then keeps the same tensors, with no Python in the backward), else `_Fp32Scores`."""
+    if q.dtype == key.dtype == torch.float32 and not torch.is_autocast_enabled(q.device.type):
+        return q @ key.transpose(-1, -2)
+    return _Fp32Scores.apply(q, key)
 
 
 class _Fp32Scores(torch.autograd.Function):
