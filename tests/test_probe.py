@@ -9,10 +9,13 @@ from conftest import make_batch, tiny
 from lookhere.models import get_adapter
 from lookhere.probe import (
     _ACTIVE,
+    QUERY_ROLES,
     AttentionProbe,
+    Positions,
     ProbeError,
     attention_rows,
     query_positions,
+    visual_positions,
 )
 
 
@@ -65,6 +68,26 @@ def test_log_probs_match_eager(family):
         v = valid.expand_as(rows)
         assert torch.isneginf(rows[~v]).all()
         assert torch.isfinite(rows[v & (ref[layer] > 0)]).all()
+        assert (rows[v].exp() - ref[layer][v]).abs().max() <= 1e-5, f"layer {layer}"
+
+
+def test_log_probs_match_eager_on_training_batches(family):
+    """The trainer's batches (GroundingCollator: right padded), where transformers may pass no
+    mask at all (only the causal rule): log rows equal eager's too."""
+    from trainkit import ragged_samples
+
+    from lookhere.collate import GroundingCollator, split_aux
+
+    model, processor = tiny(family)
+    inputs, _ = split_aux(GroundingCollator(processor, get_adapter(model))(ragged_samples()))
+    with torch.no_grad(), AttentionProbe(model, queries="all_answer", log_probs=True) as probe:
+        model(**inputs)
+    with torch.no_grad():
+        ref = slice_rows(eager_copy(model)(**inputs, output_attentions=True).attentions, probe)
+    valid = probe.query_mask[:, None, :, None] & probe.key_mask[:, None, None, :]
+    for layer, rows in probe.rows.items():
+        v = valid.expand_as(rows)
+        assert torch.isneginf(rows[~v]).all()
         assert (rows[v].exp() - ref[layer][v]).abs().max() <= 1e-5, f"layer {layer}"
 
 
@@ -179,6 +202,8 @@ def test_attention_rows_reference():
         expect = torch.stack([full[bi][:, qpos[bi]][:, :, kpos[bi]] for bi in range(b)])
         got = attention_rows(q, k, None, qpos, kpos, sliding_window=window)
         torch.testing.assert_close(got, expect)
+        got = attention_rows(q, k, None, qpos, kpos, sliding_window=window, log=True)
+        torch.testing.assert_close(got, expect.log())
         got = attention_rows(q, k, allowed.expand(b, 1, n, n), qpos, kpos)
         if window is None:
             torch.testing.assert_close(got, expect)
@@ -284,3 +309,89 @@ def test_fp32_scores_saves_low_precision_inputs():
     (ref * w).sum().backward()
     torch.testing.assert_close(q.grad, q2.grad.bfloat16())
     torch.testing.assert_close(k.grad, k2.grad.bfloat16())
+
+
+def reference_queries(role, ids, attn, labels, ends):
+    """Per-sample lists of query positions, by plain Python loops."""
+    out = []
+    for row, real, lab in zip(ids.tolist(), attn.tolist(), labels.tolist(), strict=True):
+        answer = [i for i, (r, x) in enumerate(zip(real, lab, strict=True)) if r and x != -100]
+        content = [i for i in answer if row[i] not in ends]
+        if role == "last_text":
+            out.append([max(i for i, r in enumerate(real) if r)] if any(real) else [])
+        elif role == "last_answer":
+            out.append(content[-1:])
+        elif role == "answer_start":
+            out.append([answer[0] - 1] if answer and answer[0] > 0 else [])
+        else:
+            out.append(content)
+    return out
+
+
+@pytest.mark.parametrize("role", QUERY_ROLES)
+def test_query_positions_match_per_sample_loops(role):
+    """The batched roles against loops over samples: random padding (left and right), answers
+    anywhere (at position 0 too), end tokens inside them, samples without an answer."""
+    g = torch.Generator().manual_seed(QUERY_ROLES.index(role))
+    for _ in range(20):
+        b, n = 5, 9
+        ids = torch.randint(0, 6, (b, n), generator=g)
+        attn = torch.ones(b, n, dtype=torch.long)
+        labels = torch.full((b, n), -100)
+        for i in range(b):
+            lo, hi = sorted(torch.randint(0, n + 1, (2,), generator=g).tolist())
+            labels[i, lo:hi] = ids[i, lo:hi]
+            pad = int(torch.randint(0, 3, (1,), generator=g))
+            if i % 2:
+                attn[i, :pad] = 0  # left padding
+            elif pad:
+                attn[i, n - pad:] = 0  # right padding
+        pos, mask = query_positions(role, ids, attn, labels, {2, 3})
+        expected = reference_queries(role, ids, attn, labels, {2, 3})
+        assert pos.dtype == torch.long and mask.shape == pos.shape
+        assert pos.shape[1] == max([1, *map(len, expected)])
+        got = [p[m].tolist() for p, m in zip(pos, mask, strict=True)]
+        assert got == expected
+        assert (pos[~mask] == 0).all()
+
+
+def test_visual_positions_match_the_adapter(family):
+    """The batched visual positions equal the adapter's per-sample ones; a known width (the
+    trainer's, from the target) gives the same without the host sync, wider pads with 0."""
+    model, processor = tiny(family)
+    batch, _ = make_batch(family, processor)
+    adapter, ids = get_adapter(model), batch["input_ids"]
+    rows = adapter.visual_positions(ids)
+    pos, mask = visual_positions(adapter, ids)
+    assert pos.shape[1] == max(len(r) for r in rows)
+    assert [p[m].tolist() for p, m in zip(pos, mask, strict=True)] == [r.tolist() for r in rows]
+    same = visual_positions(adapter, ids, pos.shape[1])
+    assert torch.equal(same[0], pos) and torch.equal(same[1], mask)
+    wide = visual_positions(adapter, ids, pos.shape[1] + 3)
+    assert torch.equal(wide[0][:, :-3], pos) and not wide[1][:, -3:].any()
+    assert (wide[0][:, -3:] == 0).all()
+
+
+def test_positions_are_taken_as_given():
+    """`Positions` (unchecked) record the same rows as per-sample lists (checked)."""
+    model, processor = tiny("llava")
+    batch, _ = make_batch("llava", processor)
+    adapter, ids = get_adapter(model), batch["input_ids"]
+    lists = [[ids.shape[1] - 1], [ids.shape[1] - 2, ids.shape[1] - 1]]
+    index = torch.tensor([[ids.shape[1] - 1, 0], [ids.shape[1] - 2, ids.shape[1] - 1]])
+    queries = Positions(index, torch.tensor([[True, False], [True, True]]))
+    keys = Positions(*visual_positions(adapter, ids))
+    with torch.no_grad():
+        with AttentionProbe(model, queries=lists) as checked:
+            model(**batch)
+        with AttentionProbe(model, queries=queries, keys=keys) as given:
+            model(**batch)
+    for layer, rows in checked.rows.items():
+        assert torch.equal(rows, given.rows[layer])
+    with pytest.raises(ValueError, match="Positions.mask"):
+        Positions(index, torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="Positions.index"):
+        Positions(index.float(), queries.mask)
+    with pytest.raises(ProbeError, match="outside"):  # lists and tensors are still checked
+        with AttentionProbe(model, queries=[[ids.shape[1]], [0]]), torch.no_grad():
+            model(**batch)

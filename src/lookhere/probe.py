@@ -27,6 +27,7 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -49,6 +50,31 @@ class ProbeError(RuntimeError):
     """The model cannot be probed, or the probe was used wrongly."""
 
 
+@dataclass(frozen=True)
+class Positions:
+    """Padded positions that the probe takes as they are: ``index`` ``(B, N)`` long (0 at
+    padding) and ``mask`` ``(B, N)`` bool (False at padding), on the model's device and inside
+    the forward's sequence, as `query_positions` and `visual_positions` build them from its
+    ``input_ids``.
+
+    Only their shapes are checked, never their values, so using them costs no host sync (on a
+    GPU: no wait for the device) and no host-to-device copy: the training hot path passes these.
+    Lists and plain tensors are checked instead (their bounds, once per forward).
+    """
+
+    index: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.index, torch.Tensor) or self.index.dim() != 2 \
+                or self.index.dtype not in (torch.int32, torch.int64):
+            raise ValueError("Positions.index must be a (batch, n) integer tensor")
+        if not isinstance(self.mask, torch.Tensor) or self.mask.dtype != torch.bool \
+                or self.mask.shape != self.index.shape:
+            raise ValueError(f"Positions.mask must be a bool tensor shaped like index "
+                             f"{tuple(self.index.shape)}")
+
+
 class AttentionProbe:
     """Context manager that records attention rows of chosen layers during a forward pass.
 
@@ -56,8 +82,9 @@ class AttentionProbe:
         model: a VLM with a registered adapter (or pass ``adapter``), language model on SDPA.
         layers: layer indices to record (negative counts from the end); ``None`` = all layers.
         queries: a role (``last_answer``, ``answer_start``, ``all_answer``, ``last_text``), or
-            explicit positions: a ``(B, Q)`` long tensor or a list of per-sample position lists.
-            Answer roles read ``labels`` (answer tokens != -100) from the forward's arguments.
+            explicit positions: a ``(B, Q)`` long tensor, a list of per-sample position lists,
+            or `Positions` (taken unchecked: no host sync). Answer roles read ``labels``
+            (answer tokens != -100) from the forward's arguments.
         keys: ``"visual"`` (each sample's visual tokens, from ``input_ids``), ``"all"`` (every
             key position), or explicit positions like ``queries``.
         end_token_ids: token ids that end an answer (EOS, end-of-turn) and so are never the
@@ -70,7 +97,12 @@ class AttentionProbe:
 
     After each forward: ``rows[layer]`` is ``(B, H, Q, K)`` fp32 with zeros (or ``-inf`` under
     ``log_probs``) at padded queries and keys; ``query_positions``/``query_mask`` are ``(B, Q)``;
-    ``key_positions``/``key_mask`` are ``(B, K)``.
+    ``key_positions``/``key_mask`` are ``(B, K)``, all on the device of ``input_ids``.
+
+    Host syncs (on a GPU, each makes the host wait for the device): none inside the layers. Per
+    forward, ``keys="visual"`` costs one (the widest sample's count of visual tokens sets K), as
+    do ``all_answer`` (the most answer tokens set Q) and explicit tensor positions (their bounds
+    check); `Positions` and the other roles cost none.
     """
 
     def __init__(
@@ -158,14 +190,15 @@ class AttentionProbe:
         self.rows = {}
         self._calls = 0
         self._grad_at_entry = torch.is_grad_enabled()
-        qpos, qmask = self._resolve_queries(input_ids, attn, labels)
-        kpos, kmask = self._resolve_keys(input_ids)
-        # Bounds as Python ints and tensors on the model's device, once per forward: no
-        # host-device sync or copy inside the per-layer attention calls.
-        self._max_q, self._max_k = _max(qpos), _max(kpos)
+        qpos, qmask, self._max_q = self._resolve_queries(input_ids, attn, labels)
+        kpos, kmask, self._max_k = self._resolve_keys(input_ids)
+        # Everything the layers need, on the model's device, once per forward: the layers make
+        # no host-device sync or copy. Bounds are Python ints (None: in bounds by construction).
         device = input_ids.device if input_ids is not None else qpos.device
         self.query_positions, self.query_mask = qpos.to(device), qmask.to(device)
         self.key_positions, self.key_mask = kpos.to(device), kmask.to(device)
+        # (B, 1, Q, K) True at padded queries and keys: they get 0 (or -inf) in every layer
+        self._padding = ~(self.query_mask[:, None, :, None] & self.key_mask[:, None, None, :])
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._calls == 0:
@@ -174,25 +207,28 @@ class AttentionProbe:
                 "do not dispatch through transformers' AttentionInterface"
             )
 
-    def _resolve_queries(self, input_ids, attn, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    def _resolve_queries(self, input_ids, attn, labels
+                         ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        """(positions, mask, largest position or None when in bounds by construction)."""
         if not isinstance(self.queries, str):
             return _explicit_positions("queries", self.queries)
         if input_ids is None:
             raise ProbeError("query roles need input_ids in the forward; pass explicit positions")
-        return query_positions(self.queries, input_ids, attn, labels, self.end_token_ids)
+        return (*query_positions(self.queries, input_ids, attn, labels, self.end_token_ids), None)
 
-    def _resolve_keys(self, input_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    def _resolve_keys(self, input_ids) -> tuple[torch.Tensor, torch.Tensor, int | None]:
         if not isinstance(self.keys, str):
             return _explicit_positions("keys", self.keys)
         if input_ids is None:
             raise ProbeError("keys='visual' needs input_ids in the forward, or explicit keys")
         if self.keys == "all":
             b, n = input_ids.shape
-            return torch.arange(n).expand(b, n), torch.ones(b, n, dtype=torch.bool)
-        pos, mask = pad_positions(self.adapter.visual_positions(input_ids))
-        if not mask.any():
+            pos = torch.arange(n, device=input_ids.device).expand(b, n)
+            return pos, torch.ones(b, n, dtype=torch.bool, device=input_ids.device), None
+        pos, mask = visual_positions(self.adapter, input_ids)
+        if mask.shape[1] == 0:
             raise ProbeError("keys='visual' but the batch holds no image tokens")
-        return pos, mask
+        return pos, mask, None
 
     # -- recording (called from the attention function) ---------------------------------------
     def _record(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
@@ -210,15 +246,14 @@ class AttentionProbe:
             )
         causal = getattr(module, "is_causal", True) if kwargs.get("is_causal") is None \
             else kwargs["is_causal"]
-        _check_bounds(self._max_q, query.shape[2], self._max_k, key.shape[2])
+        _check_bounds(self._max_q, query.shape[2], self._max_k, key.shape[2])  # ints: no sync
         rows = attention_rows(
             query, key, mask, self.query_positions, self.key_positions,
             scaling=scaling, is_causal=causal, check=False,
             sliding_window=kwargs.get("sliding_window"), position_bias=kwargs.get("position_bias"),
             softcap=kwargs.get("softcap"), log=self.log_probs,
         )
-        valid = self.query_mask[:, None, :, None] & self.key_mask[:, None, None, :]
-        rows = rows.masked_fill(~valid, float("-inf")) if self.log_probs else rows * valid
+        rows = rows.masked_fill(self._padding, float("-inf") if self.log_probs else 0.0)
         # Under checkpointing the layer runs again during backward: the rows must be recomputed
         # (autograd needs their saved tensors) but the ones the user holds stay the record.
         if not in_backward:
@@ -258,7 +293,7 @@ def attention_rows(
     scale = d**-0.5 if scaling is None else scaling
     idx = query_positions[:, None, :, None].expand(b, h, n_q, d)
     q = query.gather(2, idx).view(b, h_kv, g * n_q, d)  # (B, Hkv, G*Q, D)
-    scores = _Fp32Scores.apply(q, key) * scale  # (B, Hkv, G*Q, S) fp32
+    scores = _fp32_scores(q, key) * scale  # (B, Hkv, G*Q, S) fp32
     scores = scores.reshape(b, h, n_q, seq_k)  # (B, H, Q, S)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
@@ -273,13 +308,18 @@ def attention_rows(
         allowed = bias > torch.finfo(bias.dtype).min
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    kidx = key_positions[:, None, None, :].expand(b, h, n_q, key_positions.shape[1])
+    if mask is None and position_bias is None:
+        # Only the causal rule (and a window) limit the keys, and a query always sees itself:
+        # no row is empty, so the guard below (four more ops per layer) is not needed.
+        probs = torch.log_softmax(scores, dim=-1) if log else torch.softmax(scores, dim=-1)
+        return probs.gather(3, kidx)  # (B, H, Q, K)
     empty = torch.isneginf(scores).all(-1, keepdim=True)  # (B, H, Q, 1) rows with no key
     if log:
         probs = torch.log_softmax(scores.masked_fill(empty, 0.0), dim=-1)
         probs = probs.masked_fill(empty, float("-inf"))
     else:
         probs = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-    kidx = key_positions[:, None, None, :].expand(b, h, n_q, key_positions.shape[1])
     return probs.gather(3, kidx)  # (B, H, Q, K)
 
 
@@ -287,14 +327,23 @@ def _max(t: torch.Tensor) -> int:
     return int(t.max()) if t.numel() else 0
 
 
-def _check_bounds(max_q: int, seq_q: int, max_k: int, seq_k: int) -> None:
-    if max_q >= seq_q:
+def _check_bounds(max_q: int | None, seq_q: int, max_k: int | None, seq_k: int) -> None:
+    """Positions against this forward's lengths; None: known to be in bounds."""
+    if max_q is not None and max_q >= seq_q:
         raise ProbeError(
             f"query position {max_q} is outside this forward's {seq_q} queries (the probe reads "
             "full-sequence forwards, not cached decoding steps)"
         )
-    if max_k >= seq_k:
+    if max_k is not None and max_k >= seq_k:
         raise ProbeError(f"key position {max_k} is outside {seq_k} keys")
+
+
+def _fp32_scores(q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``q @ key^T`` in fp32: a plain matmul when both are fp32 and autocast is off (autograd
+    then keeps the same tensors, with no Python in the backward), else `_Fp32Scores`."""
+    if q.dtype == key.dtype == torch.float32 and not torch.is_autocast_enabled(q.device.type):
+        return q @ key.transpose(-1, -2)
+    return _Fp32Scores.apply(q, key)
 
 
 class _Fp32Scores(torch.autograd.Function):
@@ -351,22 +400,25 @@ def query_positions(
     labels: torch.Tensor | None = None,  # (B, L) token ids on answer tokens, -100 elsewhere
     end_token_ids: Sequence[int] | set[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query positions for a role: ``(B, Q)`` long positions and ``(B, Q)`` bool mask.
+    """Query positions for a role: ``(B, Q)`` long positions and ``(B, Q)`` bool mask, on the
+    device of ``input_ids``.
 
     - ``last_text``: the last real token (prefill-only grounding prompts);
     - ``last_answer``: the last answer token, not counting end tokens (EOS, end-of-turn);
     - ``answer_start``: the position whose output predicts the first answer token;
     - ``all_answer``: every answer token except end tokens.
-    A sample without answer tokens gets a masked-out query.
+    A sample without answer tokens gets a masked-out query (position 0). Computed on the device
+    for the whole batch; only ``all_answer`` makes a host sync (the most answer tokens of any
+    sample set Q).
     """
     if role not in QUERY_ROLES:
         raise ValueError(f"query role must be one of {QUERY_ROLES}, got {role!r}")
     b, n = input_ids.shape
+    idx = torch.arange(n, device=input_ids.device)  # (L,)
     real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None \
         else attention_mask.bool()
     if role == "last_text":
-        last = torch.where(real, torch.arange(n, device=input_ids.device), -1).max(1).values
-        return last[:, None].clamp(min=0).long(), (last >= 0)[:, None]
+        return _last(real, idx)
     if labels is None:
         raise ProbeError(f"query role {role!r} needs `labels` in the forward (answer tokens "
                          "!= -100), or explicit query positions")
@@ -374,35 +426,74 @@ def query_positions(
         raise ValueError(
             f"labels {tuple(labels.shape)} must match input_ids {tuple(input_ids.shape)}"
         )
-    answer = (labels != IGNORE_INDEX) & real
-    ends = torch.tensor(sorted(end_token_ids), dtype=input_ids.dtype, device=input_ids.device)
-    content = answer & ~torch.isin(input_ids, ends)
-    rows = []
-    for bi in range(b):
-        pos = torch.nonzero(answer[bi] if role == "answer_start" else content[bi]).flatten()
-        if role == "answer_start":
-            pos = pos[:1] - 1
-            pos = pos[pos >= 0]
-        elif role == "last_answer":
-            pos = pos[-1:]
-        rows.append(pos.cpu())
-    pos, mask = pad_positions(rows)
+    answer = (labels != IGNORE_INDEX) & real  # (B, L)
+    if role == "answer_start":
+        first = torch.where(answer, idx, n).min(1).values  # (B,); n when there is no answer
+        ok = (first >= 1) & (first < n)
+        return torch.where(ok, first - 1, 0)[:, None], ok[:, None]
+    content = answer
+    for end in sorted(end_token_ids):  # compared as Python ints: no host-to-device copy
+        content = content & (input_ids != end)
+    if role == "last_answer":
+        return _last(content, idx)
+    pos, mask = true_positions(content)
     if pos.shape[1] == 0:  # no sample has an answer: keep one masked query column
-        pos, mask = torch.zeros(b, 1, dtype=torch.long), torch.zeros(b, 1, dtype=torch.bool)
+        return pos.new_zeros(b, 1), mask.new_zeros(b, 1)
     return pos, mask
 
 
-def _explicit_positions(name: str, spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def visual_positions(adapter: Adapter, input_ids: torch.Tensor, width: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's visual-token positions, padded: ``(B, K)`` long and ``(B, K)`` bool, on
+    the device of ``input_ids``; the batch form of `Adapter.visual_positions`. ``width`` = K when
+    the caller knows it (e.g. the width of the batch's KLAL target), which saves the one host
+    sync that finding it costs."""
+    return true_positions(input_ids == adapter.image_token_id, width)
+
+
+def true_positions(flags: torch.Tensor, width: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``flags`` ``(B, L)`` bool, the positions of its True entries in order, padded
+    with 0 to ``width`` columns: ``(B, width)`` long and the ``(B, width)`` bool mask. ``width``
+    None: the most True entries of any row (one host sync). Rows with more than ``width`` keep
+    their first ``width``."""
+    b, n = flags.shape
+    count = flags.sum(1)  # (B,)
+    if width is None:
+        width = int(count.max()) if b else 0
+    idx = torch.arange(n, device=flags.device)
+    # True entries sort first (key = their position), the others after them (position + L)
+    order = torch.where(flags, idx, idx + n).sort(1).values[:, :width]  # (B, min(width, L))
+    if width > n:
+        order = torch.nn.functional.pad(order, (0, width - n), value=2 * n)
+    mask = torch.arange(width, device=flags.device) < count[:, None]  # (B, width)
+    return torch.where(mask, order, 0), mask
+
+
+def _last(flags: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last True position of each row: ``(B, 1)`` (0 where none) and its ``(B, 1)`` mask."""
+    last = torch.where(flags, idx, -1).max(1).values  # (B,); -1 where no entry is True
+    return last.clamp(min=0)[:, None], (last >= 0)[:, None]
+
+
+def _explicit_positions(name: str, spec: Any) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """(positions, mask, largest position or None) of explicit positions: `Positions` as they
+    are; a tensor's values checked on the device (one host sync); lists checked on the host."""
+    if isinstance(spec, Positions):
+        return spec.index.long(), spec.mask, None
     if isinstance(spec, torch.Tensor):
         if spec.dim() != 2 or spec.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"{name} must be a (batch, n) integer tensor, got {tuple(spec.shape)}")
-        if (spec < 0).any():
+        low, high = (int(v) for v in torch.stack([spec.min(), spec.max()]).tolist()) \
+            if spec.numel() else (0, 0)
+        if low < 0:
             raise ValueError(f"{name} positions must be >= 0")
-        return spec.long(), torch.ones_like(spec, dtype=torch.bool)
-    rows = [torch.as_tensor(list(r), dtype=torch.long) for r in spec]
-    if any((r < 0).any() for r in rows):
+        return spec.long(), torch.ones_like(spec, dtype=torch.bool), high
+    rows = [[int(v) for v in r] for r in spec]
+    if any(v < 0 for r in rows for v in r):
         raise ValueError(f"{name} positions must be >= 0")
-    return pad_positions(rows)
+    pos, mask = pad_positions([torch.tensor(r, dtype=torch.long) for r in rows])
+    return pos, mask, max((v for r in rows for v in r), default=0)
 
 
 def _check_spec(name: str, spec: Any, roles: Sequence[str]) -> Any:
@@ -412,9 +503,10 @@ def _check_spec(name: str, spec: Any, roles: Sequence[str]) -> Any:
                 f"{name} must be one of {tuple(roles)} or explicit positions, got {spec!r}"
             )
         return spec
-    if isinstance(spec, torch.Tensor) or isinstance(spec, Sequence):
+    if isinstance(spec, (Positions, torch.Tensor, Sequence)):
         return spec
-    raise TypeError(f"{name} must be a role name, a (batch, n) tensor or a list of lists")
+    raise TypeError(f"{name} must be a role name, Positions, a (batch, n) tensor or a list of "
+                    "lists")
 
 
 def _eos_ids(model: nn.Module) -> set[int]:

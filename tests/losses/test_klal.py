@@ -593,3 +593,48 @@ def test_rows_without_target_may_be_anything_finite():
     loss = klal_loss(log_attn, target, sample_mask=torch.tensor([True, False]))
     expected = klal_loss(log_attn[:, :1], target[:1])
     torch.testing.assert_close(loss, expected)
+
+
+# --------------------------------------------------------------------------- 11. unchecked
+
+
+@pytest.mark.parametrize("heads", [None, {0: [1], 2: [0, 3]}])
+@pytest.mark.parametrize("seed", range(3))
+def test_unchecked_equals_checked_and_the_float64_loops(seed, heads):
+    """check=False (the trainer's hot path: no values check, no host sync) gives the same loss
+    and gradient as the checked call, and both equal the per-layer float64 loops, with padding,
+    dead heads and queries, and a head selection (one stacked tensor, left-out heads at -inf)."""
+    log_attn, target, key_mask, query_mask, sample_mask = random_case(300 + seed, h=4)
+    masks = dict(key_mask=key_mask, query_mask=query_mask, sample_mask=sample_mask)
+    pairs = None if heads is None else [(layer, h) for layer, hs in heads.items() for h in hs]
+    losses, grads = [], []
+    for check in (True, False):
+        leaf = log_attn.clone().requires_grad_(True)
+        loss = klal_loss(leaf, target, heads=pairs, check=check, **masks)
+        loss.backward()
+        losses.append(loss)
+        grads.append(leaf.grad)
+    assert losses[0].item() == losses[1].item()
+    assert torch.equal(grads[0], grads[1])
+    leaf = log_attn.double().requires_grad_(True)
+    expected = reference_loss(as_dict(leaf), target, heads=heads, **masks)
+    expected.backward()
+    torch.testing.assert_close(losses[1].double(), expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1].double(), leaf.grad, rtol=1e-4, atol=1e-7)
+    if heads is not None:  # the selection matters: left-out heads get no gradient
+        left_out = torch.ones(3, 4, dtype=torch.bool)
+        for layer, hs in heads.items():
+            left_out[layer, hs] = False
+        left_out = left_out[:, None, :, None, None].expand_as(grads[1])  # (L, B, H, Q, K)
+        assert (grads[1][left_out] == 0).all()
+        assert grads[1][~left_out].abs().sum() > 0
+
+
+def test_unchecked_skips_the_values_check_only():
+    log_attn, target = _good()
+    bad = torch.zeros_like(target)
+    with pytest.raises(ValueError, match="sum to 1"):
+        klal_loss(log_attn, bad)
+    assert klal_loss(log_attn, bad, check=False).item() == 0.0  # not checked: garbage in, out
+    with pytest.raises(ValueError, match="target must be"):  # shapes are still checked
+        klal_loss(log_attn, target[:, :-1], check=False)

@@ -39,16 +39,18 @@ def klal_loss(
     query_mask: torch.Tensor | None = None,
     sample_mask: torch.Tensor | None = None,
     heads: Sequence[tuple[int, int]] | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Scalar KLAL: the mean of `klal_per_sample` over the samples that have a target.
 
     Returns a zero that keeps the graph (so every process still runs backward) when no sample in
-    the batch has a target. Arguments are those of `klal_per_sample`.
+    the batch has a target. Arguments are those of `klal_per_sample`. Without ``check`` the
+    whole computation runs on the device with no host sync.
     """
-    per_sample, valid = klal_per_sample(log_attn, target, key_mask, query_mask, sample_mask, heads)
-    if not valid.any():
-        return per_sample.sum() * 0.0
-    return per_sample[valid].mean()
+    per_sample, valid = klal_per_sample(log_attn, target, key_mask, query_mask, sample_mask, heads,
+                                        check)
+    # invalid samples are 0 in per_sample: a sum over the valid count, with no host sync
+    return per_sample.sum() / valid.sum().clamp(min=1)
 
 
 def klal_per_sample(
@@ -58,6 +60,7 @@ def klal_per_sample(
     query_mask: torch.Tensor | None = None,
     sample_mask: torch.Tensor | None = None,
     heads: Sequence[tuple[int, int]] | None = None,
+    check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample KLAL ``(B,)`` fp32 and its validity ``(B,)`` bool.
 
@@ -73,7 +76,12 @@ def klal_per_sample(
         sample_mask: ``(B,)`` bool, samples that have a target; default all.
         heads: ``(layer, head)`` pairs to average (e.g. localization heads); the layers used
             are those named. Default: every head of every given layer.
-    Invalid samples get 0 in the first output and False in the second.
+        check: refuse values that give a meaningless number (see `_check_values`; one host
+            sync). Shapes are checked either way. False for callers whose inputs are right by
+            construction, e.g. the trainer's probe rows and collator targets after its first
+            step: the loss then makes no host sync.
+    Invalid samples get 0 in the first output and False in the second. All layers are computed
+    as one stacked ``(L, B, H, Q, K)`` tensor, not in a loop.
     """
     layers = _as_layers(log_attn)
     b, h, q, k = next(iter(layers.values())).shape
@@ -86,13 +94,18 @@ def klal_per_sample(
         if layers[layer].shape != (b, h, q, k):
             raise ValueError(f"log_attn[{layer}] is {tuple(layers[layer].shape)}, "
                              f"expected {(b, h, q, k)}")
-    _check_values({layer: layers[layer] for layer in chosen}, target, key_mask, sample_mask)
-    if all(v is None for v in chosen.values()):  # every head: one stacked call, no layer loop
-        kl, ok = _layer_kl(torch.stack([layers[layer] for layer in chosen]), target, key_mask)
-    else:
-        pairs = [_layer_kl(layers[layer][:, sel], target, key_mask)
-                 for layer, sel in chosen.items()]
-        kl, ok = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    if check:
+        _check_values({layer: layers[layer] for layer in chosen}, target, key_mask, sample_mask)
+    rows = torch.stack([layers[layer] for layer in chosen])  # (L, B, H, Q, K)
+    if any(sel is not None for sel in chosen.values()):
+        # Heads left out become rows of -inf, which head_mean drops like a head that sees no
+        # key. The mask is filled on the device element by element: no host-to-device copy.
+        left_out = torch.ones(len(chosen), h, dtype=torch.bool, device=rows.device)  # (L, H)
+        for i, sel in enumerate(chosen.values()):
+            for head in range(h) if sel is None else sel:
+                left_out[i, head] = False
+        rows = rows.masked_fill(left_out[:, None, :, None, None], float("-inf"))
+    kl, ok = _layer_kl(rows, target, key_mask)  # (L, B, Q) each
     ok = ok & query_mask  # (L, B, Q)
     n = ok.sum(-1)  # (L, B) valid queries
     kl = torch.where(ok, kl, 0.0).sum(-1) / n.clamp(min=1)  # (L, B) mean over queries

@@ -16,14 +16,26 @@ from lookhere.losses.config import KLALConfig, LLLConfig
 from lookhere.losses.klal import klal_loss
 from lookhere.losses.lll import lll_loss
 from lookhere.models.adapter import get_adapter, resolve_heads, unwrap_model
-from lookhere.probe import IGNORE_INDEX, AttentionProbe, query_positions
+from lookhere.probe import (
+    IGNORE_INDEX,
+    AttentionProbe,
+    Positions,
+    query_positions,
+    visual_positions,
+)
 
 
 def klal_probe(model: nn.Module, inputs: Mapping[str, Any], aux: Mapping[str, Any],
-               config: KLALConfig) -> AttentionProbe | nullcontext:
+               config: KLALConfig, check: bool = True) -> AttentionProbe | nullcontext:
     """The probe for one step: the config's query role over each sample's answer content tokens
     (``aux["answer_mask"]`` from `GroundingCollator`), keys = visual tokens, log-probabilities.
-    A ``nullcontext`` (yielding None) when KLAL is neither trained on nor monitored."""
+    A ``nullcontext`` (yielding None) when KLAL is neither trained on nor monitored.
+
+    Positions are built on the device for the whole batch. With ``check`` the keys' width is
+    the batch's own count of visual tokens (one host sync), which `klal_term` then compares with
+    the target's; without it the width is taken from ``aux["target"]`` (the collator builds both
+    from one layout), so the step makes no host sync (``all_answer`` still makes one: the most
+    answer tokens set the query width)."""
     if not config.active:
         return nullcontext()
     if "answer_mask" not in aux:
@@ -31,14 +43,18 @@ def klal_probe(model: nn.Module, inputs: Mapping[str, Any], aux: Mapping[str, An
     ids = inputs["input_ids"]
     answer = aux["answer_mask"].to(ids.device).bool()
     labels = torch.where(answer, ids, IGNORE_INDEX)  # content tokens only: no end-of-turn
-    pos, mask = query_positions(config.query, ids, inputs.get("attention_mask"), labels)
-    queries = [p[m].tolist() for p, m in zip(pos, mask, strict=True)]
-    return AttentionProbe(model, layers=config.probe_layers(), queries=queries, keys="visual",
-                          log_probs=True)
+    queries = Positions(*query_positions(config.query, ids, inputs.get("attention_mask"), labels))
+    adapter = get_adapter(unwrap_model(model))
+    keys = "visual" if check or "target" not in aux else \
+        Positions(*visual_positions(adapter, ids, aux["target"].shape[-1]))
+    return AttentionProbe(model, layers=config.probe_layers(), queries=queries, keys=keys,
+                          adapter=adapter, log_probs=True)
 
 
-def klal_term(probe: AttentionProbe, aux: Mapping[str, Any], config: KLALConfig) -> torch.Tensor:
-    """Scalar KLAL of the probe's last forward against ``aux["target"]``."""
+def klal_term(probe: AttentionProbe, aux: Mapping[str, Any], config: KLALConfig,
+              check: bool = True) -> torch.Tensor:
+    """Scalar KLAL of the probe's last forward against ``aux["target"]``; ``check`` as in
+    `klal_probe` (and `klal_loss`: the target's and the rows' values)."""
     if not probe.rows:
         raise RuntimeError("the probe recorded no rows: run the forward inside its context")
     device = probe.key_mask.device
@@ -51,7 +67,7 @@ def klal_term(probe: AttentionProbe, aux: Mapping[str, Any], config: KLALConfig)
     heads = None if config.heads is None else resolve_heads(
         config.heads, probe.adapter.num_layers, probe.adapter.num_heads)  # negative layers too
     return klal_loss(probe.rows, target, key_mask=probe.key_mask, query_mask=probe.query_mask,
-                     sample_mask=aux["has_target"].to(device), heads=heads)
+                     sample_mask=aux["has_target"].to(device), heads=heads, check=check)
 
 
 def lll_capture(model: nn.Module, inputs: Mapping[str, Any], config: LLLConfig | None

@@ -42,6 +42,10 @@ class GroundingTrainer(Trainer):
         self._probe = None
         self._capture = None
         self._aux: dict[str, Any] = {}
+        # The first step checks the KLAL inputs (target values, its width against the batch's
+        # visual tokens); the collator builds every batch the same way, so later steps skip the
+        # checks and their host syncs (objective.klal_probe / klal_term, check=False).
+        self._klal_checked = False
         self._sums: dict[str, torch.Tensor] = {}
         self._sums_from_step = 0
 
@@ -61,7 +65,8 @@ class GroundingTrainer(Trainer):
         """Pop the lookhere_ entries and keep the step's probe and capture active around it;
         yields the model inputs. `compute_loss` reads them and the entries from ``self``."""
         inputs, aux = split_aux(inputs)
-        with klal_probe(model, inputs, aux, self.klal) as probe, \
+        check = not self._klal_checked
+        with klal_probe(model, inputs, aux, self.klal, check) as probe, \
                 lll_capture(model, inputs, self.lll) as capture:
             self._probe, self._capture, self._aux = probe, capture, aux
             try:
@@ -76,7 +81,9 @@ class GroundingTrainer(Trainer):
                                             num_items_in_batch=num_items_in_batch)
         terms = {}  # name -> (weight, value) of the auxiliary terms this step computes
         if self._probe is not None:
-            terms["klal"] = (self.klal.weight, klal_term(self._probe, self._aux, self.klal))
+            term = klal_term(self._probe, self._aux, self.klal, check=not self._klal_checked)
+            terms["klal"] = (self.klal.weight, term)
+            self._klal_checked = True
         if self._capture is not None:
             terms["lll"] = (self.lll.weight, lll_term(self._capture, self._aux, self.lll))
         # The Trainer divides the returned loss by the accumulation steps unless the NTP loss
