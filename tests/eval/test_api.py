@@ -77,9 +77,11 @@ def test_answers_score_as_the_stub_answered(samples, tmp_path):
 def test_injected_failures_are_survived(samples, tmp_path):
     faults = {samples[0].id: ["429"], samples[1].id: ["429:0.4"], samples[2].id: ["500"],
               samples[3].id: ["slow"], samples[4].id: ["malformed", "500"]}
-    with StubApi(samples, slow_s=1.0) as stub:
+    # the timeout leaves an ordinary answer seconds on a loaded machine (two test workers on
+    # two cores), so only the "slow" fault times out: retries stay exactly one per fault
+    with StubApi(samples, slow_s=2.5) as stub:
         stub.faults = {k: list(v) for k, v in faults.items()}
-        run = ask_all(samples, config(stub, concurrency=3, timeout=0.5, max_retries=2),
+        run = ask_all(samples, config(stub, concurrency=3, timeout=1.5, max_retries=2),
                       tmp_path / "a.jsonl", key=KEY, progress=False)
         log = stub.requests()
     assert run.answers == {s.id: s.answer for s in samples} and run.retries == 6
