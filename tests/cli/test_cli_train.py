@@ -133,6 +133,7 @@ def test_eval_only_scores_the_saved_model(work, tmp_path):
     (["--data-train", "{grid}", "--output_dir", "{tmp}/o", "--data-format", "coco"],
      "data.format"),
     (["--data-train", "{tmp}/none", "--output_dir", "{tmp}/o"], "data.train"),
+    (["--data-train", "{grid}", "--output_dir", "{tmp}/o", "--eval-style", "xml"], "eval.style"),
     (["--data-train", "{grid}", "--output_dir", "{tmp}/o", "--resume"], "holds no run"),
     (["--data-train", "{grid}", "--output_dir", "{grid}"], "not empty; pass --resume"),
     (["--config", "{tmp}/bad.yaml"], "bad.yaml:3: not valid YAML"),

@@ -33,7 +33,7 @@ they go under `training:`. lookhere's defaults for them: remove_unused_columns f
 report_to none, use_cpu true where there is no CUDA.
 
 examples:
-  lookhere train --config examples/llava-refcoco-klal.yaml
+  lookhere train --config examples/llava-1.5-7b-refcoco-klal.yaml
   lookhere train --data-train runs/data/grid --data-eval runs/data/grid-test \\
       --output_dir runs/ft --max_steps 200 --learning_rate 1e-4
   torchrun --nproc_per_node 8 -m lookhere.cli train --config CONFIG

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lookhere.data.formats import STYLES
 from lookhere.data.source import DataArguments
 from lookhere.losses.config import KLALConfig, LLLConfig, TargetConfig
 
@@ -80,7 +81,7 @@ class EvalArguments:
     batch_size: int = field(default=8, metadata={"help": "samples per generation batch"})
     max_new_tokens: int = field(default=32, metadata={"help": "generated tokens per answer"})
     style: str = field(default="plain", metadata={
-        "help": "box and point answer style to parse (lookhere.data.formats.STYLES)"})
+        "help": f"box and point answer style to parse: {', '.join(STYLES)}"})
     attention: bool = field(default=True, metadata={
         "help": "also measure the answer's attention ratio (a teacher-forced forward)"})
 
@@ -88,6 +89,8 @@ class EvalArguments:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"eval.style must be one of {STYLES}, got {self.style!r}")
 
 
 def _off() -> LLLConfig:
