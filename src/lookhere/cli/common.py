@@ -82,14 +82,20 @@ def check_outputs(args: argparse.Namespace, names: tuple[str, ...], prog: str) -
             raise fail(f"{flag} {path}: its folder is not writable", prog)
 
 
-def check_out_dir(path: Path, prog: str, new: bool = True, flag: str = "--out") -> None:
+def check_out_dir(path: Path, prog: str, new: bool = True, flag: str = "--out",
+                  overwrite: bool | None = None) -> None:
     """Before any work: an output folder must not be a file, must be new or empty when ``new``
     (a folder a rerun resumes passes ``new=False``), and its parent must exist or be creatable,
     and be writable. Folders are never replaced: a full one is refused, with or without
-    ``--overwrite``."""
+    ``--overwrite``; a command that writes files into a folder (``overwrite`` given: its
+    ``--overwrite``) writes into a full one only with ``--overwrite``."""
     if path.exists() and not path.is_dir():
         raise fail(f"{flag} {path} is a file; give a folder", prog)
-    if new and path.is_dir() and any(path.iterdir()):
+    full = path.is_dir() and any(path.iterdir())
+    if overwrite is not None and full and not overwrite:
+        raise fail(f"{flag} {path} exists and is not empty; pass --overwrite to write into it "
+                   "(files of the same name are replaced)", prog)
+    if new and overwrite is None and full:
         raise fail(f"{flag} {path} exists and is not an empty folder; choose a new one", prog)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -116,10 +116,7 @@ def _check_options(args: argparse.Namespace) -> Any:
         threshold = parse_threshold(args.threshold)
     except ValueError as err:
         raise fail(f"--threshold: {err}", PROG) from None
-    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
-        raise fail(f"--out {args.out} exists and is not empty; pass --overwrite to write into "
-                   f"it (files of the same name are replaced)", PROG)
-    check_out_dir(args.out, PROG, new=False)  # not a file; creatable and writable
+    check_out_dir(args.out, PROG, overwrite=args.overwrite)
     return threshold
 
 

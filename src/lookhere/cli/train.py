@@ -117,23 +117,17 @@ def _finetune(config: Any, targs: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser:
+def _training_parser() -> Any:
     """``HfArgumentParser(TrainingArguments)`` whose errors are one line (exit 2), not its long
     usage."""
+    from transformers import HfArgumentParser, TrainingArguments
 
-    def __new__(cls) -> Any:
-        from transformers import HfArgumentParser, TrainingArguments
+    class OneLine(HfArgumentParser):
+        def error(self, message: str) -> None:  # noqa: D102 - argparse's hook
+            raise SystemExit(f"{PROG}: error: {message} (TrainingArguments; "
+                             "--help-training lists them)")
 
-        class OneLine(HfArgumentParser):
-            def error(self, message: str) -> None:  # noqa: D102 - argparse's hook
-                raise SystemExit(f"{PROG}: error: {message} (TrainingArguments; "
-                                 "--help-training lists them)")
-
-        return OneLine(TrainingArguments, prog=f"{PROG} [lookhere options]")
-
-
-def _training_parser() -> Any:
-    return _Parser()
+    return OneLine(TrainingArguments, prog=f"{PROG} [lookhere options]")
 
 
 def _training_args(extra: list[str], training: dict[str, Any], quiet: bool) -> Any:

@@ -253,6 +253,26 @@ TASKS = (*BENCHMARKS, "rec", "point")
 KLAL_CONDITIONS = ("ntp", "klal")
 
 
+def klal_task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
+    """Task settings at the model's input size (docs/results.md says how they were chosen).
+
+    Grid Patch is scaled to what a ~1M-parameter model trained from scratch can learn in minutes:
+    cells of 2x2 patches (4x4 at 112 px) and 2 distractors, without the grid preamble (a short
+    question). The line tasks keep their generators' defaults; ``rec`` draws the other
+    experiments' Shapes scenes, ``point`` the pretrained evaluation's Scenes (2-4 objects).
+    """
+    grid = max(1, image_size // 28)
+    return {
+        "grid_patch": {"image_size": image_size, "grid_rows": grid, "grid_cols": grid,
+                       "num_distractors": 2, "describe_grid": False},
+        "line_intersection": {"image_size": image_size},
+        "line_tracing": {"image_size": image_size},
+        "rec": {**shapes_defaults(image_size), "mode": "rec"},
+        "point": {"image_size": image_size, "mode": "instruct", "max_objects": 4,
+                  "skills": ("point",)},
+    }
+
+
 @dataclass(frozen=True)
 class KLALExperimentConfig(ExperimentConfig):
     """One NTP vs NTP+KLAL comparison (defaults: `make demo`)."""

@@ -85,14 +85,11 @@ def check_run_folder(config: TrainConfig, args: Any, resume: bool, eval_only: bo
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    out = []
-    for key, value in _flat(now["config"], "").items():
-        if _flat(saved.get("config", {}), "").get(key) != value:
-            out.append(key)
-    for key, value in now["training"].items():
-        if key not in RESUMABLE and saved.get("training", {}).get(key) != value:
-            out.append(f"training.{key}")
-    return out
+    before = _flat(saved.get("config", {}), "")
+    out = [key for key, value in _flat(now["config"], "").items() if before.get(key) != value]
+    trained = saved.get("training", {})
+    return out + [f"training.{key}" for key, value in now["training"].items()
+                  if key not in RESUMABLE and trained.get(key) != value]
 
 
 def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -39,13 +39,13 @@ from lookhere.experiment.config import (  # noqa: F401 (the config, named here t
     BENCHMARKS,
     TASKS,
     KLALExperimentConfig,
+    klal_task_defaults,
 )
 from lookhere.experiment.config import KLAL_CONDITIONS as CONDITIONS  # noqa: F401
 from lookhere.experiment.training import (
     TEST_SEED_OFFSET,
     TrainRecord,
     fit,
-    shapes_defaults,
     training_args,
 )
 from lookhere.models.adapter import get_adapter
@@ -64,26 +64,6 @@ ANSWER_TOKENS = {"grid_patch": 10, "line_intersection": 3, "line_tracing": 3, "r
 def generator(task: str) -> str:
     """The synthetic generator of ``task`` (the name its samples and scores carry)."""
     return GENERATORS.get(task, task)
-
-
-def _task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
-    """Task settings at the model's input size (docs/results.md says how they were chosen).
-
-    Grid Patch is scaled to what a ~1M-parameter model trained from scratch can learn in minutes:
-    cells of 2x2 patches (4x4 at 112 px) and 2 distractors, without the grid preamble (a short
-    question). The line tasks keep their generators' defaults; ``rec`` draws the other
-    experiments' Shapes scenes, ``point`` the pretrained evaluation's Scenes (2-4 objects).
-    """
-    grid = max(1, image_size // 28)
-    return {
-        "grid_patch": {"image_size": image_size, "grid_rows": grid, "grid_cols": grid,
-                       "num_distractors": 2, "describe_grid": False},
-        "line_intersection": {"image_size": image_size},
-        "line_tracing": {"image_size": image_size},
-        "rec": {**shapes_defaults(image_size), "mode": "rec"},
-        "point": {"image_size": image_size, "mode": "instruct", "max_objects": 4,
-                  "skills": ("point",)},
-    }
 
 
 @dataclass(frozen=True)
@@ -155,7 +135,8 @@ class KLALResult:
 
 def task_config(config: KLALExperimentConfig, task: str) -> dict[str, Any]:
     """The generator settings of ``task``: defaults at the image size, then the overrides."""
-    return {**_task_defaults(config.train.image_size)[task], **config.task_options.get(task, {})}
+    defaults = klal_task_defaults(config.train.image_size)[task]
+    return {**defaults, **config.task_options.get(task, {})}
 
 
 def train_split(config: KLALExperimentConfig, task: str) -> SampleList:

@@ -7,7 +7,7 @@ from typing import Any
 
 from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
-from lookhere.experiment.config import shapes_defaults
+from lookhere.experiment.config import klal_task_defaults, shapes_defaults
 
 #: the seed of the gallery's samples (index 0, 1, ...): the same pictures on every start
 SEED = 0
@@ -17,12 +17,11 @@ def task_settings(image_size: int) -> dict[str, dict[str, Any]]:
     """Generator settings at ``image_size`` px: the KLAL benchmarks as the experiments draw them
     (Grid Patch with 28 px cells, no grid preamble), Shapes questions and Scenes instructions
     (what the shipped checkpoint was taught)."""
-    grid = max(1, image_size // 28)
+    klal = klal_task_defaults(image_size)
     return {
-        "grid_patch": {"image_size": image_size, "grid_rows": grid, "grid_cols": grid,
-                       "num_distractors": 2, "describe_grid": False},
-        "line_intersection": {"image_size": image_size},
-        "line_tracing": {"image_size": max(96, image_size)},
+        "grid_patch": klal["grid_patch"],
+        "line_intersection": klal["line_intersection"],
+        "line_tracing": {**klal["line_tracing"], "image_size": max(96, image_size)},
         "shapes": {**shapes_defaults(image_size), "mode": "vqa"},
         "scenes": {"image_size": image_size, "mode": "instruct", "max_objects": 4},
     }
