@@ -123,6 +123,3 @@ def _explicit(spec: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("positions must be non-negative")
     return pad_positions(rows)
 
-
-# ---------------------------------------------------------------------------------------------
-# The lens.

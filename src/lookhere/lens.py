@@ -355,6 +355,3 @@ def _check_concepts(processor: Any, concepts: Any, rule: str) -> list[list[int]]
     tok = getattr(processor, "tokenizer", processor)
     return [concept_ids(tok, c, rule) for c in concepts]
 
-
-# ---------------------------------------------------------------------------------------------
-# Figures.

@@ -1,15 +1,14 @@
 """``lookhere heads find``, ``lookhere ground`` and ``lookhere eval rec`` end to end on a saved tiny
 model and a Shapes REC folder: each command's output equals the library called directly, the
-centre baseline equals pycocotools, torchrun over 2 gloo processes writes the 1-process spec,
-and bad input exits 2 with the command's name."""
+centre baseline equals pycocotools, and bad input exits 2 with the command's name (the command
+under torchrun: tests/heads/test_heads_distributed.py)."""
 
 import dataclasses
 import json
-import sys
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, torchrun
+from conftest import FIXTURES
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -72,21 +71,6 @@ def test_heads_find_equals_the_library(env):
     assert variant.num_samples == 4 and variant.settings["skip_layers"] == [0]
     assert {k: variant.settings[k] for k in ("top_k", "tau", "threshold", "weight")} == {
         "top_k": 2, "tau": "per_sample", "threshold": "two_mean", "weight": "mass"}
-
-
-@pytest.mark.distributed
-def test_heads_find_under_torchrun(env, tmp_path):
-    root = env[0]
-    out = tmp_path / "heads.json"
-    proc = torchrun(["--no-python", sys.executable, "-c", "import sys; from lookhere.cli import "
-                     "main; sys.exit(main(sys.argv[1:]))", "heads", "find", "--model",
-                     root / "model", "--data", root / "rec", "--out", out, "--batch-size", "2",
-                     "--device", "cpu"], nproc=2)
-    assert proc.stdout.count("heads (") == 1  # rank 0 alone reports (and writes)
-    one = HeadSpec.load(root / "heads.json")
-    two = HeadSpec.load(out)
-    assert two.heads == one.heads and two.counts == one.counts and two.num_samples == N
-    assert two.tau == pytest.approx(one.tau)
 
 
 def test_ground_image_and_text(env, tmp_path, capsys):

@@ -1,12 +1,12 @@
-"""torchrun worker of ``test_heads_distributed.py``: a sharded, resumable head search.
+"""torchrun worker of ``test_heads_distributed.py``: ``lookhere heads find`` sharded and resumed.
 
-    torchrun --nproc_per_node 2 tests/heads/heads_dist_worker.py OUT
+    torchrun --nproc_per_node 2 tests/heads/heads_dist_worker.py OUT MODEL DATA
 
-Each rank searches a fresh tiny LLaVA (seed 0, built identically everywhere) on the same Shapes
-REC samples with ``scores_dir=OUT/scores``, then searches again (everything is on disk now).
-It writes ``OUT/spec-<rank>.json`` (the first HeadSpec), ``OUT/again-<rank>.json`` (the second)
-and ``OUT/calls-<rank>.json`` (the sample ids of every batch it ran a forward on, per search).
-The test imports `search` to run the same configuration in a single process.
+Each rank runs the command on the saved model and REC folder with ``--scores-dir OUT/scores``
+(rank 0 alone reports and writes ``OUT/heads.json``), then the library's search again on the
+same scores (everything is on disk now), whose HeadSpec every rank returns: it writes
+``OUT/again-<rank>.json`` and ``OUT/calls-<rank>.json`` (the sample ids of every batch it ran a
+forward on, per search).
 """
 
 from __future__ import annotations
@@ -21,23 +21,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from lookhere.data.synthetic import make_task  # noqa: E402
+from lookhere.cli import main as cli  # noqa: E402
+from lookhere.data.disk import read_samples  # noqa: E402
 from lookhere.heads import search as search_module  # noqa: E402
-from lookhere.heads.selection import HeadSpec  # noqa: E402
 from lookhere.io import write_json  # noqa: E402
-from lookhere.models import build_tiny, get_adapter  # noqa: E402
+from lookhere.models.loading import load_model  # noqa: E402
 
-NUM_SAMPLES, BATCH_SIZE = 12, 5  # batches of 5, 5 and 2: rank 0 scores 0 and 2, rank 1 scores 1
-
-
-def search(scores_dir: Path | None = None, progress: bool = False) -> HeadSpec:
-    """Find heads on a fresh tiny LLaVA with 4 layers (layers 0-1 are skipped)."""
-    model, processor = build_tiny("llava", {"layers": 4}, seed=0)
-    task = make_task("shapes", seed=3, image_size=112)
-    samples = [task.sample(i) for i in range(NUM_SAMPLES)]
-    return search_module.find_heads(model, processor, get_adapter(model), samples,
-                                    model_id="tiny-llava", per_sample=3, batch_size=BATCH_SIZE,
-                                    scores_dir=scores_dir, progress=progress)
+BATCH_SIZE, PER_SAMPLE = 5, 3  # 12 samples in batches of 5, 5, 2: rank 0 scores 0 and 2
 
 
 def record_calls() -> list[list[str]]:
@@ -53,16 +43,21 @@ def record_calls() -> list[list[str]]:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    out, model_dir, data = (Path(a) for a in sys.argv[1:4])
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     rank = dist.get_rank()
     calls = record_calls()
-    spec = search(out / "scores", progress=True)
+    assert cli(["heads", "find", "--model", str(model_dir), "--data", str(data), "--out",
+                str(out / "heads.json"), "--batch-size", str(BATCH_SIZE), "--per-sample",
+                str(PER_SAMPLE), "--scores-dir", str(out / "scores"), "--device", "cpu"]) == 0
     first = list(calls)
     calls.clear()
-    again = search(out / "scores")
-    spec.save(out / f"spec-{rank}.json")
+    model, processor, adapter = load_model(str(model_dir))
+    again = search_module.find_heads(model, processor, adapter, list(read_samples(data)),
+                                     model_id=str(model_dir), per_sample=PER_SAMPLE,
+                                     batch_size=BATCH_SIZE, scores_dir=out / "scores",
+                                     progress=False)
     again.save(out / f"again-{rank}.json")
     write_json({"world_size": dist.get_world_size(), "first": first, "again": calls},
                out / f"calls-{rank}.json")
