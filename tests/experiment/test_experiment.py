@@ -68,6 +68,21 @@ def test_real_data_analogues():
             assert not score_answer(s, far).correct
 
 
+def test_point_target_mask_keeps_the_object():
+    """``point_target='mask'``: the same point samples, the KLAL target the object's mask that
+    the test scores against (its cells, not the gold point's); anything else is refused."""
+    points = train_split(tiny_config(tasks=("point",)), "point").samples
+    masks = train_split(tiny_config(tasks=("point",), point_target="mask"), "point").samples
+    assert [s.id for s in masks] == [s.id for s in points]
+    for p, m in zip(points, masks, strict=True):
+        assert m.geometry.points == [] and m.geometry.mask is not None
+        x, y = p.geometry.points[0]
+        assert m.geometry.mask[int(y), int(x)]  # the gold point lies on the object
+        assert m.geometry.mask.sum() > 1
+    with pytest.raises(ValueError, match="point_target must be one of"):
+        tiny_config(point_target="box")
+
+
 @pytest.mark.slow
 def test_demo_writes_report(tmp_path):
     """The demo in two worker processes (spawned, so every part loads the checkpoint from

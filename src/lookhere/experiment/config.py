@@ -273,6 +273,9 @@ def klal_task_defaults(image_size: int) -> dict[str, dict[str, Any]]:
     }
 
 
+POINT_TARGETS = ("point", "mask")
+
+
 @dataclass(frozen=True)
 class KLALExperimentConfig(ExperimentConfig):
     """One NTP vs NTP+KLAL comparison (defaults: `make demo`)."""
@@ -297,8 +300,14 @@ class KLALExperimentConfig(ExperimentConfig):
         "help": "per-task generator overrides, e.g. {'grid_patch': {'num_distractors': 1}}"})
     save_models: bool = field(default=False, metadata={
         "help": "save each trained model under out/models/<task>/<condition>"})
+    point_target: str = field(default="point", metadata={
+        "help": "the 'point' task's KLAL target: 'point' (the gold point's cell, all that "
+                "PixMo-Points gives) or 'mask' (the object's mask, what the test scores)"})
 
     def __post_init__(self) -> None:
+        if self.point_target not in POINT_TARGETS:
+            raise ValueError(f"point_target must be one of {POINT_TARGETS}, "
+                             f"got {self.point_target!r}")
         for name in ("test_samples", "eval_batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

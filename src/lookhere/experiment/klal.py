@@ -143,7 +143,9 @@ def train_split(config: KLALExperimentConfig, task: str) -> SampleList:
     seed = config.train.data_seed + (FINETUNE_SEED_OFFSET if generator(task) == "scenes" else 0)
     t = make_task(generator(task), seed=seed, **task_config(config, task))
     samples = TaskDataset(t, config.train.samples).materialise()
-    if task == "point":  # PixMo-Points has points only: the target is the gold point's cell
+    if task == "point" and config.point_target == "point":
+        # PixMo-Points has points only: the target is the gold point's cell ("mask" keeps the
+        # object's mask that Scenes draws, the region the test scores a point inside)
         samples = SampleList([_point_target(s) for s in samples.samples])
     return samples
 
