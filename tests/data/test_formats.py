@@ -53,6 +53,10 @@ def test_small_answers():
     assert parse_yes_no("No, they do not.") is False and parse_yes_no("maybe") is None
     assert parse_number("It ends at 7") == 7 and parse_number("none") is None
     assert parse_word("a RED star", ["blue", "red"]) == "red"
+    glyphs = list("ABCDEFGH12345678")
+    assert parse_word("It is a B", glyphs) == "A"  # case-insensitive: the article is a letter
+    assert parse_word("It is a B", glyphs, ignore_case=False) == "B"
+    assert parse_word("b", glyphs, ignore_case=False) is None
 
 
 @settings(max_examples=300, deadline=None)

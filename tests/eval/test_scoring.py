@@ -98,6 +98,18 @@ def test_shapes_vqa_words_and_counts():
     assert score_answer(count, "several").parse_failed
 
 
+def test_scenes_read_takes_glyphs_in_their_case():
+    """A marker's glyph is a capital or a digit: the article "a" is not the letter A."""
+    read = _sample("scenes", {"skill": "read", "answer": "B"})
+    assert score_answer(read, "It is a B.").correct
+    assert score_answer(read, "B").correct
+    assert not score_answer(read, "a").correct and score_answer(read, "a").parse_failed
+    letter_a = _sample("scenes", {"skill": "read", "answer": "A"})
+    assert not score_answer(letter_a, "It is a B.").correct
+    colour = _sample("scenes", {"skill": "colour", "answer": "red"})
+    assert score_answer(colour, "Red").correct  # other skills' words keep ignoring case
+
+
 # ------------------------------------------------------------------------- boxes
 
 def test_box_iou_matches_pycocotools_and_threshold():

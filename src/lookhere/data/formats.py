@@ -216,11 +216,13 @@ def parse_count(text: str) -> int | None:
     return int(tok) if tok.isdigit() else NUMBER_WORDS.index(tok)
 
 
-def parse_word(text: str, vocabulary: list[str]) -> str | None:
-    """The first vocabulary word in the text (case-insensitive, whole word), if it reads as the
-    answer (`reads_as_answer`)."""
+def parse_word(text: str, vocabulary: list[str], ignore_case: bool = True) -> str | None:
+    """The first vocabulary word in the text (whole word; case-insensitive unless
+    ``ignore_case`` is False), if it reads as the answer (`reads_as_answer`). Glyph names need
+    their case: read case-insensitively, the article in "It is a B" would be the letter A."""
+    flags = re.IGNORECASE if ignore_case else 0
     hits = [(m.start(), w, m) for w in vocabulary
-            for m in [re.search(rf"\b{re.escape(w)}\b", text, re.IGNORECASE)] if m]
+            for m in [re.search(rf"\b{re.escape(w)}\b", text, flags)] if m]
     if not hits:
         return None
     _, word, m = min(hits, key=lambda h: h[0])

@@ -195,7 +195,8 @@ def _scenes(sample: Sample, text: str, style: str) -> Outcome:
         return _failed() if yes is None else _judged({"answer": yes}, yes == (gold == "yes"))
     if skill not in SCENES_WORDS:
         raise ValueError(f"sample {sample.id!r}: unknown scenes skill {skill!r}")
-    word = parse_word(text, list(SCENES_WORDS[skill]))
+    # a marker's glyph is a capital letter or a digit: "a" is an article, not the letter A
+    word = parse_word(text, list(SCENES_WORDS[skill]), ignore_case=skill != "read")
     if word is None:
         return _failed()
     return _judged({"answer": word}, word.lower() == gold.lower())
