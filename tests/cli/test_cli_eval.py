@@ -204,3 +204,19 @@ def test_outputs_are_never_overwritten_without_asking(dataset, tmp_path, capsys)
     assert main(["eval", "--data", str(data), "--predictions", str(preds), "--out", str(out),
                  "--overwrite"]) == 0
     assert json.loads(out.read_text())["tasks"]
+
+
+def test_scoring_a_predictions_file_loads_no_torch(dataset, tmp_path):
+    """Scoring text needs no tensors: ``eval --predictions`` (and ``--api``, the same modules)
+    imports neither torch nor transformers, so it starts in a fraction of a second."""
+    import subprocess
+    import sys
+
+    task, data, samples = dataset
+    preds = write_predictions(tmp_path / "p.jsonl", _half_right(samples))
+    argv = ["eval", "--data", str(data), "--predictions", str(preds)]
+    code = (f"import sys\nfrom lookhere.cli import main\nassert main({argv!r}) == 0\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]" and task in out

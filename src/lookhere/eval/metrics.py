@@ -6,11 +6,14 @@ All are plain functions of arrays. Boxes are xyxy pixels; masks are bool (H, W) 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from lookhere.maps import Box, point_in_region
+
+if TYPE_CHECKING:  # torch is imported where a tensor is measured: scoring a file needs none
+    import torch
 
 
 def normalise_answer(text: str) -> str:
@@ -94,6 +97,8 @@ def attention_ratio(attention: torch.Tensor, target: torch.Tensor,
     Returns (...) ratios; NaN where a row has no target token (leave those out of averages).
     Above 1 means the target gets more than its share.
     """
+    import torch
+
     visual = torch.ones_like(target, dtype=torch.bool) if visual is None else visual.bool()
     target = target.bool() & visual
     a = attention.float()
