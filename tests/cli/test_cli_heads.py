@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from lookhere.cli import main
 from lookhere.data.disk import read_samples
 from lookhere.data.refcoco import RefCoco
-from lookhere.eval.rec import BASELINES, centre_box
+from lookhere.eval.rec import DEFAULT_BASELINES, ceiling, centre_box
 from lookhere.heads.locate import locate
 from lookhere.heads.search import find_heads
 from lookhere.heads.selection import HeadSpec
@@ -136,7 +136,7 @@ def test_eval_rec_on_shapes(env, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("| method | n | Acc@0.5 |")
     result = json.loads(out.read_text())
-    assert set(result["methods"]) == {"heads", *BASELINES} and result["n"] == N
+    assert set(result["methods"]) == {"heads", *DEFAULT_BASELINES} and result["n"] == N
     assert result["source"] == f"--data {root / 'rec'}"
     heads = HeadSpec.load(root / "heads.json").heads
     assert result["methods"]["heads"]["heads"] == [list(h) for h in heads]
@@ -155,18 +155,24 @@ def test_eval_rec_on_shapes(env, tmp_path, capsys):
 
 
 def test_eval_rec_on_refcoco_fixtures(env, tmp_path):
-    root = env[0]
+    root, (model, processor, adapter), _ = env
     out = tmp_path / "rec.json"
     assert main(["eval", "rec", "--model", str(root / "model"), "--heads",
                  str(root / "heads.json"), "--refcoco", str(REFER), "--dataset", "refcoco",
-                 "--split-by", "unc", "--split", "val", "--baselines", "centre",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--split-by", "unc", "--split", "val", "--baselines", "centre", "ceiling",
+                 "--sigma", "0.5", "--out", str(out), "--quiet"]) == 0
     result = json.loads(out.read_text())
     samples = list(RefCoco(REFER, "refcoco", "unc", "val").iter_samples())
     assert result["ids"] == [s.id for s in samples] and result["n"] == len(samples) == 4
-    assert set(result["methods"]) == {"heads", "centre"}
+    assert set(result["methods"]) == {"heads", "centre", "ceiling"}
+    assert result["settings"]["sigma"] == 0.5
     c = result["methods"]["centre"]
+    spec = HeadSpec.load(root / "heads.json")
     for s in samples:
+        # the ceiling: the rule at --sigma on the object's own map, on the heads' grid
+        geometry = locate(model, processor, adapter, spec, [s])[0].geometry
+        assert result["methods"]["ceiling"]["boxes"][s.id] == pytest.approx(
+            list(ceiling(s, geometry, 0.5).box))
         ref = mask_utils.iou([_xywh(centre_box(s.image.size))], [_xywh(s.geometry.boxes[0])],
                              [0])[0, 0]
         assert c["ious"][s.id] == pytest.approx(ref)

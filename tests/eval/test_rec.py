@@ -16,7 +16,7 @@ from lookhere.data.sample import Geometry, Sample
 from lookhere.data.synthetic import make_task
 from lookhere.eval.metrics import mask_ious
 from lookhere.eval.rec import (
-    BASELINES,
+    DEFAULT_BASELINES,
     RecResult,
     box_mask,
     centre_box,
@@ -203,7 +203,7 @@ def test_head_methods_wiring(fake_locate, fake_text):
     r = res.to_json()
     assert RecResult.from_json(json.loads(json.dumps(r))) == res
     assert res.methods["heads"].acc_at_iou == r["methods"]["heads"]["acc@0.5"]
-    assert list(r["methods"]) == ["heads", *BASELINES]
+    assert list(r["methods"]) == ["heads", *DEFAULT_BASELINES]
     allowed = [(layer, h) for layer in (1, 2, 3) for h in range(4)]
     assert calls[0] == [(2, 1), (3, 0)] and calls[1] == allowed
     drawn = [tuple(h) for h in r["methods"]["random_heads"]["heads"]]
@@ -217,6 +217,51 @@ def test_head_methods_wiring(fake_locate, fake_text):
     table = rec_table(res).splitlines()
     assert table[0].startswith("| method |") and len(table) == 2 + 5
     assert table[2].split("|")[1:4] == [" heads ", " 2 ", " 100.0 "]
+
+
+def _smooth_by_hand(a, sigma, radius=3):
+    """float64 Gaussian smoothing, 7 taps, mirrored borders (d c b | a b c d | c b a)."""
+    k = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    p = np.pad(a, radius, mode="reflect")
+    rows = np.array([[p[i, j:j + 2 * radius + 1] @ k for j in range(a.shape[1])]
+                     for i in range(p.shape[0])])
+    return np.array([[rows[i:i + 2 * radius + 1, j] @ k for j in range(a.shape[1])]
+                     for i in range(a.shape[0])])
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.5, 1.0])
+def test_ceiling_is_the_rule_on_the_objects_own_map(sigma, monkeypatch):
+    """``ceiling``: the heads' rule at ``sigma`` on the referred object's own cell coverage (a
+    box on cell edges here: a block of ones), against smoothing, thresholding and boxing by
+    hand; ``sigma`` also reaches the heads' locate."""
+    seen = []
+
+    def fake(model, processor, adapter, spec, samples, batch_size=8, sigma=1.0, **kw):
+        seen.append(sigma)
+        return [SimpleNamespace(box=(0.0, 0.0, 10.0, 10.0), heatmap=_peak_at((0, 0, 10, 10)),
+                                image_mask=lambda s=s: box_mask(None, s.image.size),
+                                geometry=GEOMETRY) for s in samples]
+
+    monkeypatch.setattr(locate_module, "locate", fake)
+    gold = (20.0, 10.0, 50.0, 40.0)  # cells: rows 1-3, columns 2-4
+    res = evaluate_rec(FakeModel(), None, FAKE_ADAPTER, [_sample(0, gold)], SPEC,
+                       baselines=("ceiling",), sigma=sigma, progress=False).to_json()
+    assert seen == [sigma] and res["settings"]["sigma"] == sigma
+    cover = np.zeros((6, 10))
+    cover[1:4, 2:5] = 1.0
+    heat = cover if sigma == 0 else _smooth_by_hand(cover, sigma)
+    rows, cols = np.nonzero(heat > heat.mean())  # one blob here: its own largest component
+    box = [10.0 * cols.min(), 10.0 * rows.min(), 10.0 * (cols.max() + 1), 10.0 * (rows.max() + 1)]
+    ceiling = res["methods"]["ceiling"]
+    assert ceiling["boxes"]["s0"] == pytest.approx(box)
+    iou = mask_utils.iou([_xywh(box)], [_xywh(gold)], [0])[0, 0]
+    assert ceiling["ious"]["s0"] == pytest.approx(iou)
+    assert ceiling["pointing"] == 1.0  # the map peaks on the object
+    # sigma 0 gives the gold box back; at sigma 1 the box is the 5 x 5 ring around it
+    assert (iou == 1.0) == (sigma == 0.0) and (sigma < 1 or box == [10.0, 0.0, 60.0, 50.0])
+    with pytest.raises(ValueError, match="sigma"):
+        evaluate_rec(FakeModel(), None, FAKE_ADAPTER, [_sample(0, gold)], SPEC, sigma=-1.0)
 
 
 def test_rejects_bad_input(fake_locate):
@@ -251,7 +296,7 @@ def test_tiny_model_run():
     spec = HeadSpec("tiny", [(2, 0), (3, 1), (3, 2)], 0.1, 4, [], [], [])
     r = evaluate_rec(model, processor, adapter, samples, spec, batch_size=2, progress=False,
                      max_new_tokens=4).to_json()
-    assert r["n"] == 4 and list(r["methods"]) == ["heads", *BASELINES]
+    assert r["n"] == 4 and list(r["methods"]) == ["heads", *DEFAULT_BASELINES]
     assert json.loads(json.dumps(r)) == r
     found = locate(model, processor, adapter, spec, samples)
     assert [r["methods"]["heads"]["boxes"][s.id] for s in samples] == \

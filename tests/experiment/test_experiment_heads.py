@@ -88,6 +88,9 @@ def test_run_records_every_condition(tmp_path):
 def test_config_errors():
     with pytest.raises(ValueError, match="conditions"):
         tiny_config(conditions=("nope",))
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="ground_sigma must be finite and >= 0"):
+            tiny_config(ground_sigma=bad)
     with pytest.raises(ValueError, match="at least 3"):
         HeadsExperimentConfig(train=TrainSpec(size="demo"))
     with pytest.raises(ValueError, match="baselines"):

@@ -28,6 +28,7 @@ from lookhere.cli.common import (
     load_model_for_cli,
     load_refiner,
     load_spec,
+    non_negative_float,
     parse_grid,
     positive_int,
     read_data,
@@ -143,7 +144,10 @@ def _add_rec(modes: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, metavar="N", help="first N samples only")
     p.add_argument("--baselines", nargs="*", metavar="NAME", default=None,
                    help="baselines beside the heads, any of all_heads random_heads centre text "
-                        "(default: all; give none for the heads alone)")
+                        "ceiling (default: all but ceiling; give none for the heads alone)")
+    p.add_argument("--sigma", type=non_negative_float, default=1.0, metavar="CELLS",
+                   help="smoothing of the maps before the box, in grid cells (default 1, the "
+                        "paper's; see the ceiling baseline)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random heads (default 0)")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="batch size of the forwards and of generation (default 8)")
@@ -165,7 +169,9 @@ _REC_DESCRIPTION = """Referring-expression comprehension with a HeadSpec's local
 and, in the same table, the baselines: all_heads (the mean map of every head outside the spec's
 skip_layers), random_heads (as many random heads as the spec has, drawn with --seed), centre (a
 centred box of half the image's width and height, no label used) and text (the model writes the
-box; --style). Prints a markdown table; --out writes every number and box as JSON."""
+box; --style); ceiling, asked for by name, feeds the heads' rule the object's own map: what any
+attention can reach on this grid at this --sigma. Prints a markdown table; --out writes every
+number and box as JSON."""
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -296,11 +302,11 @@ def _eval_model(args: argparse.Namespace) -> int:
 
 
 def _eval_rec(args: argparse.Namespace) -> int:
-    from lookhere.eval.rec import BASELINES, check_rec_samples, evaluate_rec
+    from lookhere.eval.rec import BASELINES, DEFAULT_BASELINES, check_rec_samples, evaluate_rec
 
     prog = "lookhere eval rec"
     check_outputs(args, ("out",), prog)
-    baselines = list(BASELINES) if args.baselines is None else args.baselines
+    baselines = list(DEFAULT_BASELINES) if args.baselines is None else args.baselines
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise fail(f"--baselines: unknown {unknown}; choose from {' '.join(BASELINES)}", prog)
@@ -317,7 +323,7 @@ def _eval_rec(args: argparse.Namespace) -> int:
         result = evaluate_rec(model, processor, adapter, samples, spec, baselines=baselines,
                               seed=args.seed, batch_size=args.batch_size, refiner=refiner,
                               progress=not args.quiet, grid=parse_grid(args.grid), style=args.style,
-                              max_new_tokens=args.max_new_tokens)
+                              max_new_tokens=args.max_new_tokens, sigma=args.sigma)
     except (OSError, ValueError) as err:  # e.g. a missing COCO image, a grid the model lacks
         raise fail(str(err), prog) from None
     print(rec_table(result))

@@ -15,7 +15,12 @@ samples carry one (``sample.geometry.mask``, as Shapes and RefCOCO do). Methods:
   It uses no label and no model: the floor a method must beat;
 - ``text``: the model writes the box as text (greedy, `lookhere.eval.runner.generate_answers` on
   the sample's question), parsed by `lookhere.eval.scoring.score_answer` in ``style``. An answer
-  without a box is IoU 0 and a parse failure.
+  without a box is IoU 0 and a parse failure;
+- ``ceiling`` (asked for, not a default): the heads' grounding rule at the same ``sigma`` fed
+  the best map there is, the referred object's own cell coverage (`targets.cell_coverage` of
+  its gold box and mask on the heads' grid): what any attention map can reach on this grid. On
+  a coarse grid with small objects the paper's sigma of 1 cell inflates every box, and the
+  ceiling's Acc@0.5 falls to 0 (docs/results.md 7.5).
 
 Metrics per method: Acc@0.5 (`acc_at_iou`), mean box IoU, the pointing game (whether the
 method's point lies in the gold box: the centre of the highest cell of the summed smoothed map
@@ -39,10 +44,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lookhere.data.dataset import chunks
-from lookhere.data.sample import Box, Sample
+from lookhere.data.sample import Box, Geometry, Sample
 from lookhere.eval.methods import (
     ATTENTION_METHODS,
     BASELINES,
+    DEFAULT_BASELINES,
     METHODS,  # noqa: F401 (named here too, its first home)
 )
 from lookhere.eval.metrics import Tally, acc_at_iou, box_iou, mean_box_iou
@@ -177,10 +183,10 @@ def random_heads(candidates: Sequence[tuple[int, int]], k: int, seed: int = 0
 
 
 def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: Iterable[Sample],
-                 spec: HeadSpec, baselines: Sequence[str] = BASELINES, seed: int = 0,
+                 spec: HeadSpec, baselines: Sequence[str] = DEFAULT_BASELINES, seed: int = 0,
                  batch_size: int = 8, refiner: Any = None, progress: bool = True,
                  grid: str | int = "primary", style: str = "plain", max_new_tokens: int = 32,
-                 chunk_size: int = 256) -> RecResult:
+                 chunk_size: int = 256, sigma: float = 1.0) -> RecResult:
     """Ground ``samples`` with the spec's heads and each of ``baselines``: a `RecScore` per
     method (``heads`` and ``random_heads`` record their heads, ``text`` its answers and parse
     failures; mask metrics over the samples that have a gold mask). ``refiner`` (e.g.
@@ -199,6 +205,8 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, "
                          f"{chunk_size}")
+    if not 0 <= sigma < float("inf"):
+        raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
     methods = ["heads", *dict.fromkeys(baselines)]
     candidates = allowed_heads(spec, adapter.num_layers, adapter.num_heads)
     specs = {"heads": spec,
@@ -219,9 +227,15 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
                 raise ValueError("sample ids must be unique")
             ids += [s.id for s in chunk]
             for name in methods:
-                if name in ATTENTION_METHODS:
-                    found = _locate(model, processor, adapter, chunk, specs[name], batch_size,
-                                    refiner, grid)
+                if name in ATTENTION_METHODS or name == "ceiling":
+                    if name in ATTENTION_METHODS:
+                        found = _locate(model, processor, adapter, chunk, specs[name],
+                                        batch_size, refiner, grid, sigma)
+                        if name == "heads":  # "heads" comes first: its grids serve the ceiling
+                            geometries = [g.geometry for g in found]
+                    else:
+                        found = [ceiling(s, geo, sigma) for s, geo in zip(chunk, geometries,
+                                                                           strict=True)]
                     tallies[name].add(chunk, [g.box for g in found],
                                       [g.image_mask() for g in found],
                                       [peak_point(g) for g in found])
@@ -241,20 +255,33 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
     settings = {"baselines": list(baselines), "seed": seed, "batch_size": batch_size,
                 "grid": grid, "refiner": None if refiner is None else type(refiner).__name__,
                 "skip_layers": sorted(spec.settings.get("skip_layers", DEFAULT_SKIP_LAYERS)),
-                "text_style": style, "max_new_tokens": max_new_tokens,
+                "text_style": style, "max_new_tokens": max_new_tokens, "sigma": sigma,
                 "iou_threshold": IOU_THRESHOLD, "spec_model": spec.model,
                 "centre": "centred box of half the image's width and height (no label used)",
-                "box_only_masks": "the filled predicted box (centre, text)"}
+                "box_only_masks": "the filled predicted box (centre, text)",
+                **({"ceiling": "the grounding rule on the referred object's own cell coverage"}
+                   if "ceiling" in methods else {})}
     return RecResult(len(ids), ids, settings,
                      {name: tallies[name].summary() for name in methods})
 
 
 def _locate(model: nn.Module, processor: Any, adapter: Adapter, samples: list[Sample],
-            spec: HeadSpec, batch_size: int, refiner: Any, grid: str | int) -> list[Any]:
+            spec: HeadSpec, batch_size: int, refiner: Any, grid: str | int,
+            sigma: float) -> list[Any]:
     from lookhere.heads.locate import locate
 
     return locate(model, processor, adapter, spec, samples, batch_size=batch_size, grid=grid,
-                  refiner=refiner)
+                  refiner=refiner, sigma=sigma)
+
+
+def ceiling(sample: Sample, geometry: Any, sigma: float = 1.0) -> Any:
+    """The `Grounding` the heads' rule makes of the best possible map: the referred object's
+    own cell coverage (its gold box, and its mask where it has one) on ``geometry``'s grid."""
+    from lookhere.heads.grounding import ground
+    from lookhere.targets import cell_coverage
+
+    gold = Geometry(boxes=[sample.geometry.boxes[0]], mask=sample.geometry.mask)
+    return ground(cell_coverage(geometry, gold), geometry, sigma=sigma)
 
 
 def _add_text(tally: _Predictions, model: nn.Module, processor: Any, adapter: Adapter,

@@ -19,7 +19,7 @@ from lookhere.config.layers import resolve_layers
 from lookhere.config.shipped import PREFIX, SHIPPED, pretrained_path, resolve
 from lookhere.config.sizes import resolve_size
 from lookhere.data.synthetic.shapes import ShapesConfig
-from lookhere.eval.methods import BASELINES
+from lookhere.eval.methods import BASELINES, DEFAULT_BASELINES
 from lookhere.losses.config import KLALConfig, LLLConfig, TargetConfig
 from lookhere.maps import parse_threshold
 
@@ -360,8 +360,11 @@ class HeadsExperimentConfig(ShapesExperiment, ExperimentConfig):
         "help": "lowest-entropy heads counted per sample. The paper counts 10 of ~1,000 heads; "
                 "10 of the tiny model's 8 candidates would count every head above tau and "
                 "void the entropy criterion, so 2 (docs/results.md)"})
-    baselines: tuple[str, ...] = field(default=BASELINES, metadata={
-        "help": f"REC baselines: {BASELINES}"})
+    baselines: tuple[str, ...] = field(default=DEFAULT_BASELINES, metadata={
+        "help": f"REC baselines, of {BASELINES} ('ceiling': the grounding rule on the object's "
+                "own map, what any attention can reach on this grid)"})
+    ground_sigma: float = field(default=1.0, metadata={
+        "help": "smoothing of the heads' maps before the box, in grid cells (the paper: 1)"})
     eval_batch_size: int = field(default=50, metadata={"help": "search / evaluation batch"})
     n_maps: int = field(default=4, metadata={"help": "held-out examples in the figures"})
     shapes_options: dict[str, Any] = field(default_factory=dict, metadata={
@@ -383,6 +386,8 @@ class HeadsExperimentConfig(ShapesExperiment, ExperimentConfig):
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"baselines must be a subset of {BASELINES}, got {self.baselines}")
+        if not 0 <= self.ground_sigma < float("inf"):
+            raise ValueError(f"ground_sigma must be finite and >= 0, got {self.ground_sigma}")
         layers = self.train.shape.layers
         if layers < 3:
             raise ValueError(f"{self.train.model_name!r} has {layers} LLM layers; the search "

@@ -185,7 +185,7 @@ def search_and_ground(config: HeadsExperimentConfig, model: torch.nn.Module, pro
                                 batch_size=config.eval_batch_size, progress=progress))
     rec = evaluate_rec(model, processor, adapter, rec_test, specs[0], config.baselines,
                        seed=config.train.seed, batch_size=config.eval_batch_size,
-                       progress=progress)
+                       progress=progress, sigma=config.ground_sigma)
     return specs[0], stability([s.heads for s in specs]), rec
 
 
@@ -210,7 +210,8 @@ def example_maps(config: HeadsExperimentConfig, model: torch.nn.Module, processo
     adapter = get_adapter(model)
     samples = rec_test[: config.n_maps]
     maps = head_maps(model, processor, adapter, samples, spec.heads, batch_size=config.n_maps)
-    found = locate(model, processor, adapter, spec, samples, batch_size=config.n_maps)
+    found = locate(model, processor, adapter, spec, samples, batch_size=config.n_maps,
+                   sigma=config.ground_sigma)
     return {s.id: HeadExample(m.tolist(), g.heatmap.tolist(), list(g.box),
                               [0, 0, *s.image.size])
             for s, (m, _), g in zip(samples, maps, found, strict=True)}

@@ -24,7 +24,7 @@ from torch import nn
 from lookhere.data.dataset import TaskDataset
 from lookhere.data.sample import Sample
 from lookhere.data.synthetic import make_task
-from lookhere.eval.rec import BASELINES, RecScore, evaluate_rec
+from lookhere.eval.rec import DEFAULT_BASELINES, RecScore, evaluate_rec
 from lookhere.eval.runner import generate_answers
 from lookhere.eval.scoring import TaskScore, score_predictions
 from lookhere.experiment.config import PretrainedEvalConfig
@@ -140,7 +140,8 @@ def evaluate_pretrained(model: nn.Module, processor: Any, config: PretrainedEval
                       per_sample=config.per_sample, batch_size=config.batch_size,
                       progress=progress)
     rec_test = shapes_split("rec", size, test_seed, config.rec_samples)
-    rec = evaluate_rec(model, processor, adapter, rec_test, spec, BASELINES, seed=config.seed,
+    rec = evaluate_rec(model, processor, adapter, rec_test, spec, DEFAULT_BASELINES,
+                       seed=config.seed,
                        batch_size=config.batch_size, progress=progress,
                        max_new_tokens=BOX_TOKENS)
     return PretrainedEval(config, model_id, vqa_res, skills, [list(h) for h in spec.heads],

@@ -24,7 +24,8 @@ from lookhere.tables import pct
 
 HEADS_LABELS = {"untrained": "untrained", "ntp": "NTP", "klal": "NTP+KLAL"}
 METHOD_LABELS = {"heads": "localization heads", "all_heads": "all heads (mean)",
-                 "random_heads": "random heads", "centre": "centre box", "text": "box as text"}
+                 "random_heads": "random heads", "centre": "centre box", "text": "box as text",
+                 "ceiling": "ceiling (the object's own map)"}
 
 
 def heads_section(config: heads.HeadsExperimentConfig, hres: heads.HeadsResult) -> str:
