@@ -26,7 +26,7 @@ def main(folder: str, figures: Path | None = None) -> None:
     if not runs:
         raise SystemExit(f"no seed*.json in {folder}")
     conds = [c for c in LABELS if c in next(iter(runs.values()))["conditions"]]
-    order = ("heads", "all_heads", "random_heads", "centre", "text")
+    order = ("heads", "all_heads", "random_heads", "centre", "text", "ceiling")
     found = next(iter(runs.values()))["conditions"][conds[0]]["rec"]["methods"]
     methods = [m for m in order if m in found]
     print(f"seeds: {', '.join(runs)}\n")
