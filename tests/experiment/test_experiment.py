@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from html import escape as html_escape
 
 import pytest
 
@@ -19,6 +20,7 @@ from lookhere.experiment.lens import LensExperimentConfig
 from lookhere.experiment.training import TrainSpec
 from lookhere.models import tiny
 from lookhere.report.demo import run_demo
+from lookhere.report.demo_config import DEMO_HEADS
 from lookhere.targets import TargetConfig
 from lookhere.train import KLALConfig, LLLConfig
 
@@ -95,7 +97,8 @@ def test_demo_writes_report(tmp_path):
     train = TrainSpec(init=str(tmp_path / "ckpt"), image_size=112, steps=2, batch_size=2)
     heads_config = HeadsExperimentConfig(train=train, search_samples=4,
                                          search_repeats=2, test_samples=3, vqa_samples=2,
-                                         eval_batch_size=4, n_maps=2, save_models=True)
+                                         eval_batch_size=4, n_maps=2, save_models=True,
+                                         baselines=DEMO_HEADS.baselines)
     lens_config = LensExperimentConfig(train=train, test_samples=3,
                                        vqa_samples=2, eval_batch_size=4, n_maps=2)
     report = run_demo(out, tiny_config(train=train), progress=False, command="test",
@@ -112,6 +115,10 @@ def test_demo_writes_report(tmp_path):
     html = report.read_text()
     assert set(results["heads"]["conditions"]) == {"untrained", "ntp", "klal"}
     assert "Localization heads" in html and "localization heads" in html
+    # the demo's heads part shows the grid's ceiling, in its table and its claim
+    assert "ceiling" in results["heads"]["conditions"]["ntp"]["rec"]["methods"]
+    assert html_escape("ceiling (the object's own map)") in html
+    assert "the most any attention" in html
     # the lens part: NTP is the heads part's model (its training record), NTP+LLL trained here
     lres = results["lens"]
     assert set(lres["conditions"]) == {"ntp", "lll"}

@@ -308,7 +308,10 @@ def _heads_claim(hres: heads.HeadsResult) -> str:
     accs = ", ".join(f"{m.replace('_', ' ')} {100 * v.acc_at_iou:.1f}"
                      for m, v in methods.items())
     which = "frozen checkpoint" if c == "untrained" else f"after {c}"
-    return f"{which}: Acc@0.5 {accs}"
+    ceiling = ("; the ceiling is the heads' rule on the object's own map, the most any "
+               f"attention reaches at sigma {hres.config.ground_sigma:g}"
+               if "ceiling" in methods else "")
+    return f"{which}: Acc@0.5 {accs}{ceiling}"
 
 
 def _lens_claim(lres: lens.LensResult, config: lens.LensExperimentConfig) -> str:
