@@ -73,6 +73,20 @@ def test_heads_find_equals_the_library(env):
         "top_k": 2, "tau": "per_sample", "threshold": "two_mean", "weight": "mass"}
 
 
+def test_ground_sigma_reaches_the_rule(env, capsys):
+    """--sigma is the maps' smoothing: sigma 0 gives locate's unsmoothed box."""
+    root, (model, processor, adapter), samples = env
+    spec = HeadSpec.load(root / "heads.json")
+    capsys.readouterr()
+    assert main(["ground", "--model", str(root / "model"), "--heads", str(root / "heads.json"),
+                 "--data", str(root / "rec"), "--limit", "3", "--sigma", "0"]) == 0
+    boxes = [json.loads(line)["box"] for line in capsys.readouterr().out.strip().splitlines()]
+    for sigma, expected in ((0.0, True), (1.0, False)):
+        found = locate(model, processor, adapter, spec, samples[:3], sigma=sigma)
+        same = all(b == pytest.approx(list(g.box)) for b, g in zip(boxes, found, strict=True))
+        assert same == expected, sigma
+
+
 def test_ground_image_and_text(env, tmp_path, capsys):
     root, (model, processor, adapter), samples = env
     image = root / "rec" / "images" / "0000002.png"

@@ -23,6 +23,7 @@ from lookhere.cli.common import (
     load_model_for_cli,
     load_refiner,
     load_spec,
+    non_negative_float,
     parse_grid,
     positive_int,
     read_data,
@@ -114,6 +115,9 @@ def _add_ground_options(p: argparse.ArgumentParser) -> None:
                    help="grid of the image to ground on: primary (default) or a grid's name")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="samples per forward (default 8)")
+    p.add_argument("--sigma", type=non_negative_float, default=1.0, metavar="CELLS",
+                   help="smoothing of the heads' maps before the box, in grid cells (default 1, "
+                        "the paper's; `eval rec --baselines ceiling` shows what a grid allows)")
     add_device(p)
 
 
@@ -228,7 +232,7 @@ def _ground_chunk(args: argparse.Namespace, model: Any, processor: Any, adapter:
 
     try:
         found = locate(model, processor, adapter, spec, samples, batch_size=args.batch_size,
-                       grid=parse_grid(args.grid), refiner=refiner,
+                       grid=parse_grid(args.grid), refiner=refiner, sigma=args.sigma,
                        pixel_masks=args.masks_dir is not None)
     except ValueError as err:
         raise fail(str(err), prog) from None
@@ -254,7 +258,7 @@ def _ground_fingerprint(args: argparse.Namespace, model: Any, refiner: Any, samp
     return {"weights_sha256": weights_digest(model),
             "heads_sha256": hashlib.sha256(Path(args.heads).read_bytes()).hexdigest(),
             "samples_sha256": samples_digest(samples), "grid": args.grid,
-            "batch_size": args.batch_size,
+            "sigma": args.sigma, "batch_size": args.batch_size,
             "sam_sha256": None if refiner is None else weights_digest(refiner.model),
             "masks_dir": None if args.masks_dir is None else str(args.masks_dir)}
 
