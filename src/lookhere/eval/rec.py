@@ -222,20 +222,21 @@ def evaluate_rec(model: nn.Module, processor: Any, adapter: Adapter, samples: It
     bar = tqdm(total=total, desc="eval rec", unit="sample", disable=not progress, leave=False)
     try:
         for chunk in chunks(samples, chunk_size):
+            heads_found: list[Any] = []
             check_rec_samples(chunk)
             if any(s.id in tallies["heads"].boxes for s in chunk):
                 raise ValueError("sample ids must be unique")
             ids += [s.id for s in chunk]
             for name in methods:
                 if name in ATTENTION_METHODS or name == "ceiling":
-                    if name in ATTENTION_METHODS:
+                    if name == "ceiling":  # on the heads' grids ("heads" comes first)
+                        found = [ceiling(s, g.geometry, sigma)
+                                 for s, g in zip(chunk, heads_found, strict=True)]
+                    else:
                         found = _locate(model, processor, adapter, chunk, specs[name],
                                         batch_size, refiner, grid, sigma)
-                        if name == "heads":  # "heads" comes first: its grids serve the ceiling
-                            geometries = [g.geometry for g in found]
-                    else:
-                        found = [ceiling(s, geo, sigma) for s, geo in zip(chunk, geometries,
-                                                                           strict=True)]
+                    if name == "heads":
+                        heads_found = found
                     tallies[name].add(chunk, [g.box for g in found],
                                       [g.image_mask() for g in found],
                                       [peak_point(g) for g in found])
