@@ -119,6 +119,10 @@ class Adapter(ABC):
     #: after the prompt (entries not named get 0: text). PaliGemma's answer is its causal
     #: suffix (token_type_ids 1).
     answer_token_values: ClassVar[Mapping[str, int]] = {"attention_mask": 1}
+    #: The processor class `load_processor` reads a checkpoint's processor with; None: the
+    #: AutoProcessor. Families whose real processor needs torchvision (a video processor) name
+    #: an image+text subclass here.
+    processor_class: ClassVar[type | None] = None
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -199,7 +203,10 @@ class Adapter(ABC):
 
     @classmethod
     def load_processor(cls, path: str, **kwargs: Any) -> Any:
-        """The family's processor from a local folder or hub id (``from_pretrained``)."""
+        """The family's processor from a local folder or hub id (``from_pretrained`` of
+        ``processor_class``, else of the AutoProcessor)."""
+        if cls.processor_class is not None:
+            return cls.processor_class.from_pretrained(path, **kwargs)
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(path, **kwargs)

@@ -62,6 +62,7 @@ class InternVLAdapter(Adapter):
                       "", "<|im_end|>\n")
     family = "internvl"
     model_types = ("internvl",)
+    processor_class = InternVLImageTextProcessor
 
     def layout(self, batch: Mapping[str, Any], images: ImageSizes, processor: Any) -> VisualLayout:
         ids = batch["input_ids"]
@@ -96,11 +97,6 @@ class InternVLAdapter(Adapter):
                              f"of square {tile} px tiles (patch {patch}, downsample_ratio "
                              f"{self.config.downsample_ratio})")
         return tile, n
-
-    @classmethod
-    def load_processor(cls, path: str, **kwargs: Any) -> Any:
-        """The image+text processor from a local folder or hub id (skips the video processor)."""
-        return InternVLImageTextProcessor.from_pretrained(path, **kwargs)
 
     @classmethod
     def build_tiny(cls, size: Any, seed: int) -> tuple[nn.Module, Any]:

@@ -75,6 +75,7 @@ class LlavaOnevisionAdapter(Adapter):
                       "", "<|im_end|>\n")
     family = "llava_onevision"
     model_types = ("llava_onevision",)
+    processor_class = LlavaOnevisionImageTextProcessor
 
     def layout(self, batch: Mapping[str, Any], images: ImageSizes, processor: Any) -> VisualLayout:
         for key in ("pixel_values", "image_sizes"):
@@ -142,11 +143,6 @@ class LlavaOnevisionAdapter(Adapter):
             raise ValueError(f"processor.vision_aspect_ratio {processor.vision_aspect_ratio!r} "
                              f"differs from the model's {self.config.vision_aspect_ratio!r}")
         return side
-
-    @classmethod
-    def load_processor(cls, path: str, **kwargs: Any) -> Any:
-        """The image+text processor from a local folder or hub id (skips the video processor)."""
-        return LlavaOnevisionImageTextProcessor.from_pretrained(path, **kwargs)
 
     @classmethod
     def build_tiny(cls, size: Any, seed: int) -> tuple[nn.Module, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,6 +62,15 @@ class Qwen2VLImageTextProcessor(ImageTextOnly, Qwen2VLProcessor):
     """`Qwen2VLProcessor` for images and text (no torchvision needed)."""
 
 
+def merger_tower(size: Any) -> dict[str, Any]:
+    """The tiny vision tower of Qwen2.5-VL and Qwen3-VL (``hidden_size`` is the tower's width,
+    ``out_hidden_size`` the merger's output, the LM's), 2 x 2 merge, 2 frames per patch."""
+    return dict(depth=size.vision_layers, hidden_size=size.vision_hidden,
+                intermediate_size=2 * size.vision_hidden, num_heads=size.vision_heads,
+                out_hidden_size=size.hidden, patch_size=size.patch_size, spatial_merge_size=2,
+                temporal_patch_size=2)
+
+
 # -- adapters ----------------------------------------------------------------------------------
 class QwenVLAdapter(Adapter):
     """Shared layout and tiny-model logic of Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`qwen3_vl`)."""
@@ -69,7 +78,7 @@ class QwenVLAdapter(Adapter):
     chat = ChatFormat("<|im_start|>user\n{images}{question}<|im_end|>\n<|im_start|>assistant\n",
                       "", "<|im_end|>\n")
 
-    processor_class: ClassVar[type] = Qwen2VLImageTextProcessor
+    processor_class = Qwen2VLImageTextProcessor
 
     def layout(self, batch: Mapping[str, Any], images: ImageSizes, processor: Any) -> VisualLayout:
         ip = processor.image_processor
@@ -92,11 +101,6 @@ class QwenVLAdapter(Adapter):
             first += len(ims)
             samples.append(SampleLayout(visual_positions=pos, images=tuple(layouts)))
         return VisualLayout(samples=tuple(samples))
-
-    @classmethod
-    def load_processor(cls, path: str, **kwargs: Any) -> Any:
-        """The image+text processor from a local folder or hub id (skips the video processor)."""
-        return cls.processor_class.from_pretrained(path, **kwargs)
 
     @classmethod
     def tiny_prompt(cls, processor: Any, text: str, n_images: int) -> str:
@@ -150,10 +154,7 @@ class Qwen2_5_VLAdapter(QwenVLAdapter):  # noqa: N801
         from transformers import Qwen2_5_VLConfig
 
         vision = dict(
-            depth=size.vision_layers, hidden_size=size.vision_hidden,
-            intermediate_size=2 * size.vision_hidden, num_heads=size.vision_heads,
-            out_hidden_size=size.hidden, patch_size=size.patch_size, spatial_merge_size=2,
-            temporal_patch_size=2,
+            **merger_tower(size),
             # Windows of 2x2 merged tokens, smaller than most test grids, so the tower's window
             # permutation (and its inverse) really runs; odd blocks attend globally.
             window_size=2 * 2 * size.patch_size,

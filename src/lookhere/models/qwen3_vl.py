@@ -17,7 +17,7 @@ from torch import nn
 from transformers import Qwen3VLProcessor
 
 from lookhere.models.adapter import register_adapter
-from lookhere.models.qwen2_vl import ImageTextOnly, QwenVLAdapter
+from lookhere.models.qwen2_vl import ImageTextOnly, QwenVLAdapter, merger_tower
 
 
 class Qwen3VLImageTextProcessor(ImageTextOnly, Qwen3VLProcessor):
@@ -44,10 +44,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
         text = {**text, "head_dim": size.hidden // size.heads,
                 "rope_parameters": {**text["rope_parameters"], "mrope_interleaved": True}}
         vision = dict(
-            depth=size.vision_layers, hidden_size=size.vision_hidden,
-            intermediate_size=2 * size.vision_hidden, num_heads=size.vision_heads,
-            out_hidden_size=size.hidden, patch_size=size.patch_size, spatial_merge_size=2,
-            temporal_patch_size=2,
+            **merger_tower(size),
             # a learned side x side grid of position embeddings, interpolated per image; the
             # first tower layer's features go to the first LM layer (deepstack)
             num_position_embeddings=side * side, deepstack_visual_indexes=[0],
